@@ -1,0 +1,53 @@
+"""The ``ired-video`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in ``ired_video/commands/<name>.py`` and exposes
+``main(argv: list[str] | None) -> int`` with its own ``--help``. Modules are imported only
+when their command runs, so ``ired-video --help`` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+# name -> (module, one-line description shown by ``ired-video --help``)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "smoke": ("ired_video.commands.smoke",
+              "run a model on a generated clip and print logits, tokens and GMACs"),
+    "flops": ("ired_video.commands.flops",
+              "print GMACs per view for the named TimeSformer variants"),
+}
+
+USAGE = """usage: ired-video COMMAND [ARGS ...]
+
+Efficient, explainable video transformers: TimeSformer with spatiotemporal token reducers.
+
+commands:
+{commands}
+
+Run 'ired-video COMMAND --help' for the options of one command.
+"""
+
+
+def _usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {desc}" for name, (_, desc) in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Dispatch ``argv[0]`` to its subcommand; return the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"ired-video: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

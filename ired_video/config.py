@@ -1,0 +1,219 @@
+"""Typed configuration: dataclasses filled from YAML files and ``key=value`` overrides.
+
+Every config is a tree of dataclasses. Loading checks each key and each value's type, so
+a typo (``modle.depth=4``) or a wrong type (``model.depth=four``) is an error naming the
+key before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or its value has the wrong type."""
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a TimeSformer (every field a constructor argument)."""
+
+    img_size: int = 224
+    patch_size: int = 16
+    num_frames: int = 8
+    in_chans: int = 3
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    num_classes: int = 400
+    attention_type: str = "divided_space_time"
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    fused_attention: bool = True
+
+    def __post_init__(self) -> None:
+        if self.attention_type not in ATTENTION_TYPES:
+            raise ConfigError(
+                f"attention_type={self.attention_type!r}: expected one of {ATTENTION_TYPES}")
+        if self.img_size % self.patch_size:
+            raise ConfigError(
+                f"img_size={self.img_size} is not a multiple of patch_size={self.patch_size}")
+        if self.embed_dim % self.num_heads:
+            raise ConfigError(
+                f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+
+
+@dataclass
+class DataConfig:
+    """How clips are made for a model: travels inside every checkpoint.
+
+    ``num_frames`` frames are sampled ``sampling_rate`` frames apart at ``target_fps``
+    (TimeSformer's 8x32: 8 frames spread over 256 frames at 30 fps), resized so the short
+    side is in ``train_short_side`` (training jitter) or equals ``test_short_side``, cropped
+    to ``crop_size`` and normalised with ``mean``/``std`` (0-1 pixel units).
+    """
+
+    num_frames: int = 8
+    sampling_rate: int = 32
+    target_fps: float = 30.0
+    crop_size: int = 224
+    train_short_side: tuple[int, int] = (256, 320)
+    test_short_side: int = 224
+    mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
+    std: tuple[float, float, float] = (0.225, 0.225, 0.225)
+    class_names: list[str] = field(default_factory=list)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting YAML lists to tuples)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(f"{key}: {value!r} matches none of {args}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and wrong types."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(prefix + u for u in unknown)}; "
+            f"valid keys: {', '.join(sorted(names))}")
+    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Plain-data dict of a dataclass (tuples become lists, as YAML and JSON write them)."""
+    def plain(v: Any) -> Any:
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return {k: plain(v) for k, v in dataclasses.asdict(obj).items()}
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"a.b=value"`` into (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    return key.split("."), yaml.safe_load(raw) if raw else ""
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of a nested dict with ``key=value`` overrides set (types checked later)."""
+    out = yaml.safe_load(yaml.safe_dump(values))  # deep copy of plain data
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {part} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def load_yaml(path: Union[str, Path]) -> dict[str, Any]:
+    """Read a YAML mapping, naming the file on any error."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: Optional[Union[str, Path]] = None,
+                overrides: Optional[list[str]] = None) -> T:
+    """Load dataclass ``cls`` from a YAML file (optional) plus ``key=value`` overrides."""
+    values = load_yaml(path) if path is not None else {}
+    values = apply_overrides(values, overrides or [])
+    try:
+        return from_dict(cls, values)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
