@@ -1,0 +1,191 @@
+"""TimeSformer (Bertasius et al., ICML 2021) over a ``TokenState``.
+
+One clip (B, C, T, H, W) -> per-frame patch embedding -> spatial position embedding
+(shared by all frames) -> time embedding (shared by all locations; not in the space-only
+model) -> blocks -> class token -> norm -> linear head.
+
+Semantics follow the official implementation (``timesformer/models/vit.py``), including
+its details: the class token gets the spatial position embedding but no time embedding;
+in divided attention it never enters temporal attention and its spatial updates are
+averaged over frames; the space-only model averages per-frame class tokens before the
+final norm; position and time embeddings are resized at run time (2-D / 1-D nearest)
+when the input grid or frame count differs from the model's.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed, trunc_normal_
+from torch import Tensor, nn
+
+from ired_video import flops
+from ired_video.config import DataConfig, ModelConfig
+from ired_video.models.attention import Attention
+from ired_video.models.blocks import BLOCKS
+from ired_video.tokens import TokenState
+
+
+@dataclass
+class ForwardInfo:
+    """What one forward pass spent, per clip.
+
+    Attributes:
+        gmacs: (B,) float, GMACs (1e9 multiply-accumulates) spent on each clip.
+        tokens: (B, depth) long, patch tokens each block processed for each clip.
+        records: what each reducer did (see ``TokenState.records``).
+        state: the final token state (positions, sizes) for overlays and analysis.
+    """
+
+    gmacs: Tensor
+    tokens: Tensor
+    records: list[dict[str, Any]] = field(default_factory=list)
+    state: Optional[TokenState] = None
+
+
+class TimeSformer(nn.Module):
+    """Video transformer with divided, joint or space-only attention."""
+
+    def __init__(self, config: ModelConfig, data_config: Optional[DataConfig] = None) -> None:
+        super().__init__()
+        self.config = config
+        self.data_config = data_config or DataConfig(
+            num_frames=config.num_frames, crop_size=config.img_size)
+        dim = config.embed_dim
+        self.attention_type = config.attention_type
+        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim,
+                                      output_fmt="NHWC", strict_img_size=False)
+        self.patch_grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
+        num_patches = self.patch_grid[0] * self.patch_grid[1]
+
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, dim))
+        self.pos_drop = nn.Dropout(config.drop_rate)
+        if self.attention_type != "space_only":
+            self.time_embed = nn.Parameter(torch.zeros(1, config.num_frames, dim))
+            self.time_drop = nn.Dropout(config.drop_rate)
+
+        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        block_cls = BLOCKS[self.attention_type]
+        self.blocks = nn.ModuleList(
+            block_cls(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop_rate,
+                      config.attn_drop_rate, rate, config.fused_attention)
+            for rate in rates)
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self) -> None:
+        """TimeSformer's initialisation: truncated normal 0.02, zero time embedding, and
+        every ``temporal_fc`` zeroed so that a fresh model is a per-frame ViT."""
+        trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_module)
+        for block in self.blocks:
+            if hasattr(block, "temporal_fc"):
+                nn.init.zeros_(block.temporal_fc.weight)
+                nn.init.zeros_(block.temporal_fc.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        return {"pos_embed", "cls_token", "time_embed"}
+
+    # ------------------------------------------------------------- embedding
+    def _spatial_pos_embed(self, grid: tuple[int, int]) -> Tensor:
+        """(1, 1 + h*w, D) position embedding for a patch grid, nearest-resized if needed."""
+        if grid == self.patch_grid:
+            return self.pos_embed
+        dim = self.pos_embed.shape[-1]
+        cls_pos, patch_pos = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        patch_pos = patch_pos.reshape(1, *self.patch_grid, dim).permute(0, 3, 1, 2)  # (1, D, h0, w0)
+        patch_pos = F.interpolate(patch_pos, size=grid, mode="nearest")
+        patch_pos = patch_pos.flatten(2).transpose(1, 2)  # (1, h*w, D)
+        return torch.cat([cls_pos, patch_pos], dim=1)
+
+    def _time_embed(self, frames: int) -> Tensor:
+        """(1, T, D) time embedding, nearest-resized if T differs from the model's."""
+        if frames == self.time_embed.shape[1]:
+            return self.time_embed
+        resized = F.interpolate(self.time_embed.transpose(1, 2), size=frames, mode="nearest")
+        return resized.transpose(1, 2)  # (1, T, D)
+
+    def embed(self, video: Tensor) -> TokenState:
+        """(B, C, T, H, W) video -> start token state with patches (B, T, N, D)."""
+        if video.ndim != 5:
+            raise ValueError(f"expected a video tensor (B, C, T, H, W), got shape {tuple(video.shape)}")
+        batch, chans, frames, height, width = video.shape
+        if chans != self.config.in_chans:
+            raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
+                             f"(input must be (B, C, T, H, W))")
+        images = video.transpose(1, 2).reshape(batch * frames, chans, height, width)  # (B*T, C, H, W)
+        patches = self.patch_embed(images)  # (B*T, h, w, D)
+        grid = (patches.shape[1], patches.shape[2])
+        dim = patches.shape[-1]
+        patches = patches.reshape(batch, frames, grid[0] * grid[1], dim)  # (B, T, N, D)
+
+        pos = self._spatial_pos_embed(grid)
+        patches = self.pos_drop(patches + pos[:, None, 1:])
+        cls_tokens = self.pos_drop(self.cls_token + pos[:, :1]).expand(batch, 1, dim)
+        if self.attention_type == "space_only":
+            cls_tokens = cls_tokens.expand(batch, frames, dim)  # one class token per frame
+        else:
+            patches = self.time_drop(patches + self._time_embed(frames)[:, :, None, :])
+
+        state = TokenState.from_patches(cls_tokens, patches, grid)
+        cfg = self.config
+        state.spend(torch.full_like(state.macs, flops.embed_macs(
+            frames, grid[0] * grid[1], chans, cfg.patch_size, cfg.embed_dim)))
+        return state
+
+    # ----------------------------------------------------------------- blocks
+    def forward_blocks(self, state: TokenState) -> TokenState:
+        for block in self.blocks:
+            state = block(state)
+        return state
+
+    def forward_head(self, state: TokenState) -> Tensor:
+        """Final state -> logits (B, classes); bills the head."""
+        pooled = state.cls.mean(dim=1)  # (B, D): the space-only model averages its T class tokens
+        logits = self.head(self.norm(pooled))
+        if isinstance(self.head, nn.Linear):
+            state.spend(torch.full_like(state.macs, flops.head_macs(*self.head.weight.shape[::-1])))
+        return logits
+
+    def forward(self, video: Tensor, return_info: bool = False
+                ) -> Union[Tensor, tuple[Tensor, ForwardInfo]]:
+        """(B, C, T, H, W) -> logits (B, classes), and a ``ForwardInfo`` if asked."""
+        state = self.forward_blocks(self.embed(video))
+        logits = self.forward_head(state)
+        if not return_info:
+            return logits
+        info = ForwardInfo(gmacs=(state.macs / 1e9).float(), tokens=torch.stack(state.tokens, dim=1),
+                           records=state.records, state=state)
+        return logits, info
+
+    # ----------------------------------------------------------------- misc
+    def static_gmacs(self) -> float:
+        """GMACs of one unreduced view at the model's own size and frame count."""
+        cfg = self.config
+        return flops.model_macs(cfg.attention_type, cfg.num_frames, self.patch_grid[0] * self.patch_grid[1],
+                                cfg.depth, cfg.embed_dim, cfg.mlp_ratio, cfg.in_chans, cfg.patch_size,
+                                cfg.num_classes) / 1e9
+
+    def set_fused_attention(self, fused: bool) -> None:
+        """Switch every attention between the fused kernel and the explicit path."""
+        self.config = dataclasses.replace(self.config, fused_attention=fused)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.fused = fused
+
+
+def _init_module(module: nn.Module) -> None:
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight, std=0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)

@@ -1,0 +1,237 @@
+"""Weights from local files: official TimeSformer, timm/DeiT ViT, and our own checkpoints.
+
+Nothing here downloads. Every file is read with ``weights_only=True`` (or safetensors), so
+a checkpoint cannot run code. Loading is strict: a state dict that does not fit the model
+raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys.
+
+Recognised files:
+- official TimeSformer ``.pyth`` (PySlowFast ``save_checkpoint``): a dict whose
+  ``model_state`` holds keys prefixed ``model.``; our parameter names equal the official
+  ones once the prefix is stripped;
+- timm / DeiT ImageNet ViT weights (``.pth`` with the state dict at the top level or under
+  ``model`` / ``state_dict``, or ``.safetensors``): mapped the way TimeSformer initialises
+  from ViT (``attn`` copied into ``temporal_attn``, ``norm1`` into ``temporal_norm1``,
+  ``temporal_fc`` and ``time_embed`` zero), so the result starts as a per-frame ViT;
+- our checkpoints (``format: ired_video``), which also carry the model and data configs.
+
+Position embeddings are resized 2-D (bicubic, as timm does when fine-tuning at a new
+resolution) and time embeddings 1-D (nearest, as TimeSformer does) when the file's grid
+or frame count differs from the model's, with a log line saying so.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
+from torch import Tensor, nn
+
+from ired_video.config import to_dict
+
+log = logging.getLogger(__name__)
+
+FORMAT = "ired_video"
+FORMAT_VERSION = 1
+PathLike = Union[str, Path]
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint, or its weights do not fit the model."""
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file, normalised.
+
+    kind: "ired_video" (ours), "timesformer" (official layout, prefix stripped) or "vit".
+    """
+
+    path: Path
+    kind: str
+    state_dict: dict[str, Tensor]
+    model_config: Optional[dict[str, Any]] = None
+    data_config: Optional[dict[str, Any]] = None
+    extra: Optional[dict[str, Any]] = None
+
+
+def read_file(path: PathLike) -> dict[str, Any]:
+    """Read a ``.pth``/``.pyth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt bytes make the unpickler fail in arbitrary ways
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of weights, found a {type(obj).__name__}")
+    return obj
+
+
+def parse_checkpoint(obj: dict[str, Any], path: PathLike) -> Checkpoint:
+    """Find the state dict in a loaded file and tell which kind of checkpoint it is."""
+    path = Path(path)
+    if obj.get("format") == FORMAT:
+        return Checkpoint(path, FORMAT, _tensors_only(obj["model_state"], path),
+                          obj.get("model_config"), obj.get("data_config"),
+                          {k: v for k, v in obj.items() if k not in ("model_state",)})
+    official = "model_state" in obj
+    for key in ("model_state", "model", "state_dict", "module"):
+        if isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    state = _tensors_only(obj, path)
+    if any(k.startswith("model.") for k in state):
+        official = True
+    state = {_strip(k, ("module.", "model.")): v for k, v in state.items()}
+    if official or any(k == "time_embed" or ".temporal_" in k for k in state):
+        return Checkpoint(path, "timesformer", state)
+    return Checkpoint(path, "vit", state)
+
+
+def _strip(key: str, prefixes: tuple[str, ...]) -> str:
+    for prefix in prefixes:
+        if key.startswith(prefix):
+            key = key[len(prefix):]
+    return key
+
+
+def _tensors_only(state: Any, path: Path) -> dict[str, Tensor]:
+    if not isinstance(state, dict) or not state:
+        raise CheckpointError(f"{path}: no state dict found (expected a mapping of names to tensors)")
+    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
+    if bad:
+        raise CheckpointError(f"{path}: not a state dict; non-tensor entries: {', '.join(map(str, bad[:5]))}")
+    return dict(state)
+
+
+def vit_to_timesformer(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
+    """Map ImageNet ViT/DeiT weights onto a TimeSformer, initialising temporal parts as
+    TimeSformer does: temporal attention and its norm copy the spatial ones, the
+    ``temporal_fc`` projections and the time embedding are zero."""
+    state = dict(state)
+    if "dist_token" in state:  # DeiT distilled: drop the distillation token and head
+        del state["dist_token"]
+        state.pop("head_dist.weight", None)
+        state.pop("head_dist.bias", None)
+        pos = state["pos_embed"]
+        state["pos_embed"] = torch.cat([pos[:, :1], pos[:, 2:]], dim=1)
+    target = model.state_dict()
+    for i, block in enumerate(model.blocks):
+        if not hasattr(block, "temporal_attn"):
+            continue
+        for name in ("qkv.weight", "qkv.bias", "proj.weight", "proj.bias"):
+            if f"blocks.{i}.attn.{name}" in state:
+                state[f"blocks.{i}.temporal_attn.{name}"] = state[f"blocks.{i}.attn.{name}"].clone()
+        for name in ("weight", "bias"):
+            if f"blocks.{i}.norm1.{name}" in state:
+                state[f"blocks.{i}.temporal_norm1.{name}"] = state[f"blocks.{i}.norm1.{name}"].clone()
+            state[f"blocks.{i}.temporal_fc.{name}"] = torch.zeros_like(target[f"blocks.{i}.temporal_fc.{name}"])
+    if "time_embed" in target:
+        state["time_embed"] = torch.zeros_like(target["time_embed"])
+    return state
+
+
+def adapt_embeddings(state: dict[str, Tensor], model: nn.Module, source: PathLike) -> dict[str, Tensor]:
+    """Resize ``pos_embed`` (2-D) and ``time_embed`` (1-D) to the model's grid and frames."""
+    state = dict(state)
+    target = model.state_dict()
+    pos = state.get("pos_embed")
+    if pos is not None and pos.ndim == 3 and pos.shape != target["pos_embed"].shape \
+            and pos.shape[-1] == target["pos_embed"].shape[-1]:
+        old_side = math.isqrt(pos.shape[1] - 1)
+        if old_side * old_side != pos.shape[1] - 1:
+            raise CheckpointError(f"{source}: pos_embed {tuple(pos.shape)} is not a square grid "
+                                  "plus a class token; cannot resize it")
+        new_grid = list(model.patch_grid)
+        state["pos_embed"] = resample_abs_pos_embed(pos, new_grid, [old_side, old_side], num_prefix_tokens=1)
+        log.info("%s: resized pos_embed from a %dx%d to a %dx%d patch grid (2-D bicubic)",
+                 source, old_side, old_side, *new_grid)
+    time = state.get("time_embed")
+    if time is not None and "time_embed" in target and time.ndim == 3 \
+            and time.shape[1] != target["time_embed"].shape[1] and time.shape[-1] == target["time_embed"].shape[-1]:
+        frames = target["time_embed"].shape[1]
+        state["time_embed"] = F.interpolate(time.transpose(1, 2), size=frames, mode="nearest").transpose(1, 2)
+        log.info("%s: resized time_embed from %d to %d frames (1-D nearest)", source, time.shape[1], frames)
+    return state
+
+
+def check_fits(state: dict[str, Tensor], model: nn.Module, source: PathLike) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped key."""
+    target = model.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+                        for k in set(state) & set(target) if state[k].shape != target[k].shape)
+    if missing or unexpected or mismatched:
+        parts = [f"{source}: weights do not fit the model"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise CheckpointError("\n  ".join(parts))
+
+
+def load_checkpoint(path: PathLike) -> Checkpoint:
+    """Read and parse a checkpoint file."""
+    return parse_checkpoint(read_file(path), path)
+
+
+def load_weights(model: nn.Module, source: Union[PathLike, Checkpoint], drop_head: bool = False) -> Checkpoint:
+    """Load a checkpoint (a path, or one already read) into ``model`` (strict).
+
+    ``drop_head=True`` keeps the model's own classifier when the file's has another
+    number of classes (fine-tuning on a new label set). ViT ImageNet heads are always
+    dropped when their class count differs.
+    """
+    ckpt = source if isinstance(source, Checkpoint) else load_checkpoint(source)
+    path = ckpt.path
+    state = ckpt.state_dict
+    if ckpt.kind == "vit":
+        state = vit_to_timesformer(state, model)
+    state = adapt_embeddings(state, model, path)
+    target = model.state_dict()
+    head_differs = any(k in state and k in target and state[k].shape != target[k].shape
+                       for k in ("head.weight", "head.bias"))
+    if head_differs and (drop_head or ckpt.kind == "vit"):
+        log.info("%s: classifier not loaded (%d classes in the file, %d in the model)",
+                 path, state["head.weight"].shape[0], target["head.weight"].shape[0])
+        state["head.weight"], state["head.bias"] = target["head.weight"], target["head.bias"]
+    check_fits(state, model, path)
+    model.load_state_dict(state, strict=True)
+    return ckpt
+
+
+def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
+    """Write our checkpoint atomically: a temporary file in the same folder, then rename.
+
+    The file carries the model and data configs, so ``create_model(checkpoint=path)``
+    rebuilds the model and loaders read their preprocessing from it. ``extra`` entries
+    (optimizer state, epoch, ...) must be weights-only-loadable (tensors, numbers, str,
+    lists, dicts).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
+               "model_config": to_dict(model.config), "data_config": to_dict(model.data_config),
+               "model_state": model.state_dict(), **extra}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
