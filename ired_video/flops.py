@@ -15,10 +15,12 @@ Divided block over T frames x S tokens per frame, width D, MLP ratio r:
     MLP:                                   2 r (T S + 1) D^2
 Joint block over n = T S + 1 tokens:       (4 + 2r) n D^2 + 2 n^2 D
 Space-only block (T frames of S + 1):      T [(4 + 2r)(S+1) D^2 + 2 (S+1)^2 D]
+Under reduction the model passes each clip's real per-frame counts S_t (frames may
+differ), and temporal attention's real (query, key) pairs.
 """
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor
@@ -35,34 +37,44 @@ def linear_macs(tokens: Count, in_features: int, out_features: int) -> Count:
     return tokens * in_features * out_features
 
 
-def divided_block_macs(frames: Count, per_frame: Count, dim: int, mlp_ratio: float) -> Count:
-    """One divided space-time block: temporal attention, spatial attention, MLP."""
-    patches = frames * per_frame
-    temporal = 5 * linear_macs(patches, dim, dim) + attention_macs(frames, dim, groups=per_frame)
-    spatial = 4 * linear_macs(frames * (per_frame + 1), dim, dim) \
-        + attention_macs(per_frame + 1, dim, groups=frames)
-    mlp = 2 * mlp_ratio * linear_macs(patches + 1, dim, dim)
-    return temporal + spatial + mlp
+def mlp_macs(tokens: Count, dim: int, mlp_ratio: float) -> Count:
+    """The two MLP layers over ``tokens`` tokens."""
+    return 2 * mlp_ratio * linear_macs(tokens, dim, dim)
 
 
-def joint_block_macs(frames: Count, per_frame: Count, dim: int, mlp_ratio: float) -> Count:
-    """One joint space-time block: one attention over all patches and the class token."""
-    tokens = frames * per_frame + 1
-    return (4 + 2 * mlp_ratio) * linear_macs(tokens, dim, dim) + attention_macs(tokens, dim)
+def divided_attention_macs(frame_counts: Tensor, dim: int, temporal_pairs: Optional[Tensor] = None) -> Tensor:
+    """Temporal then spatial attention of a divided block (no MLP), per clip.
+
+    frame_counts: (B, F) real tokens in each frame. temporal_pairs: (B,) (query, key) pairs
+    of temporal attention; by default every slot attends over all frames (K * F^2).
+    """
+    frames = frame_counts.shape[-1]
+    if temporal_pairs is None:
+        temporal_pairs = frame_counts.amax(dim=-1) * frames * frames
+    temporal = 5 * linear_macs(frame_counts.sum(-1), dim, dim) + 2 * temporal_pairs * dim
+    per_frame = frame_counts + 1  # each frame's copy of the class token
+    spatial = 4 * linear_macs(per_frame, dim, dim) + attention_macs(per_frame, dim)
+    return temporal + spatial.sum(-1)
 
 
-def space_only_block_macs(frames: Count, per_frame: Count, dim: int, mlp_ratio: float) -> Count:
-    """One space-only block: each frame (with its own class token) on its own."""
-    tokens = per_frame + 1
-    per_frame_macs = (4 + 2 * mlp_ratio) * linear_macs(tokens, dim, dim) + attention_macs(tokens, dim)
-    return frames * per_frame_macs
+def joint_attention_macs(frame_counts: Tensor, dim: int) -> Tensor:
+    """One attention over all patch tokens and the class token (no MLP), per clip."""
+    tokens = frame_counts.sum(-1) + 1
+    return 4 * linear_macs(tokens, dim, dim) + attention_macs(tokens, dim)
 
 
-BLOCK_MACS = {
-    "divided_space_time": divided_block_macs,
-    "joint_space_time": joint_block_macs,
-    "space_only": space_only_block_macs,
-}
+def space_only_attention_macs(frame_counts: Tensor, dim: int) -> Tensor:
+    """Each frame, with its own class token, attends within itself (no MLP), per clip."""
+    tokens = frame_counts + 1
+    return (4 * linear_macs(tokens, dim, dim) + attention_macs(tokens, dim)).sum(-1)
+
+
+def block_macs(attention_type: str, frame_counts: Tensor, dim: int, mlp_ratio: float) -> Tensor:
+    """One unreduced block of any attention type, per clip: attention + MLP."""
+    class_tokens = frame_counts.shape[-1] if attention_type == "space_only" else 1
+    attention = {"divided_space_time": divided_attention_macs, "joint_space_time": joint_attention_macs,
+                 "space_only": space_only_attention_macs}[attention_type](frame_counts, dim)
+    return attention + mlp_macs(frame_counts.sum(-1) + class_tokens, dim, mlp_ratio)
 
 
 def embed_macs(frames: int, num_patches: int, in_chans: int, patch_size: int, dim: int) -> int:
@@ -77,7 +89,8 @@ def head_macs(dim: int, num_classes: int) -> int:
 def model_macs(attention_type: str, frames: int, num_patches: int, depth: int, dim: int,
                mlp_ratio: float, in_chans: int, patch_size: int, num_classes: int) -> float:
     """MACs of one unreduced forward pass of one clip (one view)."""
-    block = BLOCK_MACS[attention_type](frames, num_patches, dim, mlp_ratio)
+    counts = torch.full((1, frames), float(num_patches), dtype=torch.float64)
+    block = float(block_macs(attention_type, counts, dim, mlp_ratio)[0])
     return float(embed_macs(frames, num_patches, in_chans, patch_size, dim)
                  + depth * block + head_macs(dim, num_classes))
 

@@ -1,16 +1,21 @@
-"""The token state: what travels down the block loop with the tokens.
+"""The token state: what travels down the block loop with the tokens, and its operations.
 
-Layout. Patch tokens are stored frame-major as ``x: (B, T, K, D)``: clip, frame, token
-slot, channel. Before any reduction K = N = (H/p)*(W/p) and slot k of every frame is
-spatial patch k (row-major over the grid). The official TimeSformer keeps one flat
-sequence in ``(n t)`` order (spatial outer, frame inner); the two layouts hold the same
-numbers and give the same outputs, ours just makes "one frame" and "one location" plain
-reshapes. The class token is kept apart: ``cls: (B, 1, D)``, or ``(B, T, D)`` for the
-space-only model, which carries one class token per frame.
+Layout. Patch tokens are stored frame-major as ``x: (B, F, K, D)``: clip, frame, token
+slot, channel. Before any reduction F = T frames and K = N = (H/p)*(W/p) patches, and slot
+k of frame t is patch k of that frame (row-major over the grid). The official TimeSformer
+keeps one flat sequence in ``(n t)`` order (spatial outer, frame inner); the two layouts
+hold the same numbers and give the same outputs, ours just makes "one frame" and "one
+location" plain reshapes. The class token is kept apart: ``cls: (B, 1, D)``, or
+``(B, T, D)`` for the space-only model, which carries one class token per frame.
 
-A state is built by the model on every forward and never stored on a module. Reducers
-(``ired_video.reducers``) take a state and return a new one, keeping ``x``, ``pos``,
-``size`` and ``valid`` consistent with each other.
+Original patches are numbered globally, ``t * N + n`` for patch n of frame t: ``pos``
+holds that number for each token (for a merged token, the number of the token it was
+merged into). A joint-attention model may ``flatten_frames`` the state to F = 1 frame of
+T*K slots, after which reducers can merge and drop across frames.
+
+Operations (``keep_slots``, ``merge_slots``, ``flatten_frames``) return a new state and
+keep ``x``, ``pos``, ``size``, ``valid`` and ``slot_of`` consistent. A state is built by
+the model on every forward and never stored on a module.
 """
 from __future__ import annotations
 
@@ -27,28 +32,37 @@ class TokenState:
 
     Attributes:
         cls: (B, C, D) class token(s); C = 1, or T for the space-only model.
-        x: (B, T, K, D) patch tokens.
-        pos: (B, T, K) long, original spatial index (0..N-1) of each token; for a merged
-            token, the index of the token it was merged into.
-        size: (B, T, K) float, how many original patches each token stands for, or None
-            while every token is one patch.
-        valid: (B, T, K) bool, False on padding slots (clips of one batch that kept
-            different counts), or None while every slot is real.
+        x: (B, F, K, D) patch tokens.
+        pos: (B, F, K) long, global index t * N + n of the original patch each token sits at.
+        slot_of: (B, F, N') long, for every original patch (N' = N per frame, or T*N once
+            flattened), the slot of its frame that holds it now, or -1 once dropped.
         grid: (h, w) patch grid of the input; N = h * w.
+        num_frames_in: T, frames of the input clip.
         macs: (B,) float64, multiply-accumulates spent so far on each clip.
-        tokens: per block run, a (B,) long tensor of the patch tokens (T x K, real slots
-            only, class tokens excluded) that block processed for each clip.
-        records: per reducer run, a dict describing what it did (stage, scores, kept
-            indices), for overlays and analysis.
+        size: (B, F, K) float, original patches each token stands for; None while every
+            token is one patch.
+        valid: (B, F, K) bool, False on padding slots (clips of one batch that kept
+            different counts) and on tokens masked out while training; None while every
+            slot is real.
+        aligned: True while slot k holds the same location in every frame (no reduction,
+            or tube-mode reduction), so temporal attention can run per slot.
+        prop_attn: add log(size) to attention logits (ToMe's proportional attention).
+        tokens: per block, a (B,) long tensor of the real patch tokens it processed.
+        records: per reducer call, a dict describing what it did (for overlays, analysis
+            and training objectives).
     """
 
     cls: Tensor
     x: Tensor
     pos: Tensor
+    slot_of: Tensor
     grid: tuple[int, int]
+    num_frames_in: int
     macs: Tensor
     size: Optional[Tensor] = None
     valid: Optional[Tensor] = None
+    aligned: bool = True
+    prop_attn: bool = False
     tokens: list[Tensor] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
 
@@ -56,10 +70,14 @@ class TokenState:
     def from_patches(cls, cls_tokens: Tensor, patches: Tensor, grid: tuple[int, int]) -> "TokenState":
         """Start state: every patch of every frame, one patch per token, nothing spent."""
         batch, frames, num_patches, _ = patches.shape
-        pos = torch.arange(num_patches, device=patches.device)
-        pos = pos.expand(batch, frames, num_patches)  # (B, T, N)
-        macs = torch.zeros(batch, dtype=torch.float64, device=patches.device)
-        return cls(cls=cls_tokens, x=patches, pos=pos, grid=grid, macs=macs)
+        device = patches.device
+        spatial = torch.arange(num_patches, device=device)
+        frame_offset = torch.arange(frames, device=device)[:, None] * num_patches
+        pos = (frame_offset + spatial).expand(batch, frames, num_patches)  # (B, T, N)
+        slot_of = spatial.expand(batch, frames, num_patches)  # (B, T, N)
+        macs = torch.zeros(batch, dtype=torch.float64, device=device)
+        return cls(cls=cls_tokens, x=patches, pos=pos, slot_of=slot_of, grid=grid,
+                   num_frames_in=frames, macs=macs)
 
     @property
     def batch_size(self) -> int:
@@ -67,6 +85,7 @@ class TokenState:
 
     @property
     def num_frames(self) -> int:
+        """F: frames along the state's frame axis (1 once flattened)."""
         return self.x.shape[1]
 
     @property
@@ -74,11 +93,26 @@ class TokenState:
         """K: token slots per frame (padding included)."""
         return self.x.shape[2]
 
+    @property
+    def num_patches(self) -> int:
+        """N: patches per input frame."""
+        return self.grid[0] * self.grid[1]
+
+    def sizes(self) -> Tensor:
+        """(B, F, K) float sizes (ones while nothing was merged)."""
+        if self.size is None:
+            return torch.ones(self.x.shape[:3], dtype=self.x.dtype, device=self.x.device)
+        return self.size
+
+    def valid_mask(self) -> Tensor:
+        """(B, F, K) bool validity (all True while nothing is padded or masked)."""
+        if self.valid is None:
+            return torch.ones(self.x.shape[:3], dtype=torch.bool, device=self.x.device)
+        return self.valid
+
     def tokens_per_frame(self) -> Tensor:
         """(B,) float: real tokens per frame of each clip (mean over frames if they differ)."""
-        if self.valid is None:
-            return torch.full((self.batch_size,), float(self.num_slots), device=self.x.device)
-        return self.valid.float().sum(dim=2).mean(dim=1)
+        return self.real_tokens().double() / self.num_frames
 
     def real_tokens(self) -> Tensor:
         """(B,) long: real patch tokens of each clip over all frames."""
@@ -94,3 +128,92 @@ class TokenState:
     def spend(self, macs: Tensor) -> None:
         """Add (B,) multiply-accumulates to each clip's bill."""
         self.macs = self.macs + macs.to(self.macs.dtype)
+
+
+def _gather_slots(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...)."""
+    extra = values.shape[3:]
+    expanded = index.reshape(*index.shape, *([1] * len(extra))).expand(*index.shape, *extra)
+    return values.gather(2, expanded)
+
+
+def _remap_slot_of(slot_of: Tensor, new_slot: Tensor) -> Tensor:
+    """Compose (B, F, N') patch -> old slot with (B, F, K) old slot -> new slot (or -1)."""
+    alive = slot_of >= 0
+    mapped = new_slot.gather(2, slot_of.clamp(min=0))
+    return torch.where(alive, mapped, torch.full_like(mapped, -1))
+
+
+def keep_slots(state: TokenState, index: Tensor, valid: Optional[Tensor] = None,
+               aligned: Optional[bool] = None) -> TokenState:
+    """Keep the slots ``index`` (B, F, K') of each frame, in that order; drop the rest.
+
+    ``valid`` (B, F, K') marks padding among the kept slots (clips that kept fewer);
+    ``aligned`` says whether the same slots were kept in every frame (defaults to the
+    state's alignment if ``index`` is the same for every frame, else False).
+    """
+    batch, frames, slots = state.x.shape[:3]
+    if aligned is None:
+        aligned = state.aligned and bool((index == index[:, :1]).all())
+    kept_valid = _gather_slots(state.valid, index) if state.valid is not None else None
+    if valid is not None:
+        kept_valid = valid if kept_valid is None else kept_valid & valid
+    new_slot = torch.full((batch, frames, slots), -1, dtype=torch.long, device=index.device)
+    rank = torch.arange(index.shape[2], device=index.device).expand_as(index)
+    if kept_valid is not None:
+        rank = torch.where(kept_valid, rank, torch.full_like(rank, -1))  # padding keeps no patch
+    new_slot.scatter_(2, index, rank)
+    return replace(state, x=_gather_slots(state.x, index), pos=state.pos.gather(2, index),
+                   size=None if state.size is None else state.size.gather(2, index),
+                   valid=kept_valid, slot_of=_remap_slot_of(state.slot_of, new_slot), aligned=aligned,
+                   tokens=list(state.tokens), records=list(state.records))
+
+
+def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
+                weights: Optional[Tensor] = None, aligned: Optional[bool] = None) -> TokenState:
+    """Merge the slots of each frame into groups.
+
+    assign: (B, F, K) long, the new slot each old slot goes to, or -1 to drop it.
+    representative: (B, F, K') long, the old slot whose position each new slot takes.
+    weights: (B, F, K) averaging weights; by default the sizes (ToMe's size-weighted
+        mean). New tokens are sum(w x) / sum(w) over their group; new sizes add up.
+    """
+    if state.valid is not None and not bool(state.valid.all()):
+        raise ValueError("merging needs every slot to be real: run merge reducers before adaptive "
+                         "(padded) ones, or use ratio keeping")
+    batch, frames, slots, dim = state.x.shape
+    new_slots = representative.shape[2]
+    sizes = state.sizes()
+    weights = sizes if weights is None else weights
+    keep = assign >= 0
+    target = torch.where(keep, assign, torch.full_like(assign, new_slots))  # dropped -> spill slot
+    weights = torch.where(keep, weights, torch.zeros_like(weights))
+    summed = torch.zeros(batch, frames, new_slots + 1, dim, dtype=state.x.dtype, device=state.x.device)
+    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), state.x * weights[..., None])
+    total_w = torch.zeros(batch, frames, new_slots + 1, dtype=weights.dtype, device=weights.device)
+    total_w.scatter_add_(2, target, weights)
+    new_size = torch.zeros(batch, frames, new_slots + 1, dtype=sizes.dtype, device=sizes.device)
+    new_size.scatter_add_(2, target, torch.where(keep, sizes, torch.zeros_like(sizes)))
+    x = summed[:, :, :new_slots] / total_w[:, :, :new_slots, None].clamp(min=torch.finfo(weights.dtype).tiny)
+    if aligned is None:
+        aligned = state.aligned and bool((assign == assign[:, :1]).all())
+    return replace(state, x=x, pos=state.pos.gather(2, representative), size=new_size[:, :, :new_slots],
+                   valid=None, slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
+                   tokens=list(state.tokens), records=list(state.records))
+
+
+def flatten_frames(state: TokenState) -> TokenState:
+    """(B, T, K, D) -> (B, 1, T*K, D): one sequence, so joint-attention reducers can act
+    across frames. Only meaningful for joint space-time models."""
+    if state.num_frames == 1:
+        return state
+    batch, frames, slots, dim = state.x.shape
+    offset = torch.arange(frames, device=state.x.device)[None, :, None] * slots  # (1, T, 1)
+    slot_of = torch.where(state.slot_of >= 0, state.slot_of + offset, state.slot_of)
+
+    def flat(values: Optional[Tensor]) -> Optional[Tensor]:
+        return None if values is None else values.reshape(batch, 1, frames * slots, *values.shape[3:])
+
+    return replace(state, x=flat(state.x), pos=flat(state.pos), size=flat(state.size), valid=flat(state.valid),
+                   slot_of=slot_of.reshape(batch, 1, -1), aligned=False,
+                   tokens=list(state.tokens), records=list(state.records))

@@ -5,6 +5,7 @@ their weights load unchanged.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -12,13 +13,30 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+@dataclass
+class AttentionProbe:
+    """What a caller wants back from one attention call, filled in by that call.
+
+    cls_attn: (G, L) head-mean attention of query 0 (the class token) over all keys.
+    keys: (G, L, head_dim) head-mean keys (ToMe's similarity metric).
+    probs: (G, heads, L, L) attention probabilities (forces the explicit path).
+    """
+
+    want_cls_attn: bool = False
+    want_keys: bool = False
+    want_probs: bool = False
+    cls_attn: Optional[Tensor] = None
+    keys: Optional[Tensor] = None
+    probs: Optional[Tensor] = None
+
+
 class Attention(nn.Module):
     """Self-attention over (G, L, D) sequences with an optional additive logit bias.
 
     ``bias`` is broadcast to (G, heads, L, L) and added to the attention logits before the
     softmax: -inf masks a key out, log(size) gives proportional attention for merged
-    tokens. ``fused=True`` runs ``F.scaled_dot_product_attention``; the explicit path is
-    used when ``fused=False`` or when the caller asks for the attention probabilities.
+    tokens. ``fused=True`` runs ``F.scaled_dot_product_attention``; the explicit path runs
+    when ``fused=False`` or when a probe asks for the probabilities.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True,
@@ -35,35 +53,65 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        groups, length, dim = x.shape
-        qkv = self.qkv(x).reshape(groups, length, 3, self.num_heads, self.head_dim)
+    def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(G, L, 3D) projections -> q, k, v, each (G, heads, L, head_dim)."""
+        groups, length, _ = qkv.shape
+        qkv = qkv.reshape(groups, length, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, G, heads, L, head_dim)
         return qkv[0], qkv[1], qkv[2]
 
-    def _merge_heads(self, out: Tensor) -> Tensor:
+    def merge_heads(self, out: Tensor) -> Tensor:
+        """(G, heads, L, head_dim) -> (G, L, D) through the output projection."""
         groups, _, length, _ = out.shape
         out = out.transpose(1, 2).reshape(groups, length, -1)  # (G, L, D)
         return self.proj_drop(self.proj(out))
 
-    def forward(self, x: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-        """(G, L, D) -> (G, L, D)."""
-        if not self.fused:
-            return self.forward_with_attn(x, bias)[0]
-        q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(
+    def core(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> Tensor:
+        """Fused softmax(q k^T / sqrt(d) + bias) v, (G, heads, L, head_dim)."""
+        return F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0)
-        return self._merge_heads(out)
+
+    def forward(self, x: Tensor, bias: Optional[Tensor] = None,
+                probe: Optional[AttentionProbe] = None) -> Tensor:
+        """(G, L, D) -> (G, L, D), filling ``probe`` if one is given."""
+        q, k, v = self.split_qkv(self.qkv(x))
+        if self.fused and not (probe is not None and probe.want_probs):
+            if probe is not None:
+                _fill_probe(probe, k, cls_attn=_cls_row(q, k, bias, self.scale) if probe.want_cls_attn else None)
+            return self.merge_heads(self.core(q, k, v, bias))
+        out, attn = self._explicit(q, k, v, bias)
+        if probe is not None:
+            _fill_probe(probe, k, cls_attn=attn[:, :, 0].mean(dim=1), probs=attn)
+        return out
 
     def forward_with_attn(self, x: Tensor, bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(G, L, D) -> output (G, L, D) and attention probabilities (G, heads, L, L)."""
-        q, k, v = self._qkv(x)
+        return self._explicit(*self.split_qkv(self.qkv(x)), bias)
+
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (G, heads, L, L)
         if bias is not None:
             logits = logits + bias
         attn = logits.softmax(dim=-1)
-        out = self.attn_drop(attn) @ v  # (G, heads, L, head_dim)
-        return self._merge_heads(out), attn
+        return self.merge_heads(self.attn_drop(attn) @ v), attn
+
+
+def _cls_row(q: Tensor, k: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:
+    """(G, L) head-mean attention of the class token (query 0): q_cls k^T, not the full map."""
+    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (G, heads, 1, L)
+    if bias is not None:
+        logits = logits + bias[..., :1, :]
+    return logits.softmax(dim=-1)[:, :, 0].mean(dim=1)
+
+
+def _fill_probe(probe: AttentionProbe, k: Tensor, cls_attn: Optional[Tensor] = None,
+                probs: Optional[Tensor] = None) -> None:
+    if probe.want_keys:
+        probe.keys = k.mean(dim=1)  # (G, L, head_dim)
+    if probe.want_cls_attn:
+        probe.cls_attn = cls_attn
+    if probe.want_probs:
+        probe.probs = probs
 
 
 def key_mask_bias(valid_keys: Tensor, dtype: torch.dtype) -> Tensor:

@@ -2,44 +2,88 @@
 
 Parameter names follow the official TimeSformer (``norm1``, ``attn``, ``temporal_norm1``,
 ``temporal_attn``, ``temporal_fc``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) so that official
-checkpoints load by name. Each block bills every clip for the tokens it really processed
-(``state.spend``) and records the patch-token count it saw (``state.tokens``).
+checkpoints load by name.
+
+A block runs in two halves, ``attend`` (the attention residuals) and ``feed_forward``
+(the MLP). A reducer placed *inside* the block (ToMe, top-k, BAT, as their papers do)
+runs between the two, with this block's attention maps. Each half bills every clip for
+the tokens it really processed (``state.spend``).
 
 Drop path is applied per attention group, as in the official code: per spatial location
 for temporal attention, per frame for spatial attention, per clip for the MLP.
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Protocol
 
 import torch
 from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from ired_video import flops
-from ired_video.models.attention import Attention, key_mask_bias
+from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
 from ired_video.tokens import TokenState
+
+
+@dataclass
+class AttentionMaps:
+    """This block's attention, in state layout, for a reducer inside the block.
+
+    cls_attn: (B, F, K) head-mean attention of the class token to each patch token (per
+        frame for divided and space-only blocks: each frame's row sums to 1 with CLS).
+    keys: (B, F, K, C) head-mean keys, ToMe's similarity metric.
+    probs: full probabilities over [CLS, patches]: (B*F, heads, 1+K, 1+K) for divided and
+        space-only blocks, (B, heads, 1+F*K, 1+F*K) for joint blocks.
+    """
+
+    cls_attn: Optional[Tensor] = None
+    keys: Optional[Tensor] = None
+    probs: Optional[Tensor] = None
+
+
+class InnerReducer(Protocol):
+    needs: frozenset[str]
+
+    def __call__(self, state: TokenState, maps: Optional[AttentionMaps]) -> TokenState: ...
 
 
 def _layer_norm(dim: int) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=1e-6)
 
 
-def _log_size_bias(size: Optional[Tensor]) -> Optional[Tensor]:
-    """(G, L) token sizes -> (G, 1, 1, L) proportional-attention bias log(size)."""
-    if size is None:
-        return None
-    return size.log()[:, None, None, :]
+def _bias(valid: Optional[Tensor], size: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """(G, L) validity and sizes -> (G, 1, 1, L) additive logit bias, or None."""
+    bias = None if valid is None else key_mask_bias(valid, dtype)
+    if size is not None:
+        log_size = size.to(dtype).log()[:, None, None, :]
+        bias = log_size if bias is None else bias + log_size
+    return bias
 
 
-def _add_bias(*biases: Optional[Tensor]) -> Optional[Tensor]:
-    present = [b for b in biases if b is not None]
-    if not present:
+def _with_cls(per_token: Optional[Tensor], groups: int, length: int) -> Optional[Tensor]:
+    """(G, ...) per-token validity or sizes -> (G, 1 + length), class token first (True / 1)."""
+    if per_token is None:
         return None
-    total = present[0]
-    for b in present[1:]:
-        total = total + b
-    return total
+    per_token = per_token.reshape(groups, length)  # (G, L)
+    prefix = torch.ones(groups, 1, dtype=per_token.dtype, device=per_token.device)
+    return torch.cat([prefix, per_token], dim=1)
+
+
+def _probe_for(inner: Optional[InnerReducer]) -> Optional[AttentionProbe]:
+    if inner is None or not inner.needs:
+        return None
+    return AttentionProbe(want_cls_attn="cls_attn" in inner.needs, want_keys="keys" in inner.needs,
+                          want_probs="probs" in inner.needs)
+
+
+def _maps(probe: Optional[AttentionProbe], batch: int, frames: int, slots: int) -> Optional[AttentionMaps]:
+    """Probe over (G, 1 + L) sequences -> maps in (B, F, K) layout, class token removed."""
+    if probe is None:
+        return None
+    cls_attn = None if probe.cls_attn is None else probe.cls_attn[:, 1:].reshape(batch, frames, slots)
+    keys = None if probe.keys is None else probe.keys[:, 1:].reshape(batch, frames, slots, -1)
+    return AttentionMaps(cls_attn=cls_attn, keys=keys, probs=probe.probs)
 
 
 class Block(nn.Module):
@@ -57,47 +101,81 @@ class Block(nn.Module):
         self.norm2 = _layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def _mlp_residual(self, tokens: Tensor) -> Tensor:
-        """(B, L, D) -> (B, L, D): pre-norm MLP with residual."""
-        return tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+    def forward(self, state: TokenState, inner: Optional[InnerReducer] = None) -> TokenState:
+        state.tokens.append(state.real_tokens())
+        probe = _probe_for(inner)
+        state = self.attend(state, probe)
+        if inner is not None:
+            state = inner(state, _maps(probe, *self._map_layout(state)))
+        return self.feed_forward(state)
 
-    def _attend(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor]) -> Tensor:
+    def _map_layout(self, state: TokenState) -> tuple[int, int, int]:
+        return state.batch_size, state.num_frames, state.num_slots
+
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+        raise NotImplementedError
+
+    def _attention_residual(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor],
+                            probe: Optional[AttentionProbe] = None) -> Tensor:
         """(G, L, D) tokens, (G, L) valid/size or None -> (G, L, D) attention residual."""
-        bias = _add_bias(None if valid is None else key_mask_bias(valid, tokens.dtype),
-                         _log_size_bias(size))
-        return self.drop_path(self.attn(self.norm1(tokens), bias))
+        return self.drop_path(self.attn(self.norm1(tokens), _bias(valid, size, tokens.dtype), probe))
+
+    def feed_forward(self, state: TokenState) -> TokenState:
+        """Pre-norm MLP with residual on the class token(s) and every patch token."""
+        batch, frames, slots, dim = state.x.shape
+        tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, C+F*K, D)
+        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        num_cls = state.cls.shape[1]
+        state.spend(flops.mlp_macs(state.real_tokens().double() + num_cls, dim, self.mlp_ratio))
+        return state.with_tokens(tokens[:, :num_cls], tokens[:, num_cls:].reshape(batch, frames, slots, dim))
+
+    def _frame_counts(self, state: TokenState) -> Tensor:
+        """(B, F) float64 real tokens in each frame."""
+        return state.valid_mask().sum(dim=2).double()
 
 
 class JointSpaceTimeBlock(Block):
     """One attention over the class token and every patch token of every frame."""
 
-    def forward(self, state: TokenState) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
         batch, frames, slots, dim = state.x.shape
-        tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, 1+T*K, D)
-        valid = _with_cls(state.valid, batch, 1, frames * slots)
-        size = _with_cls(state.size, batch, 1, frames * slots)
-        tokens = tokens + self._attend(tokens, valid, size)
-        tokens = self._mlp_residual(tokens)
-        state.tokens.append(state.real_tokens())
-        state.spend(flops.joint_block_macs(frames, state.tokens_per_frame().double(), dim, self.mlp_ratio))
+        tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, 1+F*K, D)
+        size = state.size if state.prop_attn else None
+        tokens = tokens + self._attention_residual(
+            tokens, _with_cls(state.valid, batch, frames * slots), _with_cls(size, batch, frames * slots), probe)
+        state.spend(flops.joint_attention_macs(self._frame_counts(state), dim))
         return state.with_tokens(tokens[:, :1], tokens[:, 1:].reshape(batch, frames, slots, dim))
+
+
+def _frames_as_batch(per_token: Optional[Tensor]) -> Optional[Tensor]:
+    """(B, F, K) -> (B*F, K), passing None through."""
+    return None if per_token is None else per_token.reshape(-1, per_token.shape[-1])
 
 
 class SpaceOnlyBlock(Block):
     """Each frame attends within itself, with its own class token; frames never meet."""
 
-    def forward(self, state: TokenState) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
-                            state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*T, 1+K, D)
-        valid = _with_cls(_frames_as_batch(state.valid), batch * frames, 1, slots)
-        size = _with_cls(_frames_as_batch(state.size), batch * frames, 1, slots)
-        tokens = tokens + self._attend(tokens, valid, size)
-        tokens = self._mlp_residual(tokens)
-        state.tokens.append(state.real_tokens())
-        state.spend(flops.space_only_block_macs(frames, state.tokens_per_frame().double(), dim, self.mlp_ratio))
-        cls_tokens = tokens[:, 0].reshape(batch, frames, dim)  # (B, T, D)
-        return state.with_tokens(cls_tokens, tokens[:, 1:].reshape(batch, frames, slots, dim))
+                            state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
+        size = state.size if state.prop_attn else None
+        tokens = tokens + self._attention_residual(
+            tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
+            _with_cls(_frames_as_batch(size), batch * frames, slots), probe)
+        state.spend(flops.space_only_attention_macs(self._frame_counts(state), dim))
+        return state.with_tokens(tokens[:, 0].reshape(batch, frames, dim),
+                                 tokens[:, 1:].reshape(batch, frames, slots, dim))
+
+    def feed_forward(self, state: TokenState) -> TokenState:
+        """The MLP per frame (drop path per frame, as the official space-only model)."""
+        batch, frames, slots, dim = state.x.shape
+        tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
+                            state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
+        tokens = tokens + self.drop_path(self.mlp(self.norm2(tokens)))
+        state.spend(flops.mlp_macs(state.real_tokens().double() + frames, dim, self.mlp_ratio))
+        return state.with_tokens(tokens[:, 0].reshape(batch, frames, dim),
+                                 tokens[:, 1:].reshape(batch, frames, slots, dim))
 
 
 class DividedSpaceTimeBlock(Block):
@@ -112,56 +190,72 @@ class DividedSpaceTimeBlock(Block):
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, fused_attention)
         self.temporal_fc = nn.Linear(dim, dim)
 
-    def _temporal_residual(self, state: TokenState) -> Tensor:
-        """(B, T, K, D) -> (B, T, K, D): attention over the frames of each token slot."""
-        batch, frames, slots, dim = state.x.shape
-        tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, T, D)
-        valid = None if state.valid is None else state.valid.transpose(1, 2).reshape(batch * slots, frames)
-        size = None if state.size is None else state.size.transpose(1, 2).reshape(batch * slots, frames)
-        bias = _add_bias(None if valid is None else key_mask_bias(valid, tubes.dtype),
-                         _log_size_bias(size))
-        res = self.drop_path(self.temporal_attn(self.temporal_norm1(tubes), bias))
-        res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, T, K, D)
-        return self.temporal_fc(res)
+    def temporal_residual(self, state: TokenState) -> tuple[Tensor, Tensor]:
+        """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed."""
+        if state.aligned:
+            return self._temporal_by_slot(state)
+        return self._temporal_by_location(state)
 
-    def forward(self, state: TokenState) -> TokenState:
+    def _temporal_by_slot(self, state: TokenState) -> tuple[Tensor, Tensor]:
+        """Slot k is the same location in every frame: attend over the frames of each slot."""
         batch, frames, slots, dim = state.x.shape
-        xt = state.x + self._temporal_residual(state)  # (B, T, K, D)
+        tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, F, D)
+        valid = None if state.valid is None else state.valid.transpose(1, 2).reshape(batch * slots, frames)
+        size = None
+        if state.prop_attn and state.size is not None:
+            size = state.size.transpose(1, 2).reshape(batch * slots, frames)
+        bias = _bias(valid, size, tubes.dtype)
+        res = self.drop_path(self.temporal_attn(self.temporal_norm1(tubes), bias))
+        res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, F, K, D)
+        present = state.valid_mask().sum(dim=1).double()  # (B, K) frames each slot is real in
+        return self.temporal_fc(res), (present * present).sum(dim=-1)
+
+    def _temporal_by_location(self, state: TokenState) -> tuple[Tensor, Tensor]:
+        """Frames kept different tokens: scatter each token to its spatial location, attend
+        over the frames where that location survives (masked), gather back.
+
+        Equals the unreduced model's temporal attention restricted to the kept tokens.
+        Tokens are projected (qkv, proj) only where they exist; the attention itself runs
+        on the dense (B*N, F) grid, and is billed for it.
+        """
+        batch, frames, slots, dim = state.x.shape
+        num_patches = state.num_patches
+        attn = self.temporal_attn
+        location = state.pos % num_patches  # (B, F, K) spatial index
+        qkv = attn.qkv(self.temporal_norm1(state.x))  # (B, F, K, 3D)
+        grid = qkv.new_zeros(batch, frames, num_patches, 3 * dim)
+        grid.scatter_(2, location[..., None].expand(-1, -1, -1, 3 * dim), qkv)  # (B, F, N, 3D)
+        present = torch.zeros(batch, frames, num_patches, dtype=torch.bool, device=qkv.device)
+        present.scatter_(2, location, state.valid_mask())  # (B, F, N)
+        grid = grid.transpose(1, 2).reshape(batch * num_patches, frames, 3 * dim)  # (B*N, F, 3D)
+        present = present.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
+        size = None
+        if state.prop_attn and state.size is not None:
+            size_grid = torch.ones(batch, frames, num_patches, dtype=qkv.dtype, device=qkv.device)
+            size_grid.scatter_(2, location, state.size.to(qkv.dtype))
+            size = size_grid.transpose(1, 2).reshape(batch * num_patches, frames)
+        q, k, v = attn.split_qkv(grid)
+        out = attn.core(q, k, v, _bias(present, size, qkv.dtype))  # (B*N, heads, F, head_dim)
+        out = out.transpose(1, 2).reshape(batch, num_patches, frames, dim).transpose(1, 2)  # (B, F, N, D)
+        out = out.gather(2, location[..., None].expand(-1, -1, -1, dim))  # (B, F, K, D)
+        res = self.drop_path(attn.proj_drop(attn.proj(out)))
+        pairs = torch.full((batch,), float(num_patches * frames * frames), dtype=torch.float64, device=qkv.device)
+        return self.temporal_fc(res), pairs
+
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+        batch, frames, slots, dim = state.x.shape
+        temporal, pairs = self.temporal_residual(state)
+        xt = state.x + temporal  # (B, F, K, D)
 
         cls_copies = state.cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)
-        tokens = torch.cat([cls_copies, xt.reshape(batch * frames, slots, dim)], dim=1)  # (B*T, 1+K, D)
-        valid = _with_cls(_frames_as_batch(state.valid), batch * frames, 1, slots)
-        size = _with_cls(_frames_as_batch(state.size), batch * frames, 1, slots)
-        res = self._attend(tokens, valid, size)  # (B*T, 1+K, D)
+        tokens = torch.cat([cls_copies, xt.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
+        size = state.size if state.prop_attn else None
+        res = self._attention_residual(tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
+                                       _with_cls(_frames_as_batch(size), batch * frames, slots), probe)
         cls_res = res[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)  # (B, 1, D)
-        patch_res = res[:, 1:].reshape(batch, frames, slots, dim)  # (B, T, K, D)
-
-        tokens = torch.cat([state.cls + cls_res, (xt + patch_res).reshape(batch, frames * slots, dim)],
-                           dim=1)  # (B, 1+T*K, D)
-        tokens = self._mlp_residual(tokens)
-        state.tokens.append(state.real_tokens())
-        state.spend(flops.divided_block_macs(frames, state.tokens_per_frame().double(), dim, self.mlp_ratio))
-        return state.with_tokens(tokens[:, :1], tokens[:, 1:].reshape(batch, frames, slots, dim))
-
-
-def _frames_as_batch(per_token: Optional[Tensor]) -> Optional[Tensor]:
-    """(B, T, K) -> (B*T, K), passing None through."""
-    if per_token is None:
-        return None
-    batch, frames, slots = per_token.shape
-    return per_token.reshape(batch * frames, slots)
-
-
-def _with_cls(per_token: Optional[Tensor], groups: int, num_cls: int, length: int) -> Optional[Tensor]:
-    """Prefix (G, ...) per-token values with ``num_cls`` class-token entries: True / 1.
-
-    Input (G, L') with L' = ``length`` after flattening; output (G, num_cls + length).
-    """
-    if per_token is None:
-        return None
-    per_token = per_token.reshape(groups, length)  # (G, L)
-    prefix = torch.ones(groups, num_cls, dtype=per_token.dtype, device=per_token.device)
-    return torch.cat([prefix, per_token], dim=1)
+        patch_res = res[:, 1:].reshape(batch, frames, slots, dim)  # (B, F, K, D)
+        state.spend(flops.divided_attention_macs(self._frame_counts(state), dim, pairs))
+        return state.with_tokens(state.cls + cls_res, xt + patch_res)
 
 
 BLOCKS: dict[str, type[Block]] = {

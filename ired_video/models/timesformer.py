@@ -76,6 +76,8 @@ class TimeSformer(nn.Module):
             for rate in rates)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        # Token reducers keyed by the index of the block they act at (see ired_video.reducers).
+        self.reducers = nn.ModuleDict()
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -142,8 +144,13 @@ class TimeSformer(nn.Module):
 
     # ----------------------------------------------------------------- blocks
     def forward_blocks(self, state: TokenState) -> TokenState:
-        for block in self.blocks:
-            state = block(state)
+        """Run the blocks; a reducer at block i runs before it or inside it (its placement)."""
+        for index, block in enumerate(self.blocks):
+            reducer = self.reducers[str(index)] if str(index) in self.reducers else None
+            if reducer is not None and reducer.placement == "before":
+                state = reducer(state, None)
+                reducer = None
+            state = block(state, inner=reducer)
         return state
 
     def forward_head(self, state: TokenState) -> Tensor:
