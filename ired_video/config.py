@@ -77,6 +77,31 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)
 
 
+@dataclass
+class ReducerConfig:
+    """Which token reducer a model runs, and its knobs (see ``ired_video.reducers``).
+
+    name: none | random | topk | interaction | bat | tome | iared2.
+    stages: blocks the reducer acts at (default: a quarter, half and three quarters of
+        the depth); ToMe acts at every block its ``r`` schedule gives tokens to.
+    keep: fraction of tokens kept at each stage (iared2: or ``threshold`` for adaptive).
+    r: ToMe's tokens merged per block: an int, a per-block list, or [r, inflection].
+    """
+
+    name: str = "none"
+    stages: Optional[list[int]] = None
+    keep: Optional[float] = None
+    threshold: Optional[float] = None
+    mode: str = "tube"
+    r: Union[int, list[float]] = 0
+    fuse: bool = False
+    cluster_ratio: float = 0.25
+    match_ratio: float = 0.1
+    prop_attn: bool = True
+    interpreter_heads: Optional[int] = None
+    seed: int = 0
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 

@@ -1,0 +1,115 @@
+"""Spatiotemporal token reducers and the one call that puts them into a model.
+
+    from ired_video import create_model, apply_reducer
+    model = create_model("timesformer_base_patch16_224")
+    apply_reducer(model, "tome", r=16)
+    apply_reducer(model, "iared2", stages=(4, 7, 10), keep=0.7, mode="tube")
+
+Every reducer follows one contract (``ired_video.reducers.base``): a module called with
+the token state, at a block, returning a new state.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Union
+
+from torch import nn
+
+from ired_video.config import ConfigError, ReducerConfig, from_dict
+from ired_video.reducers.base import MODES, Reducer
+from ired_video.reducers.bat import BAT
+from ired_video.reducers.drop import ClassAttentionTopK, RandomDrop
+from ired_video.reducers.iared2 import IARED2, Interpreter
+from ired_video.reducers.interaction import InteractionDrop
+from ired_video.reducers.tome import ToMe, bipartite_soft_matching, parse_r
+
+
+def default_stages(depth: int) -> list[int]:
+    """Blocks at a quarter, half and three quarters of the depth (3, 6, 9 of 12: EViT's)."""
+    return sorted({min(depth - 1, max(1, round(depth * f))) for f in (0.25, 0.5, 0.75)})
+
+
+def _need_keep(cfg: ReducerConfig) -> float:
+    if cfg.keep is None:
+        raise ConfigError(f"reducer {cfg.name!r} needs keep=<fraction of tokens kept per stage>")
+    return cfg.keep
+
+
+def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
+    depth = len(model.blocks)
+    stages = cfg.stages if cfg.stages is not None else default_stages(depth)
+    bad = [s for s in stages if not 0 <= s < depth]
+    if bad:
+        raise ConfigError(f"stages {bad} are outside the model's blocks 0..{depth - 1}")
+    mc = model.config
+    makers: dict[str, Callable[[int], Reducer]] = {
+        "random": lambda b: RandomDrop(b, _need_keep(cfg), cfg.mode, cfg.seed),
+        "topk": lambda b: ClassAttentionTopK(b, _need_keep(cfg), cfg.mode, cfg.fuse),
+        "interaction": lambda b: InteractionDrop(b, _need_keep(cfg), cfg.mode),
+        "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio),
+        "iared2": lambda b: IARED2(b, mc.embed_dim, cfg.interpreter_heads or mc.num_heads,
+                                   cfg.keep, cfg.threshold, cfg.mode),
+    }
+    return {stage: makers[cfg.name](stage) for stage in stages}
+
+
+def _build_tome(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
+    if cfg.stages is not None:
+        raise ConfigError("tome acts at every block with r > 0: give r as a per-block list, not stages")
+    r = cfg.r
+    if isinstance(r, list) and len(r) == 2 and isinstance(r[1], float) and not float(r[1]).is_integer():
+        r = (int(r[0]), float(r[1]))  # [r, inflection]
+    elif isinstance(r, list):
+        r = [int(v) for v in r]
+    schedule = parse_r(len(model.blocks), r)
+    return {block: ToMe(block, count, cfg.mode, cfg.prop_attn) for block, count in enumerate(schedule) if count > 0}
+
+
+BUILDERS: dict[str, Callable[[ReducerConfig, nn.Module], dict[int, Reducer]]] = {
+    "random": _build_stages, "topk": _build_stages, "interaction": _build_stages, "bat": _build_stages,
+    "iared2": _build_stages, "tome": _build_tome,
+}
+REDUCERS = ("none", *BUILDERS)
+
+
+def reducer_config(name: Union[str, ReducerConfig], **kwargs: Any) -> ReducerConfig:
+    """A checked ReducerConfig from a name and keyword arguments (or a config as is)."""
+    if isinstance(name, ReducerConfig):
+        return dataclasses.replace(name, **kwargs)
+    if "stages" in kwargs and kwargs["stages"] is not None:
+        kwargs["stages"] = list(kwargs["stages"])
+    return from_dict(ReducerConfig, {"name": name, **kwargs}, prefix="reducer.")
+
+
+def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: Any) -> nn.Module:
+    """Put a reducer into ``model`` (replacing any other), configured by keyword arguments.
+
+    Names: ``random``, ``topk``, ``interaction``, ``bat``, ``iared2`` (act at ``stages``,
+    keeping ``keep`` of the tokens each time), ``tome`` (merges ``r`` tokens per block),
+    ``none`` (removes reducers). ``mode``: ``tube`` (default), ``frame``, or ``flat`` for
+    joint-attention models. Returns the model.
+    """
+    cfg = reducer_config(name, **kwargs)
+    if cfg.name not in REDUCERS:
+        raise ConfigError(f"unknown reducer {cfg.name!r}; known: {', '.join(REDUCERS)}")
+    if cfg.mode not in MODES:
+        raise ConfigError(f"reducer mode {cfg.mode!r}: expected one of {MODES}")
+    if cfg.mode == "flat" and model.config.attention_type != "joint_space_time":
+        raise ConfigError("mode='flat' mixes frames, which only joint_space_time models allow; "
+                          "use 'tube' or 'frame'")
+    model.reducers = nn.ModuleDict()
+    if cfg.name != "none":
+        try:
+            built = BUILDERS[cfg.name](cfg, model)
+        except ValueError as err:
+            raise ConfigError(f"reducer {cfg.name!r}: {err}") from None
+        model.reducers = nn.ModuleDict({str(block): reducer for block, reducer in built.items()})
+        model.reducers.to(next(model.parameters()).device)
+        model.reducers.train(model.training)  # new modules would otherwise start in training mode
+    model.reducer_config = cfg
+    return model
+
+
+__all__ = ["BAT", "IARED2", "REDUCERS", "ClassAttentionTopK", "InteractionDrop", "Interpreter", "RandomDrop",
+           "Reducer", "ReducerConfig", "ToMe", "apply_reducer", "bipartite_soft_matching", "default_stages",
+           "parse_r", "reducer_config"]

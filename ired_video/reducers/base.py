@@ -1,0 +1,117 @@
+"""The reducer contract and the selection helpers every dropping reducer shares.
+
+A reducer is a small ``nn.Module`` called with the token state, returning a new one:
+``reducer(state, maps) -> state``. Its ``placement`` says where the model calls it:
+``"before"`` block i (IA-RED² interpreters, random drop), or ``"inside"`` block i between
+the attention and the MLP with that block's ``AttentionMaps`` (ToMe, top-k, BAT,
+interaction drop), as their papers place them. ``needs`` names the maps it reads.
+
+Modes keep divided attention valid:
+- ``tube``: one decision per spatial location, shared by all frames (scores averaged
+  over frames); temporal attention is untouched.
+- ``frame``: each frame decides for itself, all frames keeping the same count; temporal
+  attention then links tokens by their original location (see ``DividedSpaceTimeBlock``).
+- ``flat`` (joint-attention models only): one sequence of all frames' tokens, so tokens
+  may be dropped or merged across frames.
+
+A reducer that would remove nothing returns its input state untouched, so the model's
+output stays bit-identical.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ired_video.tokens import TokenState, flatten_frames, keep_slots
+
+MODES = ("tube", "frame", "flat")
+
+
+class Reducer(nn.Module):
+    """Base class: mode handling and the record every reducer call leaves."""
+
+    name = "reducer"
+    placement = "before"
+    needs: frozenset[str] = frozenset()
+
+    def __init__(self, block: int, mode: str = "tube") -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        self.block = block
+        self.mode = mode
+
+    def extra_repr(self) -> str:
+        return f"block={self.block}, mode={self.mode!r}"
+
+    def prepare(self, state: TokenState) -> TokenState:
+        """Flatten frames into one sequence in ``flat`` mode."""
+        return flatten_frames(state) if self.mode == "flat" else state
+
+    def unit_scores(self, scores: Tensor, state: TokenState) -> Tensor:
+        """(B, F, K) per-token scores -> (B, U, K) per decision unit: U = 1 in tube mode
+        (mean over the frames where the slot is real), else U = F."""
+        if self.mode != "tube":
+            return scores
+        valid = state.valid_mask().to(scores.dtype)
+        return (scores * valid).sum(dim=1, keepdim=True) / valid.sum(dim=1, keepdim=True).clamp(min=1)
+
+    def unit_valid(self, state: TokenState) -> Tensor:
+        """(B, U, K) bool: which decision units are real."""
+        valid = state.valid_mask()
+        return valid.any(dim=1, keepdim=True) if self.mode == "tube" else valid
+
+    def record(self, state: TokenState, **fields: Any) -> None:
+        state.records.append({"reducer": self.name, "block": self.block, "mode": self.mode, **fields})
+
+
+def keep_count(available: Tensor, keep: float) -> Tensor:
+    """Units to keep of ``available`` (any shape, long): ceil(keep * n), at least 1."""
+    return torch.clamp(torch.ceil(available.double() * keep).long(), min=1).minimum(available.clamp(min=1))
+
+
+def select_top(scores: Tensor, counts: Tensor, valid: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+    """Keep the ``counts`` best-scoring real slots of each unit.
+
+    scores: (B, U, K); counts: (B, U) long; valid: (B, U, K) bool.
+    Returns slot indices (B, U, K') in ascending slot order, K' = max count, and a (B, U, K')
+    validity mask when units keep different counts (None when all keep K').
+    """
+    most = int(counts.max())
+    ranked = scores.masked_fill(~valid, float("-inf"))
+    top = ranked.topk(most, dim=-1).indices  # (B, U, K'), best first
+    rank = torch.arange(most, device=scores.device).expand_as(top)
+    keep = rank < counts[..., None]  # (B, U, K')
+    order = top.argsort(dim=-1)  # ascending slot order keeps the spatial layout readable
+    index = top.gather(-1, order)
+    keep = keep.gather(-1, order)
+    return index, (None if bool(keep.all()) else keep)
+
+
+def drop_to(reducer: Reducer, state: TokenState, scores: Tensor, counts: Tensor) -> TokenState:
+    """Keep each unit's ``counts`` best slots by ``scores`` (B, U, K), U = 1 for tubes."""
+    index, valid = select_top(scores, counts, reducer.unit_valid(state))
+    frames = state.num_frames
+    if reducer.mode == "tube":
+        index = index.expand(-1, frames, -1)  # (B, F, K'): the same slots in every frame
+        valid = None if valid is None else valid.expand(-1, frames, -1)
+    return keep_slots(state, index, valid, aligned=state.aligned if reducer.mode == "tube" else False)
+
+
+def ratio_counts(reducer: Reducer, state: TokenState, keep: float) -> Tensor:
+    """(B, U) units to keep at ratio ``keep`` of each unit's real slots."""
+    return keep_count(reducer.unit_valid(state).sum(dim=-1), keep)
+
+
+def removes_nothing(counts: Tensor, state: TokenState) -> bool:
+    return state.valid is None and bool((counts >= state.num_slots).all())
+
+
+def check_fraction(name: str, value: float, allow_one: bool = True) -> float:
+    upper_ok = value <= 1 if allow_one else value < 1
+    if not (0 < value and upper_ok) or math.isnan(value):
+        raise ValueError(f"{name}={value}: expected a fraction in (0, 1{']' if allow_one else ')'}")
+    return value

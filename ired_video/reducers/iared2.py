@@ -1,0 +1,117 @@
+"""IA-RED² (Pan et al., NeurIPS 2021): interpretable multi-head interpreters that drop
+redundant patches, hierarchically, before each stage.
+
+The interpreter at a stage scores every patch token with a multi-head query from the
+class token (methods.md 3.1, from the public reconstruction; the official code was never
+released):
+
+    p_j = mean_h sigmoid( <W_q LN(cls)>_h . <W_k LN(x_j)>_h / sqrt(d_h) )
+
+with LN a LayerNorm without affine parameters. ``p`` is the probability of keeping the
+patch, and it is the explanation: ``state.records`` exposes it for overlays.
+
+- Training (``model.train()``): keep decisions are sampled, a ~ Bernoulli(p), and the
+  dropped tokens are masked (not removed, so shapes stay static and gradients flow);
+  the record carries log pi(a) for the policy-gradient objective
+  (``ired_video.reducers.objectives``).
+- Evaluation: keep the ``keep`` fraction with the highest p (static shapes), or every
+  token with p > ``threshold`` (adaptive: clips keep different counts; the batch is
+  padded and masked, and each clip is billed for its own count).
+Dropped tokens stay dropped (the next interpreter sees only survivors).
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from ired_video.models.blocks import AttentionMaps
+from ired_video.reducers.base import Reducer, check_fraction, drop_to, ratio_counts, removes_nothing
+from ired_video.tokens import TokenState
+
+
+class Interpreter(nn.Module):
+    """Multi-head keep probabilities from the class token's query and the patch keys."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.query = nn.Linear(dim, dim)
+        self.key = nn.Linear(dim, dim)
+
+    def forward(self, cls_tokens: Tensor, patches: Tensor) -> Tensor:
+        """cls (B, C, D) with C = 1 or F, patches (B, F, K, D) -> keep probability (B, F, K)."""
+        batch, frames, slots, dim = patches.shape
+        heads = self.num_heads
+        q = self.query(self.norm(cls_tokens)).reshape(batch, -1, 1, heads, dim // heads)  # (B, C, 1, H, d)
+        k = self.key(self.norm(patches)).reshape(batch, frames, slots, heads, dim // heads)  # (B, F, K, H, d)
+        logits = (q * k).sum(dim=-1) * self.scale  # (B, F, K, H)
+        return logits.sigmoid().mean(dim=-1)
+
+    def macs(self, tokens: Tensor, num_cls: int) -> Tensor:
+        """(B,) patch tokens scored -> (B,) MACs: key projection per token, query per class token."""
+        dim = self.query.in_features
+        return (tokens.double() + num_cls) * dim * dim + tokens.double() * dim
+
+
+class IARED2(Reducer):
+    """An IA-RED² interpreter and the drop it decides, before block ``block``."""
+
+    name = "iared2"
+    placement = "before"
+
+    def __init__(self, block: int, dim: int, num_heads: int, keep: Optional[float] = None,
+                 threshold: Optional[float] = None, mode: str = "tube") -> None:
+        super().__init__(block, mode)
+        if keep is not None and threshold is not None:
+            raise ValueError("give keep (a ratio) or threshold (adaptive), not both")
+        self.keep = None if keep is None else check_fraction("keep", keep)
+        self.threshold = 0.5 if keep is None and threshold is None else threshold
+        if self.threshold is not None:
+            check_fraction("threshold", self.threshold, allow_one=False)
+        self.interpreter = Interpreter(dim, num_heads)
+
+    def extra_repr(self) -> str:
+        rule = f"keep={self.keep}" if self.keep is not None else f"threshold={self.threshold}"
+        return f"{super().extra_repr()}, {rule}"
+
+    def forward(self, state: TokenState, maps: Optional[AttentionMaps] = None) -> TokenState:
+        state = self.prepare(state)
+        cls_tokens = state.cls if state.cls.shape[1] == state.num_frames else state.cls.mean(dim=1, keepdim=True)
+        probs = self.interpreter(cls_tokens, state.x)  # (B, F, K)
+        state.spend(self.interpreter.macs(state.real_tokens(), cls_tokens.shape[1]))
+        unit_probs = self.unit_scores(probs, state)  # (B, U, K)
+        if self.training:
+            return self._sample(state, unit_probs)
+        counts = self._eval_counts(state, unit_probs)
+        self.record(state, keep_prob=unit_probs.detach(), pos=state.pos)
+        if removes_nothing(counts, state):
+            return state
+        return drop_to(self, state, unit_probs, counts)
+
+    def _eval_counts(self, state: TokenState, unit_probs: Tensor) -> Tensor:
+        """(B, U) tokens to keep per unit; frame mode keeps the clip's mean count per frame."""
+        if self.keep is not None:
+            return ratio_counts(self, state, self.keep)
+        above = ((unit_probs > self.threshold) & self.unit_valid(state)).sum(dim=-1)  # (B, U)
+        counts = above.double().mean(dim=-1, keepdim=True).round().long().clamp(min=1)  # (B, 1)
+        return counts.expand_as(above).minimum(self.unit_valid(state).sum(dim=-1))
+
+    def _sample(self, state: TokenState, unit_probs: Tensor) -> TokenState:
+        """Training: sample keep decisions, mask the dropped tokens, record log pi(a)."""
+        valid_units = self.unit_valid(state)
+        probs = unit_probs.clamp(1e-6, 1 - 1e-6)
+        actions = torch.bernoulli(probs.detach()).bool() & valid_units
+        log_prob = torch.where(actions, probs.log(), (1 - probs).log())
+        log_prob = (log_prob * valid_units).sum(dim=(1, 2))  # (B,)
+        new_valid = state.valid_mask() & actions.expand(-1, state.num_frames, -1)
+        before = valid_units.sum(dim=(1, 2)).clamp(min=1)
+        self.record(state, keep_prob=unit_probs, pos=state.pos, log_prob=log_prob,
+                    kept_fraction=actions.sum(dim=(1, 2)) / before)
+        return replace(state, valid=new_valid, tokens=list(state.tokens), records=list(state.records))
