@@ -67,7 +67,12 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(out))
 
     def core(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> Tensor:
-        """Fused softmax(q k^T / sqrt(d) + bias) v, (G, heads, L, head_dim)."""
+        """softmax(q k^T / sqrt(d) + bias) v, (G, heads, L, head_dim), fused unless switched off."""
+        if not self.fused:
+            logits = (q * self.scale) @ k.transpose(-2, -1)  # (G, heads, L, L)
+            if bias is not None:
+                logits = logits + bias
+            return self.attn_drop(logits.softmax(dim=-1)) @ v
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0)
 

@@ -49,8 +49,12 @@ class InteractionDrop(Reducer):
     def __init__(self, block: int, keep: float, mode: str = "tube") -> None:
         super().__init__(block, mode)
         self.keep = check_fraction("keep", keep)
+        if self.keep == 1:  # nothing to remove: don't force the explicit attention path
+            self.needs = frozenset()
 
     def forward(self, state: TokenState, maps: Optional[AttentionMaps]) -> TokenState:
+        if maps is None or maps.probs is None:
+            return state
         groups = maps.probs.shape[0]
         valid = None if state.valid is None else state.valid.reshape(groups, -1)
         scores = interaction_scores(maps.probs, valid).reshape(state.x.shape[:3])  # (B, F, K)

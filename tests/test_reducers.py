@@ -1,0 +1,273 @@
+"""Token reducers: the properties of design.md section 5, for every reducer and mode."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from ired_video import ConfigError, apply_reducer, create_model
+from ired_video.flops import count_flops
+from ired_video.models.blocks import DividedSpaceTimeBlock
+from ired_video.reducers import bipartite_soft_matching, parse_r
+from ired_video.reducers.bat import dpc_knn
+from ired_video.reducers.objectives import policy_gradient_loss
+from ired_video.tokens import TokenState, keep_slots
+
+ATTENTION_TYPES = ["divided_space_time", "joint_space_time", "space_only"]
+# name, kwargs at keep 0.5 / r 4, kwargs that remove nothing
+REDUCERS = [
+    ("random", {"keep": 0.5}, {"keep": 1.0}),
+    ("topk", {"keep": 0.5}, {"keep": 1.0}),
+    ("topk", {"keep": 0.5, "fuse": True}, {"keep": 1.0, "fuse": True}),
+    ("interaction", {"keep": 0.5}, {"keep": 1.0}),
+    ("bat", {"keep": 0.5}, {"keep": 1.0, "match_ratio": 0.0}),
+    ("tome", {"r": 4}, {"r": 0}),
+    ("iared2", {"keep": 0.5}, {"keep": 1.0}),
+]
+IDS = [f"{name}{'-fuse' if kw.get('fuse') else ''}" for name, kw, _ in REDUCERS]
+
+
+def _model(attention_type: str = "divided_space_time", **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = create_model("timesformer_test", attention_type=attention_type, depth=4, **kwargs).eval()
+    for block in model.blocks:  # a trained-looking model: temporal mixing switched on
+        if hasattr(block, "temporal_fc"):
+            torch.nn.init.normal_(block.temporal_fc.weight, std=0.1)
+    return model
+
+
+def _video(batch: int = 3, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, 3, 4, 32, 32, generator=torch.Generator().manual_seed(seed))
+
+
+def _modes(attention_type: str) -> list[str]:
+    return ["tube", "frame"] + (["flat"] if attention_type == "joint_space_time" else [])
+
+
+@pytest.mark.parametrize("name,_,noop", REDUCERS, ids=IDS)
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_removing_nothing_is_bit_identical(attention_type, name, _, noop):
+    model = _model(attention_type)
+    video = _video()
+    with torch.no_grad():
+        plain = model(video)
+        for mode in _modes(attention_type):
+            apply_reducer(model, name, mode=mode, **noop)
+            assert torch.equal(model(video), plain), mode
+
+
+@pytest.mark.parametrize("name,kwargs,_", REDUCERS, ids=IDS)
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_counts_provenance_and_batch_independence(attention_type, name, kwargs, _):
+    """Token counts fall where the schedule says, every original patch is held by exactly
+    one token or dropped, sizes add up, and clips in a batch do not affect each other."""
+    for mode in _modes(attention_type):
+        model = apply_reducer(_model(attention_type), name, mode=mode, **kwargs)
+        video = _video()
+        with torch.no_grad():
+            logits, info = model(video, return_info=True)
+            state = info.state
+            assert torch.isfinite(logits).all()
+            assert (info.tokens[:, 0] == 64).all() and (info.tokens[:, -1] < 64).all(), mode
+            assert (info.tokens[:, 1:] <= info.tokens[:, :-1]).all()  # hierarchical: never grows
+            assert (info.gmacs < model.static_gmacs()).all()
+            _check_provenance(state)
+            if name != "random":  # random draws per batch row; its own test covers determinism
+                single = torch.cat([model(video[i:i + 1]) for i in range(3)])
+                torch.testing.assert_close(logits, single, atol=1e-5, rtol=0)
+
+
+def _check_provenance(state: TokenState) -> None:
+    batch, frames, slots = state.x.shape[:3]
+    slot_of = state.slot_of  # (B, F, N')
+    assert slot_of.max() < slots
+    valid = state.valid_mask()
+    # each real slot holds exactly `size` original patches, padding holds none
+    held = torch.zeros(batch, frames, slots + 1).scatter_add_(
+        2, torch.where(slot_of >= 0, slot_of, slots), torch.ones(slot_of.shape))[..., :slots]
+    torch.testing.assert_close(held, torch.where(valid, state.sizes(), torch.zeros_like(held)))
+    # the patch a slot sits at is one of the patches it holds
+    at_pos = slot_of.gather(2, state.pos % slot_of.shape[-1])  # (B, F, K)
+    own = torch.arange(slots).expand_as(at_pos)
+    assert torch.equal(at_pos[valid], own[valid])
+
+
+@pytest.mark.parametrize("name", ["tome", "bat"])
+@pytest.mark.parametrize("mode", ["tube", "frame"])
+def test_merged_sizes_sum_to_patches_per_frame(name, mode):
+    kwargs = {"r": 6} if name == "tome" else {"keep": 0.5}
+    model = apply_reducer(_model(), name, mode=mode, **kwargs)
+    _, info = model(_video(), return_info=True)
+    torch.testing.assert_close(info.state.size.sum(dim=-1), torch.full((3, 4), 16.0))
+
+
+def test_class_token_is_never_dropped_or_merged():
+    model = apply_reducer(_model(), "tome", r=8)
+    _, info = model(_video(), return_info=True)
+    assert info.state.cls.shape == (3, 1, 32)
+    assert info.state.slot_of.shape == (3, 4, 16)  # only patches are tracked: CLS is apart
+
+
+def test_eval_is_deterministic_random_included():
+    model = apply_reducer(_model(), "random", keep=0.5, mode="frame")
+    video = _video()
+    with torch.no_grad():
+        assert torch.equal(model(video), model(video))
+    model.train()
+    _, a = model(video, return_info=True)
+    _, b = model(video, return_info=True)
+    assert not torch.equal(a.state.pos, b.state.pos)  # training draws afresh
+
+
+def test_tube_and_frame_agree_on_a_single_frame():
+    """With one frame there is nothing to share across frames: both modes are the same."""
+    for name, kwargs, _ in REDUCERS:
+        outputs = []
+        for mode in ("tube", "frame"):
+            model = apply_reducer(_model(num_frames=1), name, mode=mode, **kwargs)
+            with torch.no_grad():
+                outputs.append(model(_video()[:, :, :1]))
+        torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=0, msg=name)
+
+
+def test_tube_mode_keeps_the_same_locations_in_every_frame():
+    model = apply_reducer(_model(), "topk", keep=0.5, mode="tube")
+    _, info = model(_video(), return_info=True)
+    spatial = info.state.pos % 16
+    assert torch.equal(spatial, spatial[:, :1].expand_as(spatial))
+    assert info.state.aligned
+
+
+def test_frame_mode_temporal_attention_is_the_masked_full_attention():
+    """Frames keeping different tokens: temporal attention by location equals the
+    unreduced temporal attention with the dropped tokens masked out, at the kept tokens."""
+    torch.manual_seed(0)
+    block = DividedSpaceTimeBlock(32, num_heads=2).eval()
+    torch.nn.init.normal_(block.temporal_fc.weight, std=0.3)
+    batch, frames, patches = 2, 5, 16
+    x = torch.randn(batch, frames, patches, 32)
+    full = TokenState.from_patches(torch.randn(batch, 1, 32), x, grid=(4, 4))
+    scores = torch.rand(batch, frames, patches, generator=torch.Generator().manual_seed(3))
+    kept = scores.topk(6, dim=-1).indices.sort(dim=-1).values  # (B, F, 6), different per frame
+    reduced = keep_slots(full, kept, aligned=False)
+    assert not reduced.aligned
+    by_location, _ = block.temporal_residual(reduced)
+
+    mask = torch.zeros(batch, frames, patches, dtype=torch.bool).scatter_(2, kept, True)
+    masked_full, _ = block.temporal_residual(replace(full, valid=mask))
+    expected = masked_full.gather(2, kept[..., None].expand(-1, -1, -1, 32))
+    torch.testing.assert_close(by_location, expected, atol=1e-5, rtol=0)
+    # and it is not the slot-order ("rank tube") attention some published patches use
+    slot_order, _ = block._temporal_by_slot(replace(reduced, aligned=True))
+    assert not torch.allclose(slot_order, expected, atol=1e-3)
+
+
+def test_adaptive_threshold_pads_and_bills_each_clip():
+    model = apply_reducer(_model(), "iared2", threshold=0.5)
+    for reducer in model.reducers.values():  # spread the keep probabilities around 0.5
+        torch.nn.init.normal_(reducer.interpreter.key.weight, std=1.0)
+    video = _video(batch=4, seed=5)
+    with torch.no_grad():
+        logits, info = model(video, return_info=True)
+        assert len(set(info.tokens[:, -1].tolist())) > 1, "clips should keep different counts"
+        for i in range(4):
+            single, single_info = model(video[i:i + 1], return_info=True)
+            torch.testing.assert_close(logits[i:i + 1], single, atol=1e-5, rtol=0)
+            assert torch.equal(info.tokens[i], single_info.tokens[0])
+            torch.testing.assert_close(info.gmacs[i], single_info.gmacs[0])
+
+
+@pytest.mark.parametrize("name,kwargs", [("random", {"keep": 0.5}), ("tome", {"r": 5}),
+                                         ("iared2", {"keep": 0.7}), ("topk", {"keep": 0.6})])
+@pytest.mark.parametrize("mode", ["tube", "frame"])
+def test_reduced_gmacs_match_flop_counter(name, kwargs, mode):
+    model = apply_reducer(_model(embed_dim=64, num_heads=4), name, mode=mode, **kwargs)
+    video = _video(batch=1)
+    _, info = model(video, return_info=True)
+    measured = count_flops(model, video) / 2e9
+    assert abs(info.gmacs.item() - measured) / measured < 0.01
+
+
+def test_gradients_reach_the_interpreter_through_the_policy_loss():
+    model = apply_reducer(_model(), "iared2", keep=0.5).train()
+    logits, info = model(_video(), return_info=True)
+    loss, parts = policy_gradient_loss(logits, torch.tensor([0, 1, 2]), info.records)
+    loss.backward()
+    for reducer in model.reducers.values():
+        assert reducer.interpreter.key.weight.grad is not None
+        assert reducer.interpreter.key.weight.grad.abs().sum() > 0
+    assert set(parts) == {"reward", "policy_loss"}
+
+
+def test_gradients_reach_the_backbone_through_a_drop():
+    model = apply_reducer(_model(), "topk", keep=0.5, fuse=True).train()
+    model(_video()).sum().backward()
+    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def _tome_by_the_equations(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):
+    """ToMe's rule written out with loops: A = even tokens, B = odd; each A picks its most
+    similar B (cosine); the r A tokens with the highest such similarity merge into their B
+    by size-weighted mean; output: unmerged A by decreasing similarity, then B."""
+    a_idx = list(range(0, len(x), 2))
+    b_idx = list(range(1, len(x), 2))
+    cos = lambda i, j: float(metric[i] @ metric[j] / (metric[i].norm() * metric[j].norm()))  # noqa: E731
+    best = {i: max(b_idx, key=lambda j: cos(i, j)) for i in a_idx}
+    order = sorted(a_idx, key=lambda i: -cos(i, best[i]))
+    merged, unmerged = order[:r], order[r:]
+    out, sizes = [x[i] for i in unmerged], [size[i] for i in unmerged]
+    for j in b_idx:
+        group = [j] + [i for i in merged if best[i] == j]
+        total = sum(size[i] for i in group)
+        out.append(sum(x[i] * size[i] for i in group) / total)
+        sizes.append(total)
+    return torch.stack(out), torch.stack(sizes)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_tome_matching_equals_the_written_out_rule(seed):
+    g = torch.Generator().manual_seed(seed)
+    metric, x = torch.randn(1, 11, 6, generator=g), torch.randn(1, 11, 4, generator=g)
+    size = torch.randint(1, 4, (1, 11), generator=g).float()
+    assign, representative = bipartite_soft_matching(metric, r=4)
+    summed = torch.zeros(1, 7, 4).index_add_(1, assign[0], x * size[..., None])
+    sizes = torch.zeros(1, 7).index_add_(1, assign[0], size)
+    expected_x, expected_size = _tome_by_the_equations(metric[0], x[0], size[0], r=4)
+    torch.testing.assert_close(summed[0] / sizes[0, :, None], expected_x)
+    torch.testing.assert_close(sizes[0], expected_size)
+    assert representative.shape == (1, 7)
+
+
+def test_tome_caps_r_at_half_and_parses_schedules():
+    assign, representative = bipartite_soft_matching(torch.randn(2, 6, 3), r=10)
+    assert representative.shape == (2, 3)
+    assert parse_r(4, 3) == [3, 3, 3, 3]
+    assert parse_r(4, [5, 2]) == [5, 2, 0, 0]
+    assert parse_r(3, (4, -1.0)) == [8, 4, 0]  # decreasing schedule: mean 4
+
+
+def test_dpc_knn_finds_separated_clusters():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(5, 2, generator=g) for c in centres])[None]  # (1, 15, 2)
+    assign, picked = dpc_knn(points, num_clusters=3, k=3)
+    groups = assign[0].reshape(3, 5)
+    assert all(len(set(row.tolist())) == 1 for row in groups)  # each blob is one cluster
+    assert len(set(groups[:, 0].tolist())) == 3  # and the blobs differ
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"name": "tomato"}, "unknown reducer 'tomato'"),
+    ({"name": "topk"}, "needs keep="),
+    ({"name": "topk", "keep": 1.5}, r"keep=1.5: expected a fraction"),
+    ({"name": "random", "keep": 0.5, "stages": [9]}, r"stages \[9\] are outside"),
+    ({"name": "random", "keep": 0.5, "mode": "flat"}, "only joint_space_time"),
+    ({"name": "random", "keep": 0.5, "mode": "diagonal"}, "mode 'diagonal'"),
+    ({"name": "tome", "r": 2, "stages": [1]}, "every block with r > 0"),
+    ({"name": "random", "keep": "half"}, "keep"),
+])
+def test_bad_reducer_configs_are_explained(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_reducer(_model(), **kwargs)
