@@ -45,8 +45,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if name not in COMMANDS:
         print(f"ired-video: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from ired_video.config import ConfigError
+    from ired_video.models.weights import CheckpointError
+
     module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(rest) or 0)
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+        print(f"ired-video {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

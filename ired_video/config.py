@@ -85,7 +85,9 @@ class ReducerConfig:
     stages: blocks the reducer acts at (default: a quarter, half and three quarters of
         the depth); ToMe acts at every block its ``r`` schedule gives tokens to.
     keep: fraction of tokens kept at each stage (iared2: or ``threshold`` for adaptive).
-    r: ToMe's tokens merged per block: an int, a per-block list, or [r, inflection].
+    r: ToMe's tokens merged per block: an int, or a per-block list; with
+        ``r_inflection`` (-1..1) an int r becomes a linear ramp with mean r (-1: from 2r
+        down to 0), as ToMe's schedules.
     """
 
     name: str = "none"
@@ -93,7 +95,8 @@ class ReducerConfig:
     keep: Optional[float] = None
     threshold: Optional[float] = None
     mode: str = "tube"
-    r: Union[int, list[float]] = 0
+    r: Union[int, list[int]] = 0
+    r_inflection: float = 0.0
     fuse: bool = False
     cluster_ratio: float = 0.25
     match_ratio: float = 0.1

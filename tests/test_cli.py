@@ -48,3 +48,19 @@ def test_flops_table(capsys):
 def test_console_script_is_installed():
     done = subprocess.run([sys.executable, "-m", "ired_video.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "smoke" in done.stdout
+
+
+def test_smoke_with_a_reducer(capsys):
+    assert cli.main(["smoke", "--model", "timesformer_test", "--batch", "1", "--reducer", "topk", "keep=0.5",
+                     "stages=[1]"]) == 0
+    assert "tokens     [64, 64]" in capsys.readouterr().out  # the drop happens inside block 1
+    assert cli.main(["smoke", "--model", "timesformer_test", "--batch", "1", "--reducer", "random", "keep=0.5",
+                     "stages=[1]"]) == 0
+    assert "tokens     [64, 32]" in capsys.readouterr().out
+
+
+def test_bad_settings_and_files_are_one_line_errors(capsys, tmp_path):
+    assert cli.main(["smoke", "--model", "timesformer_test", "--reducer", "topk", "kep=0.5"]) == 2
+    assert "ired-video smoke: error: unknown key(s) reducer.kep" in capsys.readouterr().err
+    assert cli.main(["smoke", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
+    assert "missing.pth: no such checkpoint file" in capsys.readouterr().err

@@ -271,3 +271,27 @@ def test_dpc_knn_finds_separated_clusters():
 def test_bad_reducer_configs_are_explained(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         apply_reducer(_model(), **kwargs)
+
+
+CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "reducers").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_reducer_config_builds_on_the_base_model(path):
+    from ired_video.commands.common import reducer_from_args
+    cfg = reducer_from_args([str(path)])
+    model = apply_reducer(create_model("timesformer_base_patch16_224", depth=12), cfg)
+    assert len(model.reducers) > 0 and model.reducer_config.name == cfg.name
+
+
+def test_checkpoint_restores_reducer_and_interpreter_weights(tmp_path):
+    from ired_video import save_checkpoint
+    model = apply_reducer(_model(), "iared2", keep=0.5, stages=[1, 2])
+    for reducer in model.reducers.values():
+        torch.nn.init.normal_(reducer.interpreter.key.weight)
+    save_checkpoint(tmp_path / "iared2.pth", model)
+    restored = create_model(checkpoint=tmp_path / "iared2.pth").eval()
+    assert restored.reducer_config == model.reducer_config
+    video = _video()
+    with torch.no_grad():
+        assert torch.equal(restored(video), model(video))

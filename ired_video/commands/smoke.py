@@ -7,13 +7,17 @@ from typing import Optional
 
 import torch
 
+from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.models import create_model, list_models
+from ired_video.reducers import apply_reducer
 
 EPILOG = """examples:
   ired-video smoke                                   # the CPU demo model, random weights
   ired-video smoke --model timesformer_base_patch16_224 --batch 1
   ired-video smoke --model timesformer_test --attention joint_space_time
   ired-video smoke --checkpoint runs/demo/best.pth   # one of our checkpoints
+  ired-video smoke --reducer tome r=8                # ToMe, 8 tokens merged per block
+  ired-video smoke --reducer configs/reducers/iared2_keep07.yaml stages=[1,2,3]
 """
 
 
@@ -29,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", default=None,
                         choices=["divided_space_time", "joint_space_time", "space_only"],
                         help="override the variant's attention type")
+    add_reducer_argument(parser)
     parser.add_argument("--batch", type=int, default=2, help="clips in the batch (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed for weights and clip (default: %(default)s)")
     return parser
@@ -39,6 +44,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.manual_seed(args.seed)
     overrides = {"attention_type": args.attention} if args.attention else {}
     model = create_model(args.model, checkpoint=args.checkpoint, **overrides).eval()
+    reducer = reducer_from_args(args.reducer)
+    if reducer is not None:
+        apply_reducer(model, reducer)
     cfg = model.config
     video = torch.randn(args.batch, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size)
     start = time.perf_counter()
@@ -47,9 +55,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
     print(f"model      {args.model} ({cfg.attention_type}, {params / 1e6:.2f}M parameters)")
+    print(f"reducer    {getattr(model, 'reducer_config', None) or 'none'}")
     print(f"input      {tuple(video.shape)}  (B, C, T, H, W)")
     print(f"logits     {tuple(logits.shape)}  finite: {bool(torch.isfinite(logits).all())}")
     print(f"tokens     {info.tokens[0].tolist()}  patch tokens per block (clip 0)")
-    print(f"GMACs      {info.gmacs.tolist()}  per clip (one view)")
+    print(f"GMACs      {[round(g, 4) for g in info.gmacs.tolist()]}  per clip (one view; "
+          f"{model.static_gmacs():.4f} unreduced)")
     print(f"time       {seconds * 1000:.1f} ms for the batch on {video.device.type}")
     return 0

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ired_video.config import ConfigError, DataConfig, ModelConfig, from_dict, to_dict
+from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict, to_dict
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import FORMAT, load_checkpoint, load_weights
 
@@ -73,7 +73,8 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
     """Build a TimeSformer by variant name, optionally loading weights from a local file.
 
     With ``name=None`` the checkpoint must be one of ours; its stored configs rebuild the
-    model (``overrides`` still apply). Our checkpoints also restore the data config
+    model (``overrides`` still apply), and a stored reducer is put back before loading.
+    Our checkpoints also restore the data config
     (frames, sampling, mean/std, class names) so loaders and CLIs preprocess as trained.
     """
     stored = None
@@ -91,6 +92,9 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
         if stored is not None and stored.kind == FORMAT and stored.data_config:
             data = from_dict(DataConfig, stored.data_config)
     model = TimeSformer(config, data)
+    if stored is not None and stored.reducer_config:
+        from ired_video.reducers import apply_reducer  # reducers import the model package
+        apply_reducer(model, from_dict(ReducerConfig, stored.reducer_config))
     if stored is not None:
         load_weights(model, stored, drop_head=drop_head)
     return model

@@ -58,6 +58,7 @@ class Checkpoint:
     model_config: Optional[dict[str, Any]] = None
     data_config: Optional[dict[str, Any]] = None
     extra: Optional[dict[str, Any]] = None
+    reducer_config: Optional[dict[str, Any]] = None
 
 
 def read_file(path: PathLike) -> dict[str, Any]:
@@ -88,7 +89,8 @@ def parse_checkpoint(obj: dict[str, Any], path: PathLike) -> Checkpoint:
     if obj.get("format") == FORMAT:
         return Checkpoint(path, FORMAT, _tensors_only(obj["model_state"], path),
                           obj.get("model_config"), obj.get("data_config"),
-                          {k: v for k, v in obj.items() if k not in ("model_state",)})
+                          {k: v for k, v in obj.items() if k not in ("model_state",)},
+                          obj.get("reducer_config"))
     official = "model_state" in obj
     for key in ("model_state", "model", "state_dict", "module"):
         if isinstance(obj.get(key), dict):
@@ -219,8 +221,9 @@ def load_weights(model: nn.Module, source: Union[PathLike, Checkpoint], drop_hea
 def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     """Write our checkpoint atomically: a temporary file in the same folder, then rename.
 
-    The file carries the model and data configs, so ``create_model(checkpoint=path)``
-    rebuilds the model and loaders read their preprocessing from it. ``extra`` entries
+    The file carries the model, data and reducer configs, so ``create_model(checkpoint=path)``
+    rebuilds the model (reducer and interpreter weights included) and loaders read their
+    preprocessing from it. ``extra`` entries
     (optimizer state, epoch, ...) must be weights-only-loadable (tensors, numbers, str,
     lists, dicts).
     """
@@ -229,6 +232,9 @@ def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "model_config": to_dict(model.config), "data_config": to_dict(model.data_config),
                "model_state": model.state_dict(), **extra}
+    reducer = getattr(model, "reducer_config", None)
+    if reducer is not None:
+        payload["reducer_config"] = to_dict(reducer)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(payload, tmp)

@@ -56,11 +56,9 @@ def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
 def _build_tome(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
     if cfg.stages is not None:
         raise ConfigError("tome acts at every block with r > 0: give r as a per-block list, not stages")
-    r = cfg.r
-    if isinstance(r, list) and len(r) == 2 and isinstance(r[1], float) and not float(r[1]).is_integer():
-        r = (int(r[0]), float(r[1]))  # [r, inflection]
-    elif isinstance(r, list):
-        r = [int(v) for v in r]
+    if isinstance(cfg.r, list) and cfg.r_inflection:
+        raise ConfigError("r_inflection applies to a constant r, not to a per-block list")
+    r = (cfg.r, cfg.r_inflection) if cfg.r_inflection else cfg.r
     schedule = parse_r(len(model.blocks), r)
     return {block: ToMe(block, count, cfg.mode, cfg.prop_attn) for block, count in enumerate(schedule) if count > 0}
 

@@ -1,0 +1,26 @@
+"""Arguments shared by commands: choosing a reducer on the command line."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+from ired_video.config import ReducerConfig, apply_overrides, from_dict, load_yaml
+
+REDUCER_HELP = ("token reducer: a name (random, topk, interaction, bat, tome, iared2) or a YAML file "
+                "from configs/reducers/, then key=value settings, e.g. "
+                "'--reducer tome r=8' or '--reducer topk keep=0.7 mode=frame'")
+
+
+def add_reducer_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--reducer", nargs="+", metavar="NAME_OR_YAML [KEY=VALUE]", default=None,
+                        help=REDUCER_HELP)
+
+
+def reducer_from_args(spec: Optional[list[str]]) -> Optional[ReducerConfig]:
+    """``["tome", "r=8"]`` or ``["configs/reducers/x.yaml", "keep=0.5"]`` -> ReducerConfig."""
+    if not spec:
+        return None
+    head, overrides = spec[0], spec[1:]
+    values = load_yaml(head) if head.endswith((".yaml", ".yml")) or Path(head).is_file() else {"name": head}
+    return from_dict(ReducerConfig, apply_overrides(values, overrides), prefix="reducer.")
