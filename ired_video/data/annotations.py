@@ -235,7 +235,8 @@ def parse_class_folders(root: PathLike, class_names: Optional[Sequence[str]] = N
     return Annotations(records, names, [])
 
 
-def _looks_like_kinetics_csv(path: Path) -> bool:
+def is_kinetics_csv(path: PathLike) -> bool:
+    """True if the first line of ``path`` is a Kinetics CSV header."""
     with open(path, newline="", encoding="utf-8") as f:
         header = next(csv.reader(f), [])
     return all(c in header for c in KINETICS_COLUMNS[1:])
@@ -254,6 +255,9 @@ def load_annotations(source: PathLike, video_root: Optional[PathLike] = None,
         return parse_class_folders(source, class_names)
     if not source.is_file():
         raise AnnotationError(f"{source}: no such annotation file or folder")
-    if _looks_like_kinetics_csv(source):
-        return parse_kinetics_csv(source, video_root, class_names, split)
-    return parse_list_file(source, video_root, class_names)
+    try:
+        if is_kinetics_csv(source):
+            return parse_kinetics_csv(source, video_root, class_names, split)
+        return parse_list_file(source, video_root, class_names)
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{source}: not a text annotation file (is it a video?)") from None
