@@ -192,26 +192,25 @@ def parse_list_file(list_path: PathLike, root: Optional[PathLike] = None,
         if labels and labels[-1] >= len(names):
             raise AnnotationError(f"{list_path}: label {labels[-1]} but only {len(names)} "
                                   f"class_names given")
-    else:
-        names = _names_from_folders(entries, labels)
-    records, missing = [], []
-    for line_i, path, label in entries:
-        if not os.path.isfile(path):
-            missing.append(path)
-            continue
-        records.append(VideoRecord(path, label, names[label] if label >= 0 else None, line_i))
+    present = [e for e in entries if os.path.isfile(e[1])]
+    missing = [path for _, path, _ in entries if not os.path.isfile(path)]
+    if class_names is None:
+        names = _names_from_folders(present, labels)
+    records = [VideoRecord(path, label, names[label] if label >= 0 else None, line_i)
+               for line_i, path, label in present]
     _report_missing(list_path, missing)
     return Annotations(records, names, missing)
 
 
 def _names_from_folders(entries: list[tuple[int, str, int]], labels: list[int]) -> list[str]:
-    """Per-class folder names if they are consistent with the integer labels, else numbers."""
+    """Folder names of the present files if consistent with the integer labels, else numbers."""
     numbers = [str(i) for i in range(labels[-1] + 1)] if labels else []
     parents: dict[int, set[str]] = {}
     for _, path, label in entries:
         if label >= 0:
             parents.setdefault(label, set()).add(Path(path).parent.name)
-    if labels != list(range(len(labels))) or any(len(p) != 1 for p in parents.values()):
+    if (labels != list(range(len(labels))) or set(parents) != set(labels)
+            or any(len(p) != 1 for p in parents.values())):
         return numbers
     names = [next(iter(parents[i])) for i in labels]
     return names if names == sorted_class_names(names) else numbers

@@ -30,7 +30,7 @@ from ired_video.config import DataConfig
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.decoding import DecodeError, read_clip
 from ired_video.data.sampling import ClipSample, make_sampler
-from ired_video.data.transforms import test_transform, to_tchw, train_transform
+from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class VideoDataset(Dataset):
             video = train_transform(video, cfg.train_short_side, cfg.crop_size, cfg.mean,
                                     cfg.std, rng)
         else:
-            video = test_transform(video, cfg.test_short_side, cfg.crop_size, cfg.mean,
+            video = eval_transform(video, cfg.test_short_side, cfg.crop_size, cfg.mean,
                                    cfg.std, crop_index, self.num_crops)
         record = self.records[current]
         return {

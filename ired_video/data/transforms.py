@@ -101,7 +101,7 @@ def train_transform(video: torch.Tensor, short_side: tuple[int, int], crop_size:
     return normalize(video, mean, std)
 
 
-def test_transform(video: torch.Tensor, short_side: int, crop_size: int,
+def eval_transform(video: torch.Tensor, short_side: int, crop_size: int,
                    mean: Sequence[float], std: Sequence[float], crop_index: int = 0,
                    num_crops: int = 1) -> torch.Tensor:
     """Resize short side, take crop ``crop_index`` of ``num_crops``, normalise."""
