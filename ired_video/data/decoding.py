@@ -23,6 +23,12 @@ sees, and returns only those frames as uint8 ``(T, H, W, 3)`` RGB, upright.
   resized while decoding, keeping the aspect ratio (decord resizes each axis
   independently, so we compute both sides from a PyAV header probe).
 
+Why not pytorchvideo's ``EncodedVideo`` (PyAV): it selects frames by time, decodes the whole
+time window and converts *every* frame in it to RGB float32 (an 8.5 s window at 240x320 is
+~225 MB, and colour conversion dominates the cost), logs decode errors at debug level and
+returns ``None``, and decodes the whole file when the header has no duration. We need
+exact frame indices, conversion of the sampled frames only, and errors that name the file.
+
 **Hang guard.** decord's ``get_batch`` past the frames that really decode spins forever
 *holding the GIL* (decord#373), so no thread, signal or timeout inside the process can stop
 it; only killing the process can. Per item, the affordable guards are the ones here:
