@@ -93,3 +93,12 @@ def test_non_text_annotation_is_a_clear_error(tmp_path):
         load_annotations(tmp_path / "x.csv")
     with pytest.raises(AnnotationError, match="no such"):
         load_annotations(tmp_path / "nothing.csv")
+
+
+def test_plain_folder_of_videos_is_unlabelled(tmp_path):
+    touch(tmp_path / "b.mkv")
+    touch(tmp_path / "a.mp4")
+    (tmp_path / "README.md").write_text("notes")
+    ann = load_annotations(tmp_path)
+    assert [(Path(r.path).name, r.label) for r in ann.records] == [("a.mp4", -1), ("b.mkv", -1)]
+    assert ann.class_names == []

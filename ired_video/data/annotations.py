@@ -218,7 +218,10 @@ def _names_from_folders(entries: list[tuple[int, str, int]], labels: list[int]) 
 
 def parse_class_folders(root: PathLike, class_names: Optional[Sequence[str]] = None
                         ) -> Annotations:
-    """``root/<class>/**/<video>`` -> records; classes are the sorted subfolder names."""
+    """``root/<class>/**/<video>`` -> records; classes are the sorted subfolder names.
+
+    A folder with videos but no class subfolders gives unlabelled records (label -1).
+    """
     root = Path(root)
     folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: class_sort_key(p.name))
     names = list(class_names) if class_names is not None else [p.name for p in folders]
@@ -228,8 +231,12 @@ def parse_class_folders(root: PathLike, class_names: Optional[Sequence[str]] = N
         label = _class_index(lookup, folder.name, str(root))
         for path in sorted(_index_videos(folder).values()):
             records.append(VideoRecord(path, label, folder.name))
+    if not records and class_names is None:  # a plain folder of videos: unlabelled
+        records = [VideoRecord(os.path.join(root, name), -1) for name in sorted(os.listdir(root))
+                   if is_video_file(name) and (root / name).is_file()]
+        names = []
     if not records:
-        raise AnnotationError(f"{root}: no video files in class subfolders "
+        raise AnnotationError(f"{root}: no video files in it or in class subfolders "
                               f"(extensions {', '.join(VIDEO_EXTENSIONS)})")
     return Annotations(records, names, [])
 
