@@ -16,6 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "run a model on a generated clip and print logits, tokens and GMACs"),
     "flops": ("ired_video.commands.flops",
               "print GMACs per view for the named TimeSformer variants"),
+    "check-videos": ("ired_video.commands.check_videos",
+                     "decode every video of a dataset, report the bad ones as JSON"),
+    "make-demo-data": ("ired_video.commands.make_demo_data",
+                       "write the small generated Kinetics-style demo dataset"),
 }
 
 USAGE = """usage: ired-video COMMAND [ARGS ...]

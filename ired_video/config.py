@@ -64,6 +64,9 @@ class DataConfig:
     (TimeSformer's 8x32: 8 frames spread over 256 frames at 30 fps), resized so the short
     side is in ``train_short_side`` (training jitter) or equals ``test_short_side``, cropped
     to ``crop_size`` and normalised with ``mean``/``std`` (0-1 pixel units).
+    ``sampling`` is ``"dense"`` (T x rate, above) or ``"uniform"`` (one frame per equal
+    segment, TSN); ``temporal_pad`` says what indices past the last frame of a short video
+    become: ``"repeat_last"`` or ``"loop"`` (see ``ired_video.data.sampling``).
     """
 
     num_frames: int = 8
@@ -75,6 +78,8 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
     class_names: list[str] = field(default_factory=list)
+    sampling: str = "dense"
+    temporal_pad: str = "repeat_last"
 
 
 @dataclass

@@ -1,0 +1,207 @@
+"""Map-style video dataset: one item per (video, temporal clip, spatial crop) view.
+
+Map-style on purpose: under multi-process training every rank decodes only its shard of
+indices and ``accelerate``'s ``gather_for_metrics`` drops the padding exactly (an iterable
+dataset, pytorchvideo's included, is duplicated or broadcast instead). Item ``i`` is view
+``(video_index, clip_index, crop_index) = divmod``-decoded from ``i`` with crops innermost,
+so the views of one video are consecutive; aggregate test predictions by ``video_index``.
+
+**Bad files.** When a video cannot be decoded (missing, corrupt, no video stream, ...),
+the warning names its path and reason, and the item is rebuilt from another video chosen
+by a generator seeded with ``(seed, index, attempt)``: the same index is always replaced by
+the same video, at most ``max_retries`` times before a ``RuntimeError`` lists every failure.
+The item then carries the replacement's ``label``/``video_index``/``path`` and the failed
+paths in ``failed_paths`` (newline-joined; ``""`` when none), so the training loop counts
+bad files in the main process whatever the number of DataLoader workers
+(:class:`BadFileTracker`). Evaluation code should drop items whose ``failed_paths`` is not
+empty, or better, run ``ired-video check-videos`` first and build the dataset from the
+cleaned annotations.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ired_video.config import DataConfig
+from ired_video.data.annotations import VideoRecord
+from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.sampling import ClipSample, make_sampler
+from ired_video.data.transforms import eval_transform, to_tchw, train_transform
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "val", "test")
+
+
+def check_data_config(cfg: DataConfig) -> None:
+    """Reject configs whose crops cannot fit or whose sampling is unknown."""
+    lo, hi = cfg.train_short_side
+    if not cfg.crop_size <= lo <= hi:
+        raise ValueError(f"train_short_side={cfg.train_short_side} must satisfy "
+                         f"crop_size ({cfg.crop_size}) <= lo <= hi")
+    if cfg.test_short_side < cfg.crop_size:
+        raise ValueError(f"test_short_side={cfg.test_short_side} < crop_size={cfg.crop_size}")
+    make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps,
+                 cfg.temporal_pad)
+
+
+class VideoDataset(Dataset):
+    """Clips of ``records`` made as ``data_config`` says; ``len`` = videos x clips x crops.
+
+    Each item is a dict: ``video`` float ``(C, T, H, W)`` normalised; ``label``,
+    ``video_index``, ``clip_index``, ``crop_index``, ``index`` (ints); ``path`` (the file
+    decoded); ``frame_indices`` long ``(T,)`` (the frames used, after the pad rule);
+    ``padded`` (bool: the video was shorter than the window); ``backend`` (``"decord"`` or
+    ``"pyav"``); ``note`` (why a fallback or partial decode happened, else ``""``);
+    ``failed_paths`` (str) and ``num_failed`` (int): files replaced to make this item.
+
+    ``mode``: ``"train"`` (random clip, scale jitter, random crop, flip) or ``"val"``/
+    ``"test"`` (clips spread and centred, short side ``test_short_side``, crop
+    ``crop_index`` of ``num_crops``: 1 = centre, 3 = along the long side).
+    ``frame_counts``: verified frame counts by path (from a check-videos report) to clamp to.
+    """
+
+    def __init__(self, records: Sequence[VideoRecord], data_config: DataConfig,
+                 mode: str = "train", num_clips: int = 1, num_crops: int = 1,
+                 backend: str = "auto", max_retries: int = 10, seed: int = 0,
+                 frame_counts: Optional[Mapping[str, int]] = None) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+        if not records:
+            raise ValueError("VideoDataset needs at least one record")
+        if num_clips < 1 or num_crops < 1:
+            raise ValueError(f"num_clips and num_crops must be >= 1, got {num_clips}, {num_crops}")
+        check_data_config(data_config)
+        self.records = list(records)
+        self.cfg, self.mode, self.backend = data_config, mode, backend
+        self.num_clips, self.num_crops = num_clips, num_crops
+        self.max_retries, self.seed = max_retries, seed
+        self.frame_counts = dict(frame_counts or {})
+        self.sampler = make_sampler(data_config.sampling, data_config.num_frames,
+                                    data_config.sampling_rate, data_config.target_fps,
+                                    data_config.temporal_pad)
+        self.bad_files: dict[str, str] = {}  # path -> reason, seen by *this* process only
+        self._cache: tuple[Any, Any] = (None, None)  # last decoded (key, clip) for crops
+
+    def __len__(self) -> int:
+        return len(self.records) * self.num_clips * self.num_crops
+
+    def view(self, index: int) -> tuple[int, int, int]:
+        """``index`` -> (video_index, clip_index, crop_index), crops innermost."""
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} views")
+        rest, crop_index = divmod(index, self.num_crops)
+        video_index, clip_index = divmod(rest, self.num_clips)
+        return video_index, clip_index, crop_index
+
+    def _decode(self, video_index: int, clip_index: int, rng: np.random.Generator
+                ) -> tuple[Any, ClipSample]:
+        """Decoded clip of one video (cached across the crops of one val/test view)."""
+        key = (video_index, clip_index)
+        if self.mode != "train" and self._cache[0] == key:
+            return self._cache[1]
+        path = self.records[video_index].path
+        chosen: list[ClipSample] = []
+
+        def choose(num_frames: int, fps: float) -> tuple[int, ...]:
+            chosen.append(self.sampler(num_frames, fps, self.mode, clip_index,
+                                       self.num_clips, rng))
+            return chosen[-1].indices
+
+        short = self.cfg.train_short_side[1] if self.mode == "train" else self.cfg.test_short_side
+        clip = read_clip(path, choose, self.backend, short_side=short,
+                         max_frames=self.frame_counts.get(path))
+        if clip.note:
+            logger.warning("%s: %s", path, clip.note)
+        result = (clip, chosen[-1])
+        if self.mode != "train":
+            self._cache = (key, result)
+        return result
+
+    def _replacement(self, index: int, attempt: int, exclude: int) -> int:
+        """Deterministic replacement video for ``index`` at retry ``attempt``."""
+        count = len(self.records)
+        if count == 1:
+            return exclude
+        rng = np.random.default_rng([self.seed, index, attempt])
+        pick = int(rng.integers(0, count - 1))
+        return pick + 1 if pick >= exclude else pick  # any video but the failing one
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        video_index, clip_index, crop_index = self.view(index)
+        # torch's RNG is seeded per worker and per epoch by the DataLoader; numpy's is not.
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        failed: list[str] = []
+        current = video_index
+        for attempt in range(self.max_retries + 1):
+            try:
+                clip, sample = self._decode(current, clip_index, rng)
+                break
+            except DecodeError as err:
+                if err.path not in self.bad_files:
+                    logger.warning("bad video, replaced: %s", err)
+                self.bad_files[err.path] = err.reason
+                failed.append(err.path)
+                current = self._replacement(index, attempt, video_index)
+        else:
+            raise RuntimeError(f"item {index}: {len(failed)} videos failed to decode in a row "
+                               f"(max_retries={self.max_retries}): "
+                               + "; ".join(f"{p}: {self.bad_files[p]}" for p in failed))
+        video = to_tchw(clip.frames)  # (T, H, W, C) -> (T, C, H, W)
+        cfg = self.cfg
+        if self.mode == "train":
+            video = train_transform(video, cfg.train_short_side, cfg.crop_size, cfg.mean,
+                                    cfg.std, rng)
+        else:
+            video = eval_transform(video, cfg.test_short_side, cfg.crop_size, cfg.mean,
+                                   cfg.std, crop_index, self.num_crops)
+        record = self.records[current]
+        return {
+            "video": video, "label": record.label, "video_index": current,
+            "clip_index": clip_index, "crop_index": crop_index, "index": index,
+            "path": record.path, "frame_indices": torch.tensor(clip.indices),
+            "padded": sample.padded, "backend": clip.backend, "note": clip.note,
+            "failed_paths": "\n".join(failed), "num_failed": len(failed),
+        }
+
+
+class BadFileTracker:
+    """Counts the bad files reported by batches, in the main process (works with workers).
+
+    Call :meth:`update` with every collated batch, :meth:`summary` at the end of an epoch,
+    then :meth:`reset`.
+    """
+
+    def __init__(self) -> None:
+        self.paths: set[str] = set()
+        self.replaced_items = 0
+
+    def update(self, batch: Mapping[str, Any]) -> None:
+        """Add the failed paths of a collated batch (``failed_paths`` is a list of str)."""
+        entries: Iterable[str] = batch.get("failed_paths", [])
+        if isinstance(entries, str):
+            entries = [entries]
+        for entry in entries:
+            if entry:
+                self.replaced_items += 1
+                self.paths.update(entry.split("\n"))
+
+    @property
+    def count(self) -> int:
+        """Number of distinct bad files seen since the last reset."""
+        return len(self.paths)
+
+    def summary(self) -> str:
+        """One line for the epoch log."""
+        if not self.paths:
+            return "bad files: 0"
+        shown = ", ".join(sorted(self.paths)[:3]) + (", ..." if len(self.paths) > 3 else "")
+        return (f"bad files: {self.count} ({self.replaced_items} items replaced): {shown}")
+
+    def reset(self) -> None:
+        self.paths.clear()
+        self.replaced_items = 0

@@ -1,0 +1,265 @@
+"""A small generated dataset in the official Kinetics layout, with ground-truth masks.
+
+Each video shows one *target* shape (circle, square or triangle) crossing the frame left or
+right; the class is ``"<shape> moving <direction>"`` (6 classes), so a model needs both
+appearance (which shape) and motion (which way). Distractors (diamonds and crosses, other
+colours) stay still or wander in any direction, and the textured background is static or
+pans slowly: most patches are redundant over time, the setting token reduction is for.
+Colours, sizes, speeds, positions and the number of distractors are random.
+
+Layout written under ``out_dir`` (all deterministic from ``seed``)::
+
+    train/<class name>/<youtube_id>_<start:06d>_<end:06d>.mp4   H.264, yuv420p
+    train/<class name>/<same stem>.npz                           masks, see below
+    val/<class name>/...
+    kinetics_train.csv, kinetics_val.csv   label,youtube_id,time_start,time_end,split,is_cc
+    train.csv, val.csv                     list files: "<relative path> <label index>"
+    classes.txt                            class names, one a line, in label order
+    data_config.yaml                       the DataConfig to train on it
+
+Mask file (``numpy.load``): ``mask`` bool ``(T, H, W)``, True on the target's pixels in each
+frame (it is drawn on top, so the whole mask is visible); ``label`` int, ``class_name``,
+``shape``, ``direction`` str, ``fps`` float. Video ids are 11 characters of the YouTube
+alphabet and some start with ``-``, as real ones do.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import NamedTuple, Union
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from ired_video.config import DataConfig, to_dict
+from ired_video.data.video_io import write_video
+
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right")
+DISTRACTOR_SHAPES = ("diamond", "cross")
+ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def demo_class_names() -> list[str]:
+    """The 6 class names in label order (sorted, as every annotation form sorts them)."""
+    return sorted(f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS)
+
+
+def demo_data_config(fps: int = 20, height: int = 96) -> DataConfig:
+    """DataConfig for the demo videos: 8 frames 4 apart at the video rate, 64 px crops."""
+    short = min(height, 80)
+    return DataConfig(num_frames=8, sampling_rate=4, target_fps=float(fps), crop_size=64,
+                      train_short_side=(64, max(64, short)), test_short_side=64,
+                      class_names=demo_class_names())
+
+
+def shape_mask(kind: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np.ndarray
+               ) -> np.ndarray:
+    """Boolean (H, W) mask of a shape of radius ``r`` centred at (cx, cy)."""
+    dx, dy = xx - cx, yy - cy
+    if kind == "circle":
+        return dx * dx + dy * dy <= r * r
+    if kind == "square":
+        return np.maximum(np.abs(dx), np.abs(dy)) <= 0.8 * r
+    if kind == "triangle":  # apex up, base at cy + r/2
+        return (dy >= -r) & (dy <= 0.5 * r) & (np.abs(dx) <= (dy + r) * 0.577)
+    if kind == "diamond":
+        return np.abs(dx) + np.abs(dy) <= r
+    if kind == "cross":
+        ax, ay = np.abs(dx), np.abs(dy)
+        return ((ax <= r / 3) & (ay <= r)) | ((ay <= r / 3) & (ax <= r))
+    raise ValueError(f"unknown shape {kind!r}")
+
+
+def _colour(rng: np.random.Generator) -> np.ndarray:
+    """A saturated random RGB colour."""
+    c = rng.uniform(0, 80, 3)
+    c[rng.integers(3)] = rng.uniform(190, 255)
+    return c
+
+
+def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """Smooth colour blobs plus fine grain, (height, width, 3) float, mid-grey range."""
+    coarse = rng.uniform(70, 180, (height // 8 + 2, width // 8 + 2, 3))
+    rows = np.linspace(0, coarse.shape[0] - 1.001, height)
+    cols = np.linspace(0, coarse.shape[1] - 1.001, width)
+    r0, c0 = rows.astype(int), cols.astype(int)
+    fr, fc = (rows - r0)[:, None, None], (cols - c0)[None, :, None]
+    smooth = (coarse[r0][:, c0] * (1 - fr) * (1 - fc) + coarse[r0 + 1][:, c0] * fr * (1 - fc)
+              + coarse[r0][:, c0 + 1] * (1 - fr) * fc + coarse[r0 + 1][:, c0 + 1] * fr * fc)
+    return smooth + rng.normal(0, 6, (height, width, 1))
+
+
+@dataclass
+class _Spec:
+    """Everything needed to render one video (picklable for worker processes)."""
+
+    path: str
+    seed: int
+    shape: str
+    direction: str
+    label: int
+    width: int
+    height: int
+    num_frames: int
+    fps: int
+
+
+def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
+    """(frames uint8 (T, H, W, 3), target mask bool (T, H, W)) for one spec."""
+    rng = np.random.default_rng(spec.seed)
+    t_count, h, w = spec.num_frames, spec.height, spec.width
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) pixel coordinates each
+    pan = 0.0 if rng.random() < 0.3 else rng.uniform(-0.5, 0.5)  # background px / frame
+    margin = int(abs(pan) * t_count) + 2
+    background = _background(rng, h, w + margin)
+    radius = rng.uniform(0.09, 0.13) * min(h, w) * 1.1
+    speed = rng.uniform(0.6, 1.0) * (w - 2 * radius - 4) / (t_count - 1)
+    sign = 1.0 if spec.direction == "right" else -1.0
+    travel = speed * (t_count - 1)
+    x0 = rng.uniform(radius + 2, w - radius - 2 - travel)
+    x0 = x0 if sign > 0 else w - x0
+    y0 = rng.uniform(radius + 2, h - radius - 2)
+    wobble, phase = rng.uniform(0, 2), rng.uniform(0, 2 * np.pi)
+    target_colour = _colour(rng)
+    distractors = []
+    for _ in range(int(rng.integers(1, 4))):
+        moving = rng.random() < 0.6
+        distractors.append({
+            "kind": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
+            "pos": np.array([rng.uniform(0, w), rng.uniform(0, h)]),
+            "vel": rng.normal(0, 1.0, 2) if moving else np.zeros(2),
+            "moving": moving, "r": radius * rng.uniform(0.8, 1.2), "colour": _colour(rng)})
+    frames = np.empty((t_count, h, w, 3), np.uint8)
+    masks = np.empty((t_count, h, w), bool)
+    for t in range(t_count):
+        offset = int(round(margin / 2 + pan * (t - t_count / 2)))
+        offset = min(max(offset, 0), margin)
+        image = background[:, offset:offset + w].copy()
+        for d in distractors:
+            if d["moving"]:  # random walk, bouncing off the borders
+                d["vel"] = 0.9 * d["vel"] + rng.normal(0, 0.4, 2)
+                d["pos"] = d["pos"] + d["vel"]
+                for axis, size in ((0, w), (1, h)):
+                    if not 0 <= d["pos"][axis] <= size:
+                        d["vel"][axis] *= -1
+                        d["pos"][axis] = min(max(d["pos"][axis], 0), size)
+            image[shape_mask(d["kind"], d["pos"][0], d["pos"][1], d["r"], yy, xx)] = d["colour"]
+        cx = x0 + sign * speed * t
+        cy = y0 + wobble * np.sin(phase + t / 4)
+        masks[t] = shape_mask(spec.shape, cx, cy, radius, yy, xx)
+        image[masks[t]] = target_colour
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames, masks
+
+
+def _write_one(spec: _Spec) -> None:
+    frames, masks = render_video(spec)
+    write_video(spec.path, frames, spec.fps, crf=18, threads=1)
+    np.savez_compressed(os.path.splitext(spec.path)[0] + ".npz", mask=masks, label=spec.label,
+                        class_name=f"{spec.shape} moving {spec.direction}", shape=spec.shape,
+                        direction=spec.direction, fps=float(spec.fps))
+
+
+def _youtube_ids(rng: np.random.Generator, count: int) -> list[str]:
+    """``count`` unique 11-character ids; every 7th starts with ``-``."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    while len(ids) < count:
+        chars = [ID_ALPHABET[i] for i in rng.integers(0, len(ID_ALPHABET), 11)]
+        if len(ids) % 7 == 3:
+            chars[0] = "-"
+        new = "".join(chars)
+        if new not in seen:
+            seen.add(new)
+            ids.append(new)
+    return ids
+
+
+class DemoDataset(NamedTuple):
+    """Where the parts of a generated demo dataset are."""
+
+    root: Path
+    class_names: list[str]
+    train_list: Path
+    val_list: Path
+    kinetics_train: Path
+    kinetics_val: Path
+    data_config: DataConfig
+
+
+def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 32,
+                      seed: int = 0, val_fraction: float = 0.25, width: int = 128,
+                      height: int = 96, num_frames: int = 40, fps: int = 20,
+                      jobs: int = 1, progress: bool = True) -> DemoDataset:
+    """Write the demo dataset (see module doc) and return where its parts are.
+
+    ``videos_per_class`` videos of each of the 6 classes, ``val_fraction`` of them (at
+    least one when there are two or more) in ``val``. ``jobs`` worker processes encode in
+    parallel; the output does not depend on it.
+    """
+    if videos_per_class < 1 or num_frames < 2 or min(width, height) < 32:
+        raise ValueError("need videos_per_class >= 1, num_frames >= 2, width/height >= 32")
+    root = Path(out_dir)
+    names = demo_class_names()
+    rng = np.random.default_rng(seed)
+    ids = _youtube_ids(rng, len(names) * videos_per_class)
+    n_val = min(videos_per_class - 1, max(1, round(videos_per_class * val_fraction))) \
+        if videos_per_class > 1 else 0
+    specs, rows = [], []
+    for label, name in enumerate(names):
+        shape, _, direction = name.split(" ")
+        for i in range(videos_per_class):
+            split = "val" if i < n_val else "train"
+            vid = ids[label * videos_per_class + i]
+            start = int(rng.integers(0, 290))
+            rel = f"{split}/{name}/{vid}_{start:06d}_{start + 10:06d}.mp4"
+            specs.append(_Spec(str(root / rel), int(rng.integers(2**31)), shape, direction,
+                               label, width, height, num_frames, fps))
+            rows.append((split, rel, name, vid, start, label))
+    for name in names:
+        for split in ("train", "val"):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=len(specs), desc="demo videos", unit="video", disable=not progress)
+    if jobs > 1:
+        with get_context("fork").Pool(jobs) as pool:
+            for _ in pool.imap_unordered(_write_one, specs):
+                bar.update()
+    else:
+        for spec in specs:
+            _write_one(spec)
+            bar.update()
+    bar.close()
+    paths = {}
+    for split in ("train", "val"):
+        kin = root / f"kinetics_{split}.csv"
+        with open(kin, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split", "is_cc"])
+            for s, _, name, vid, start, _ in rows:
+                if s == split:
+                    writer.writerow([name, vid, start, start + 10, split, 0])
+        lst = root / f"{split}.csv"
+        lst.write_text("".join(f"{rel} {label}\n" for s, rel, _, _, _, label in rows
+                               if s == split), encoding="utf-8")
+        paths[split] = (lst, kin)
+    (root / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    cfg = demo_data_config(fps, height)
+    (root / "data_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                                           encoding="utf-8")
+    return DemoDataset(root, names, paths["train"][0], paths["val"][0], paths["train"][1],
+                       paths["val"][1], cfg)
+
+
+def load_mask(video_path: Union[str, os.PathLike]) -> np.ndarray:
+    """The bool (T, H, W) target mask saved next to a demo video."""
+    with np.load(os.path.splitext(os.fspath(video_path))[0] + ".npz") as data:
+        return data["mask"]
+
+
+__all__ = ["DemoDataset", "demo_class_names", "demo_data_config", "load_mask",
+           "make_demo_dataset", "render_video", "shape_mask"]

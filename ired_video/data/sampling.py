@@ -1,0 +1,155 @@
+"""Clip samplers: which frame indices of a video make a clip.
+
+Every sampler is a small object called with the video's frame count and fps, the mode and
+the clip's position among ``num_clips`` views; it returns a :class:`ClipSample` (a named
+tuple) of ``num_frames`` indices in ``[0, num_video_frames)``.
+
+**Dense ``T x rate`` sampling** (:class:`DenseSampler`, TimeSformer's "8x32"): frames are
+``rate`` frames apart *at ``target_fps``*. A video at ``fps`` is stepped by
+``stride = rate * fps / target_fps`` native frames, so 8x32 covers the same
+``8 * 32 / 30 = 8.53 s`` window at any fps. Index ``i`` of a clip starting at ``s`` is
+``floor(s + i * stride)``; the window is ``W = num_frames * stride`` native frames and
+starts may range over ``[0, max(n - W, 0)]``. (TimeSformer's code instead spreads the frames
+with ``linspace`` over the window, spacing ``W / (T - 1)``; mmaction2 ``SampleFrames`` uses
+an exact native stride: ours equals mmaction2 with fps normalisation.)
+
+* ``train``: start uniform over the integer starts ``0 .. floor(max(n - W, 0))``.
+* ``val`` / ``test`` with ``num_clips = N``: clip ``k`` starts at ``(k + 0.5) / N`` of the
+  start range, so one clip is centred (the TimeSformer paper's protocol; its code uses
+  offset 0) and N clips are spread uniformly, each centred in its share (mmaction2).
+
+**Uniform segment sampling** (:class:`SegmentSampler`, TSN): the video is cut into
+``num_frames`` equal segments and one frame taken from each: a random one (train) or the
+one at ``(k + 0.5) / N`` of the segment (test clip ``k`` of ``N``).
+
+**Short videos**: when the window runs past the last frame, indices past it follow
+``pad``: ``"repeat_last"`` (default; clamp to the last frame, as TimeSformer) or ``"loop"``
+(wrap to the start, mmaction2's default). ``ClipSample.padded`` says it happened; nothing
+ever indexes past the video.
+
+Why not pytorchvideo's ``clip_sampling``: its samplers work in seconds and return time
+ranges (the decoder then picks the frames), are stateful iterators over one video at a time
+(``ConstantClipsPerVideoSampler`` keeps the clip counter, which breaks random access by a
+map-style dataset), draw from the global ``random`` module, start clip 0 of N at offset 0
+rather than centred, and have no fps normalisation or pad rule. We need exact frame indices
+as a pure function of (frame count, fps, view), which is what this module is.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "val", "test")
+PAD_MODES = ("repeat_last", "loop")
+
+
+class ClipSample(NamedTuple):
+    """Frame indices of one clip, where it starts (native frames), its view, and padding."""
+
+    indices: tuple[int, ...]
+    start: float
+    clip_index: int
+    padded: bool
+
+
+def _pad(raw: np.ndarray, num_video_frames: int, pad: str) -> tuple[tuple[int, ...], bool]:
+    """Apply the pad rule to integer indices that may run past the video."""
+    if num_video_frames < 1:
+        raise ValueError(f"a video needs at least one frame, got {num_video_frames}")
+    padded = bool((raw >= num_video_frames).any())
+    if pad == "loop":
+        out = raw % num_video_frames
+    else:
+        out = np.minimum(raw, num_video_frames - 1)
+    return tuple(int(i) for i in out), padded
+
+
+def _check(mode: str, clip_index: int, num_clips: int, pad: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r}: expected one of {MODES}")
+    if pad not in PAD_MODES:
+        raise ValueError(f"pad={pad!r}: expected one of {PAD_MODES}")
+    if not 0 <= clip_index < num_clips:
+        raise ValueError(f"clip_index={clip_index} is not in [0, num_clips={num_clips})")
+
+
+class DenseSampler:
+    """``num_frames`` frames ``sampling_rate`` frames apart at ``target_fps`` (see module doc)."""
+
+    def __init__(self, num_frames: int, sampling_rate: int, target_fps: float,
+                 pad: str = "repeat_last") -> None:
+        if num_frames < 1 or sampling_rate < 1 or target_fps <= 0:
+            raise ValueError(f"DenseSampler needs num_frames>=1, sampling_rate>=1, "
+                             f"target_fps>0; got {num_frames}, {sampling_rate}, {target_fps}")
+        _check("train", 0, 1, pad)
+        self.num_frames, self.sampling_rate, self.target_fps, self.pad = (
+            num_frames, sampling_rate, float(target_fps), pad)
+
+    def stride(self, video_fps: float) -> float:
+        """Native frames between two sampled frames (``rate`` when fps is unknown)."""
+        if not video_fps or not math.isfinite(video_fps) or video_fps <= 0:
+            return float(self.sampling_rate)
+        return self.sampling_rate * video_fps / self.target_fps
+
+    def __call__(self, num_video_frames: int, video_fps: float, mode: str = "val",
+                 clip_index: int = 0, num_clips: int = 1,
+                 rng: Optional[np.random.Generator] = None) -> ClipSample:
+        """Indices of clip ``clip_index`` of ``num_clips`` (``rng`` needed for ``train``)."""
+        _check(mode, clip_index, num_clips, self.pad)
+        stride = self.stride(video_fps)
+        max_start = max(num_video_frames - self.num_frames * stride, 0.0)
+        if mode == "train":
+            if rng is None:
+                raise ValueError("train sampling needs an rng (numpy Generator)")
+            start = float(rng.integers(0, math.floor(max_start) + 1))
+        else:
+            start = max_start * (clip_index + 0.5) / num_clips
+        raw = np.floor(start + np.arange(self.num_frames) * stride + 1e-6).astype(np.int64)
+        indices, padded = _pad(raw, num_video_frames, self.pad)
+        return ClipSample(indices, start, clip_index, padded)
+
+
+class SegmentSampler:
+    """One frame from each of ``num_frames`` equal segments of the whole video (TSN)."""
+
+    def __init__(self, num_frames: int, pad: str = "repeat_last") -> None:
+        if num_frames < 1:
+            raise ValueError(f"SegmentSampler needs num_frames>=1, got {num_frames}")
+        _check("train", 0, 1, pad)
+        self.num_frames, self.pad = num_frames, pad
+
+    def __call__(self, num_video_frames: int, video_fps: float = 0.0, mode: str = "val",
+                 clip_index: int = 0, num_clips: int = 1,
+                 rng: Optional[np.random.Generator] = None) -> ClipSample:
+        """Indices of clip ``clip_index`` of ``num_clips``; ``video_fps`` is not used."""
+        _check(mode, clip_index, num_clips, self.pad)
+        if num_video_frames < 1:
+            raise ValueError(f"a video needs at least one frame, got {num_video_frames}")
+        seg = num_video_frames / self.num_frames
+        if mode == "train":
+            if rng is None:
+                raise ValueError("train sampling needs an rng (numpy Generator)")
+            offset = rng.random(self.num_frames)
+        else:
+            offset = np.full(self.num_frames, (clip_index + 0.5) / num_clips)
+        raw = np.floor((np.arange(self.num_frames) + offset) * seg).astype(np.int64)
+        indices, padded = _pad(raw, num_video_frames, self.pad)
+        return ClipSample(indices, 0.0, clip_index, padded)
+
+
+Sampler = DenseSampler | SegmentSampler
+
+
+def make_sampler(kind: str, num_frames: int, sampling_rate: int = 1, target_fps: float = 30.0,
+                 pad: str = "repeat_last") -> Sampler:
+    """``"dense"`` -> :class:`DenseSampler`, ``"uniform"`` -> :class:`SegmentSampler`."""
+    if kind == "dense":
+        return DenseSampler(num_frames, sampling_rate, target_fps, pad)
+    if kind == "uniform":
+        return SegmentSampler(num_frames, pad)
+    raise ValueError(f"sampling={kind!r}: expected 'dense' or 'uniform'")

@@ -1,0 +1,180 @@
+"""Decoding: exact frames on a bit-pattern video, both backends, rotation, real clips, bad files."""
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from ired_video.config import DataConfig
+from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.sampling import DenseSampler
+from ired_video.data.video_io import as_rate, write_video
+
+from .conftest import bitpattern_frames, read_bitpattern
+
+BACKENDS = ["decord", "pyav"]
+
+
+def pick(*indices):
+    return lambda num_frames, fps: list(indices)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_seeks_return_exactly_the_requested_frames(bitpattern_video, backend):
+    path = bitpattern_video(48, fps=30)
+    clip = read_clip(path, pick(40, 3, 3, 17, 47, 0), backend)
+    assert read_bitpattern(clip.frames) == [40, 3, 3, 17, 47, 0]
+    assert clip.frames.shape == (6, 32, 64, 3) and clip.frames.dtype == np.uint8
+    assert (clip.num_frames, clip.fps, clip.backend) == (48, 30.0, backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_indices_past_the_end_are_clamped(bitpattern_video, backend):
+    clip = read_clip(bitpattern_video(20), pick(5, 19, 20, 500), backend)
+    assert clip.indices == (5, 19, 19, 19)
+    assert read_bitpattern(clip.frames) == [5, 19, 19, 19]
+
+
+def test_chooser_sees_the_frame_count_and_fps(bitpattern_video):
+    seen = []
+    read_clip(bitpattern_video(30, fps=Fraction(30000, 1001)),
+              lambda n, fps: seen.append((n, round(fps, 3))) or [0])
+    assert seen == [(30, 29.97)]
+
+
+def test_fewer_frames_than_the_clip_repeat_the_last(bitpattern_video):
+    sampler = DenseSampler(8, 4, 30.0)
+    clip = read_clip(bitpattern_video(10), lambda n, fps: sampler(n, fps, "val").indices)
+    assert read_bitpattern(clip.frames) == [0, 4, 8, 9, 9, 9, 9, 9]
+
+
+@pytest.mark.parametrize("rotation", [90, 180, 270])
+def test_rotated_video_is_upright_and_identical_in_both_backends(tmp_path, rotation):
+    frames = np.zeros((6, 32, 64, 3), np.uint8)
+    frames[:, :8, :16] = 255  # a white block at the top-left of the stored picture
+    write_video(tmp_path / "r.mp4", frames, 15, rotation=rotation, crf=10)
+    a = read_clip(tmp_path / "r.mp4", pick(0, 5), "decord").frames
+    b = read_clip(tmp_path / "r.mp4", pick(0, 5), "pyav").frames
+    upright = np.rot90(frames[0], rotation // 90)  # counter-clockwise display rotation
+    assert a.shape[1:] == b.shape[1:] == upright.shape
+    assert np.abs(a.astype(int) - b).max() <= 1
+    assert np.abs(a[0].astype(int) - upright).mean() < 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_variable_frame_rate_is_sampled_by_frame_index(tmp_path, backend):
+    times = [0, 0.03, 0.1, 0.5, 0.52, 0.9, 1.0, 1.6, 1.65, 2.0]
+    write_video(tmp_path / "vfr.mp4", bitpattern_frames(10), 30, timestamps=times, crf=10)
+    clip = read_clip(tmp_path / "vfr.mp4", pick(0, 3, 9), backend)
+    assert read_bitpattern(clip.frames) == [0, 3, 9] and clip.num_frames == 10
+
+
+def test_large_resolution_is_resized_while_decoding(tmp_path):
+    write_video(tmp_path / "big.mp4", np.full((2, 2160, 3840, 3), 90, np.uint8), 30,
+                preset="ultrafast")
+    for backend in BACKENDS:
+        clip = read_clip(tmp_path / "big.mp4", pick(0, 1), backend, short_side=64)
+        assert clip.frames.shape == (2, 64, 114, 3), backend
+
+
+def test_as_rate_gives_pyav_acceptable_rates():
+    assert as_rate(30.0) == 30 and isinstance(as_rate(30.0), int)
+    assert as_rate(30000 / 1001) == Fraction(30000, 1001)
+
+
+def write_audio_only(path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                           layout="mono")
+        frame.sample_rate = 16000
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def corrupt_second_half(path: Path) -> None:
+    """Overwrite the second half of the media data with noise (container index intact)."""
+    data = bytearray(path.read_bytes())
+    start, end = data.find(b"mdat"), data.find(b"moov")
+    assert 0 < start < end, "expected mdat before moov"
+    mid = start + (end - start) // 2
+    data[mid:end - 8] = np.random.default_rng(0).integers(0, 256, end - 8 - mid, np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+BAD = {
+    "missing": (lambda p: None, "file not found"),
+    "zero_bytes": (lambda p: p.write_bytes(b""), "empty file"),
+    "text": (lambda p: p.write_text("this is not a video\n" * 50), "Invalid data"),
+    "random_bytes": (lambda p: p.write_bytes(np.random.default_rng(1).bytes(20000)), "pyav"),
+    "audio_only": (write_audio_only, "no video stream"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
+def test_unreadable_files_raise_a_decode_error_naming_file_and_reason(tmp_path, kind, backend):
+    make, reason = BAD[kind]
+    path = tmp_path / f"{kind}.mp4"
+    make(path)
+    with pytest.raises(DecodeError) as info:
+        read_clip(path, pick(0), backend)
+    assert str(path) in str(info.value) and info.value.reason
+    if backend == "auto" or kind in ("missing", "zero_bytes"):
+        assert reason in str(info.value)
+
+
+def test_file_that_decodes_partway_uses_the_decodable_prefix(tmp_path):
+    frames = np.random.default_rng(2).integers(0, 255, (60, 48, 64, 3), dtype=np.uint8)
+    write_video(tmp_path / "p.mp4", frames, 15, options={"g": "10"})
+    corrupt_second_half(tmp_path / "p.mp4")
+    sampler = DenseSampler(4, 2, 15.0)
+    clip = read_clip(tmp_path / "p.mp4", lambda n, fps: sampler(n, fps, "val").indices)
+    assert clip.backend == "pyav" and "decord failed" in clip.note
+    assert "decodes only" in clip.note and 0 < clip.num_frames < 60
+    assert max(clip.indices) < clip.num_frames and clip.frames.shape == (4, 48, 64, 3)
+
+
+def test_truncated_file_is_an_error_or_a_noted_partial_decode(tmp_path, bitpattern_video):
+    path = bitpattern_video(60, options={"g": "10"})
+    data = path.read_bytes()
+    for cut in (0.1, 0.5, 0.9):
+        short = tmp_path / f"cut{cut}.mp4"
+        short.write_bytes(data[:int(len(data) * cut)])
+        try:
+            clip = read_clip(short, pick(0, 59))
+        except DecodeError as err:
+            assert str(short) in str(err)
+            continue
+        assert clip.note and read_bitpattern(clip.frames)[0] == 0  # never silently partial
+
+
+REAL = {  # name -> (frames, fps)
+    "arm_wrestling_340x256_28fps.mp4": (280, 28.0),
+    "h264_340x256_30fps_10s.mp4": (300, 30.0),
+    "mpeg4_320x240_25fps_audio.avi": (164, 25.0),
+    "flipping_a_pancake_426x240_audio.mkv": (310, 30.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_clips_load_identically_with_both_backends(shared_videos_dir, name):
+    cfg = DataConfig()  # 8x32 at 30 fps
+    sampler = DenseSampler(cfg.num_frames, cfg.sampling_rate, cfg.target_fps)
+    choose = lambda n, fps: sampler(n, fps, "val").indices  # noqa: E731
+    a = read_clip(shared_videos_dir / name, choose, "decord")
+    b = read_clip(shared_videos_dir / name, choose, "pyav")
+    frames, fps = REAL[name]
+    assert (a.num_frames, a.fps) == (b.num_frames, b.fps) == (frames, fps)
+    assert a.indices == b.indices == sampler(frames, fps, "val").indices
+    assert np.array_equal(a.frames, b.frames)
+
+
+def test_real_clip_8x32_indices_by_hand(shared_videos_dir):
+    # 28 fps: stride 32*28/30 = 29.867, window 238.9, max start 41.07, centre 20.53
+    clip = read_clip(shared_videos_dir / "arm_wrestling_340x256_28fps.mp4",
+                     lambda n, fps: DenseSampler(8, 32, 30.0)(n, fps, "val").indices)
+    assert clip.indices == (20, 50, 80, 110, 140, 169, 199, 229)
