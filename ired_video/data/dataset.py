@@ -80,6 +80,7 @@ class VideoDataset(Dataset):
         self.cfg, self.mode, self.backend = data_config, mode, backend
         self.num_clips, self.num_crops = num_clips, num_crops
         self.max_retries, self.seed = max_retries, seed
+        self.epoch = 0
         self.frame_counts = dict(frame_counts or {})
         self.sampler = make_sampler(data_config.sampling, data_config.num_frames,
                                     data_config.sampling_rate, data_config.target_fps,
@@ -89,6 +90,10 @@ class VideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records) * self.num_clips * self.num_crops
+
+    def set_epoch(self, epoch: int) -> None:
+        """Training augmentation is a function of (seed, epoch, index): call once per epoch."""
+        self.epoch = epoch
 
     def view(self, index: int) -> tuple[int, int, int]:
         """``index`` -> (video_index, clip_index, crop_index), crops innermost."""
@@ -133,8 +138,9 @@ class VideoDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         video_index, clip_index, crop_index = self.view(index)
-        # torch's RNG is seeded per worker and per epoch by the DataLoader; numpy's is not.
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ()).item()))
+        # A function of (seed, epoch, index), not of a process's RNG state: the same item
+        # gets the same augmentation in any worker, process count, or after a resume.
+        rng = np.random.default_rng([self.seed, self.epoch, index])
         failed: list[str] = []
         current = video_index
         for attempt in range(self.max_retries + 1):
