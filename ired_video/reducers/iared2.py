@@ -112,6 +112,7 @@ class IARED2(Reducer):
         log_prob = (log_prob * valid_units).sum(dim=(1, 2))  # (B,)
         new_valid = state.valid_mask() & actions.expand(-1, state.num_frames, -1)
         before = valid_units.sum(dim=(1, 2)).clamp(min=1)
+        expected = (unit_probs * valid_units).sum(dim=(1, 2)) / before  # differentiable share kept
         self.record(state, keep_prob=unit_probs, pos=state.pos, log_prob=log_prob,
-                    kept_fraction=actions.sum(dim=(1, 2)) / before)
+                    kept_fraction=actions.sum(dim=(1, 2)) / before, expected_keep=expected)
         return replace(state, valid=new_valid, tokens=list(state.tokens), records=list(state.records))

@@ -1,0 +1,153 @@
+"""The training/evaluation config: one YAML file, sections as typed dataclasses.
+
+    model:     {name: timesformer_micro, num_classes: 6, ...}   # a variant + ModelConfig overrides
+    init:      {checkpoint: null, drop_head: true}              # local weights to start from
+    reducer:   {name: topk, keep: 0.7}                          # ReducerConfig
+    data:      {train: ..., val: ..., root: null, preprocess: {...}}
+    optim / schedule / train / objective / eval / output
+
+Everything is checked before any work starts (``validate``): unknown keys, wrong types,
+unknown model fields and impossible combinations are errors naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from ired_video.config import (ConfigError, DataConfig, ReducerConfig, apply_overrides, from_dict, load_yaml,
+                               to_dict)
+
+
+@dataclass
+class InitSection:
+    checkpoint: Optional[str] = None  # official .pyth, timm/DeiT .pth/.safetensors, or ours
+    drop_head: bool = True  # keep our classifier when the file's class count differs
+
+
+@dataclass
+class DataSection:
+    train: Optional[str] = None  # Kinetics CSV, list file or class-folder root
+    val: Optional[str] = None
+    root: Optional[str] = None  # where CSV rows' videos live (default: next to the CSV)
+    train_split: Optional[str] = None  # CSV 'split' column value to keep (e.g. train)
+    val_split: Optional[str] = None
+    backend: str = "auto"  # auto (decord, PyAV fallback) | decord | pyav
+    num_workers: int = 2
+    preprocess: dict[str, Any] = field(default_factory=dict)  # DataConfig overrides
+
+
+@dataclass
+class OptimSection:
+    name: str = "adamw"  # adamw | sgd
+    lr: float = 1e-3  # for the whole (global) batch
+    weight_decay: float = 0.05
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class ScheduleSection:
+    name: str = "cosine"  # cosine | step | constant
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=list)  # epochs, for step
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
+
+
+@dataclass
+class TrainSection:
+    epochs: int = 10
+    batch_size: int = 8  # clips per process per step
+    grad_accum: int = 1
+    clip_grad: Optional[float] = None
+    precision: str = "no"  # no | bf16 | fp16
+    label_smoothing: float = 0.0
+    mixup: float = 0.0  # Beta(a, a) mixup; 0 = off
+    cutmix: float = 0.0  # Beta(a, a) cutmix (same box in every frame); 0 = off
+    seed: int = 0
+    log_every: int = 10  # steps
+    ckpt_every: int = 0  # steps; 0 = only at epoch ends
+    keep_last: int = 2  # resumable checkpoints kept
+    cpu: bool = False  # force the CPU even where a GPU is
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit; for tests)
+
+
+@dataclass
+class ObjectiveSection:
+    """Loss = ce * CE + distill * KL(teacher) + keep_ratio * (kept - keep_target)^2 + policy * REINFORCE."""
+
+    ce: float = 1.0
+    distill: float = 0.0
+    temperature: float = 1.0
+    teacher: Optional[str] = None  # our checkpoint of the unreduced model; default: the initial weights
+    keep_ratio: float = 0.0
+    keep_target: float = 0.7
+    policy: float = 0.0
+    wrong_penalty: float = -1.0
+    freeze_backbone: bool = False  # train only the reducer's parameters (IA-RED² stage 1)
+
+
+@dataclass
+class EvalSection:
+    clips: int = 1
+    crops: int = 1
+    every: int = 1  # epochs; 0 = only at the end
+    batch_size: int = 8
+
+
+@dataclass
+class TrainConfig:
+    model: dict[str, Any] = field(default_factory=lambda: {"name": "timesformer_micro"})
+    init: InitSection = field(default_factory=InitSection)
+    reducer: ReducerConfig = field(default_factory=ReducerConfig)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    schedule: ScheduleSection = field(default_factory=ScheduleSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output: str = "runs/train"
+
+
+CHOICES = {"optim.name": ("adamw", "sgd"), "schedule.name": ("cosine", "step", "constant"),
+           "train.precision": ("no", "bf16", "fp16"), "data.backend": ("auto", "decord", "pyav")}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check what the dataclasses cannot: names, ranges, the model and data overrides."""
+    from ired_video.models.registry import model_config
+
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
+    if "name" not in cfg.model:
+        raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
+    model_config(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"})
+    from_dict(DataConfig, dict(cfg.data.preprocess), prefix="data.preprocess.")
+    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
+        raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    if cfg.objective.policy and cfg.reducer.name != "iared2":
+        raise ConfigError("objective.policy trains IA-RED² interpreters: set reducer.name=iared2")
+    if cfg.objective.freeze_backbone and cfg.reducer.name not in ("iared2",):
+        raise ConfigError("objective.freeze_backbone leaves only reducer parameters to train: "
+                          "only iared2 has any")
+
+
+def load_train_config(path: Optional[Union[str, Path]], overrides: Optional[list[str]] = None) -> TrainConfig:
+    """YAML file (optional) + ``key=value`` overrides -> checked TrainConfig."""
+    values = load_yaml(path) if path is not None else {}
+    values = apply_overrides(values, overrides or [])
+    try:
+        cfg = from_dict(TrainConfig, values)
+        validate(cfg)
+    except ConfigError as err:
+        where = f"{path}: " if path is not None else ""
+        raise ConfigError(f"{where}{err}") from None
+    return cfg
+
+
+def dump(cfg: TrainConfig) -> dict[str, Any]:
+    return to_dict(cfg)

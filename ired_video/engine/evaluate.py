@@ -1,0 +1,101 @@
+"""Multi-view evaluation, exact under several processes, with per-view compute logs.
+
+Every view (clip x crop) of every video is one dataset item. Processes evaluate their
+shard; ``gather_for_metrics`` collects logits, labels, video indices and compute records
+without duplicates (map-style dataset), and the main process averages softmax scores per
+video. Views whose file could not be read (the dataset replaced them with another video)
+are excluded and counted. GMACs per view are what each view's forward really spent;
+GMACs per video add up its views.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ired_video.data.dataset import VideoDataset
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Accelerator, batch_size: int,
+             num_workers: int, views_jsonl: Optional[Path] = None, desc: str = "eval") -> dict[str, Any]:
+    """Top-1/top-5/mean-class accuracy over videos and GMACs per view and per video."""
+    loader = accelerator.prepare_data_loader(
+        DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers))
+    was_training = model.training
+    model.eval()
+    rows: dict[str, list[torch.Tensor]] = {}
+    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
+        start = time.perf_counter()
+        logits, info = model(batch["video"], return_info=True)
+        latency = torch.full_like(info.gmacs, (time.perf_counter() - start) / len(logits))
+        view = {"logits": logits.float(), "label": batch["label"], "video_index": batch["video_index"],
+                "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
+                "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
+                "latency": latency}
+        for key, value in accelerator.gather_for_metrics(view).items():
+            rows.setdefault(key, []).append(value.cpu())
+    model.train(was_training)
+    if not accelerator.is_main_process:
+        return {}
+    views = {k: torch.cat(v) for k, v in rows.items()}
+    report = summarise(views, dataset)
+    if views_jsonl is not None:
+        write_views(views_jsonl, views, dataset)
+    return report
+
+
+def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str, Any]:
+    ok = views["failed"] == 0
+    probs = views["logits"].softmax(dim=-1)
+    num_videos = len(dataset.records)
+    classes = probs.shape[1]
+    summed = torch.zeros(num_videos, classes).index_add_(0, views["video_index"][ok], probs[ok])
+    counted = torch.zeros(num_videos).index_add_(0, views["video_index"][ok], torch.ones(int(ok.sum())))
+    labels = torch.full((num_videos,), -1, dtype=torch.long)
+    labels[views["video_index"]] = views["label"]
+    evaluated = (counted > 0) & (labels >= 0)
+    scores, truth = summed[evaluated] / counted[evaluated, None], labels[evaluated]
+    top5 = scores.topk(min(5, classes), dim=-1).indices
+    correct = top5[:, 0] == truth
+    per_class = [float(correct[truth == c].float().mean()) for c in truth.unique().tolist()]
+    video_gmacs = torch.zeros(num_videos, dtype=torch.float64).index_add_(
+        0, views["video_index"][ok], views["gmacs"][ok].double())
+    return {
+        "videos": int(evaluated.sum()), "views": int(ok.sum()), "bad_views": int((~ok).sum()),
+        "views_per_video": dataset.num_clips * dataset.num_crops,
+        "top1": float(correct.float().mean()) if len(truth) else 0.0,
+        "top5": float((top5 == truth[:, None]).any(dim=-1).float().mean()) if len(truth) else 0.0,
+        "mean_class_accuracy": sum(per_class) / len(per_class) if per_class else 0.0,
+        "gmacs_per_view": float(views["gmacs"][ok].mean()) if ok.any() else 0.0,
+        "gmacs_per_video": float(video_gmacs[evaluated].mean()) if evaluated.any() else 0.0,
+        "tokens_per_block": views["tokens"][ok].float().mean(dim=0).tolist(),
+        "latency_ms_per_view": 1000 * float(views["latency"].mean()),
+    }
+
+
+def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset) -> None:
+    """One JSON line per evaluated view: what it was, what it predicted, what it cost."""
+    names = dataset.cfg.class_names
+    probs = views["logits"].softmax(dim=-1)
+    confidence, prediction = probs.max(dim=-1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for i in range(len(prediction)):
+            video = int(views["video_index"][i])
+            pred = int(prediction[i])
+            f.write(json.dumps({
+                "video": dataset.records[video].path, "video_index": video,
+                "view": [int(views["clip_index"][i]), int(views["crop_index"][i])],
+                "label": int(views["label"][i]), "prediction": pred,
+                "prediction_name": names[pred] if pred < len(names) else None,
+                "confidence": float(confidence[i]), "gmacs": float(views["gmacs"][i]),
+                "tokens_per_block": views["tokens"][i].tolist(), "exit_stage": None,
+                "latency_ms": 1000 * float(views["latency"][i]), "bad_file": bool(views["failed"][i]),
+            }) + "\n")

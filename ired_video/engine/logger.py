@@ -1,0 +1,37 @@
+"""Per-step training logs: JSONL and CSV files, plus accelerate's trackers (TensorBoard)."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from accelerate import Accelerator
+
+
+class StepLogger:
+    """Writes one row per logged step on the main process; other processes do nothing."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path) -> None:
+        self.accelerator = accelerator
+        self.jsonl = run_dir / "train_log.jsonl"
+        self.csv = run_dir / "train_log.csv"
+        self.columns: list[str] = []
+
+    def log(self, row: dict[str, Any], step: int) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if not self.columns:
+            self.columns = list(row)
+            write_header = not self.csv.exists()
+        else:
+            write_header = False
+        with self.csv.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            if write_header:
+                writer.writeheader()
+            writer.writerow(row)
+        numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.accelerator.log(numbers, step=step)

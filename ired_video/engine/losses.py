@@ -1,0 +1,88 @@
+"""The training objective: cross-entropy, distillation, keep-ratio and policy terms.
+
+    loss = ce * CE(student, target)
+         + distill * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+         + keep_ratio * mean_b (kept_b - keep_target)^2     (learned dropping, masks in training)
+         + policy * REINFORCE(interpreters)                  (IA-RED², see reducers.objectives)
+
+Targets may be soft (mixup/cutmix, label smoothing).
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ired_video.engine.config import ObjectiveSection
+from ired_video.reducers.objectives import policy_gradient_loss, policy_records
+
+
+def soft_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
+    """(B,) labels -> (B, classes) label-smoothed one-hot targets."""
+    targets = F.one_hot(labels, num_classes).float()
+    return targets * (1 - smoothing) + smoothing / num_classes
+
+
+def mix(video: Tensor, targets: Tensor, mixup: float, cutmix: float, rng: np.random.Generator
+        ) -> tuple[Tensor, Tensor]:
+    """Mixup or cutmix (chosen at random when both are on) of a batch with its reverse.
+
+    video (B, C, T, H, W); the cutmix box is the same in every frame. Targets mix by the
+    share of pixels each clip contributes.
+    """
+    if mixup <= 0 and cutmix <= 0:
+        return video, targets
+    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
+    lam = float(rng.beta(cutmix, cutmix) if use_cutmix else rng.beta(mixup, mixup))
+    other = video.flip(0)
+    if use_cutmix:
+        height, width = video.shape[-2:]
+        cut_h, cut_w = int(height * (1 - lam) ** 0.5), int(width * (1 - lam) ** 0.5)
+        top, left = int(rng.integers(0, height - cut_h + 1)), int(rng.integers(0, width - cut_w + 1))
+        video = video.clone()
+        video[..., top:top + cut_h, left:left + cut_w] = other[..., top:top + cut_h, left:left + cut_w]
+        lam = 1 - cut_h * cut_w / (height * width)
+    else:
+        video = lam * video + (1 - lam) * other
+    return video, lam * targets + (1 - lam) * targets.flip(0)
+
+
+def kept_fraction(records: list[dict[str, Any]], key: str = "kept_fraction") -> Optional[Tensor]:
+    """(B,) share of tokens kept by the sampled (training-mode) decisions, stages multiplied;
+    ``key="expected_keep"`` gives the differentiable expectation under the keep probabilities."""
+    sampled = policy_records(records)
+    if not sampled:
+        return None
+    kept = sampled[0][key]
+    for record in sampled[1:]:
+        kept = kept * record[key]
+    return kept
+
+
+def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Tensor,
+              records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None
+              ) -> tuple[Tensor, dict[str, float]]:
+    """Total loss and its parts (floats, for logging)."""
+    parts: dict[str, Tensor] = {}
+    if cfg.ce:
+        parts["ce"] = cfg.ce * torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    if cfg.distill:
+        if teacher_logits is None:
+            raise ValueError("objective.distill needs the teacher's logits")
+        temp = cfg.temperature
+        parts["distill"] = cfg.distill * temp * temp * F.kl_div(
+            F.log_softmax(logits / temp, dim=-1), F.log_softmax(teacher_logits / temp, dim=-1),
+            reduction="batchmean", log_target=True)
+    if cfg.keep_ratio:
+        kept = kept_fraction(records, key="expected_keep")
+        if kept is None:
+            raise ValueError("objective.keep_ratio needs a learned reducer sampling decisions in training")
+        parts["keep_ratio"] = cfg.keep_ratio * ((kept - cfg.keep_target) ** 2).mean()
+    if cfg.policy:
+        policy, _ = policy_gradient_loss(logits, labels, records, cfg.wrong_penalty)
+        parts["policy"] = cfg.policy * policy
+    total = sum(parts.values())
+    return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -1,0 +1,301 @@
+"""The training loop on accelerate: one CPU to many GPUs, resumable, compute-logged.
+
+    build everything from a checked TrainConfig -> for each epoch: shuffle by (seed,
+    epoch), train with accumulation/clipping/mixed precision, log every N steps (loss
+    parts, tokens kept, GMACs per clip), checkpoint atomically -> evaluate -> keep best.
+
+Run it directly or under ``accelerate launch`` / ``torchrun``; every process runs this
+same code. The LR scheduler steps once per optimizer step and is not prepared (see
+``schedule.py``); the data order and augmentation are functions of (seed, epoch, index),
+so a resumed run continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+from ired_video.config import ConfigError, DataConfig, from_dict
+from ired_video.data.annotations import load_annotations
+from ired_video.data.dataset import BadFileTracker, VideoDataset
+from ired_video.engine.checkpoints import (Progress, find_checkpoint, load_training_state,
+                                           save_training_state)
+from ired_video.engine.config import TrainConfig, dump
+from ired_video.engine.evaluate import evaluate
+from ired_video.engine.logger import StepLogger
+from ired_video.engine.losses import mix, objective, soft_targets
+from ired_video.engine.schedule import lr_multiplier
+from ired_video.models.registry import create_model, data_config, model_config
+from ired_video.models.timesformer import TimeSformer
+from ired_video.models.weights import save_checkpoint
+from ired_video.reducers import apply_reducer
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss); what could be saved was saved."""
+
+
+class EpochPermutation(Sampler[int]):
+    """A fresh permutation per epoch, drawn from (seed, epoch) alone."""
+
+    def __init__(self, size: int, seed: int, epoch: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclasses.dataclass
+class Datasets:
+    train: Optional[VideoDataset]
+    val: Optional[VideoDataset]
+    data_config: DataConfig
+
+
+def build_datasets(cfg: TrainConfig) -> Datasets:
+    """Annotations -> train/val datasets; class names from the training annotations."""
+    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    variant = data_config(cfg.model["name"], model_config(cfg.model["name"], **overrides))  # recipe defaults
+    base = {**dataclasses.asdict(variant), **cfg.data.preprocess}
+    train = val = None
+    class_names: list[str] = list(base.get("class_names") or [])
+    if cfg.data.train:
+        ann = load_annotations(cfg.data.train, video_root=cfg.data.root, split=cfg.data.train_split)
+        class_names = ann.class_names
+        preprocess = from_dict(DataConfig, {**base, "class_names": class_names})
+        train = VideoDataset(ann.records, preprocess, "train", backend=cfg.data.backend, seed=cfg.train.seed)
+    preprocess = from_dict(DataConfig, {**base, "class_names": class_names})
+    if cfg.data.val:
+        ann = load_annotations(cfg.data.val, video_root=cfg.data.root, split=cfg.data.val_split,
+                               class_names=class_names or None)
+        if not class_names:
+            preprocess = from_dict(DataConfig, {**base, "class_names": ann.class_names})
+        val = VideoDataset(ann.records, preprocess, "test", num_clips=cfg.eval.clips, num_crops=cfg.eval.crops,
+                           backend=cfg.data.backend, seed=cfg.train.seed)
+    return Datasets(train, val, preprocess)
+
+
+def build_model(cfg: TrainConfig, data_config: DataConfig) -> TimeSformer:
+    """The variant with overrides, initial weights, the data config, and the reducer."""
+    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    classes = len(data_config.class_names)
+    if classes and overrides.setdefault("num_classes", classes) != classes:
+        raise ConfigError(f"model.num_classes={overrides['num_classes']} but the data has {classes} classes")
+    model = create_model(cfg.model["name"], checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
+                         **overrides)
+    model.data_config = data_config
+    return model
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    skip = set(getattr(model, "no_weight_decay", lambda: set())())
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name in skip else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg.optim.weight_decay)
+    if cfg.optim.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas)
+
+
+def _freeze_backbone(model: TimeSformer) -> None:
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("reducers.")
+
+
+def _step_row(epoch: int, step: int, loss: float, parts: dict[str, float], info: Any, lr: float,
+              clips_per_s: float) -> dict[str, Any]:
+    state = info.state
+    kept = state.real_tokens().float() / (state.num_frames_in * state.num_patches)  # after the last reducer
+    return {"epoch": epoch, "step": step, "loss": loss, **parts, "lr": lr,
+            "tokens_kept": float(kept.mean()),
+            "gmacs_per_clip": float(info.gmacs.mean()), "clips_per_s": clips_per_s}
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
+    """Train as configured; returns the final evaluation report (empty without val data)."""
+    run_dir = Path(cfg.output)
+    needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone
+    accelerator = Accelerator(
+        cpu=cfg.train.cpu, mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
+        log_with=_trackers(), project_dir=str(run_dir),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)])
+    set_seed(cfg.train.seed)
+    data = build_datasets(cfg)
+    if data.train is None:
+        raise ConfigError("data.train is required for training")
+    model = build_model(cfg, data.data_config)
+    teacher = _teacher(cfg, model, accelerator)
+    apply_reducer(model, cfg.reducer)
+    if cfg.objective.freeze_backbone:
+        _freeze_backbone(model)
+    optimizer = build_optimizer(cfg, model)
+    world = accelerator.num_processes
+    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)
+    if batches_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {world} processes exceeds the "
+                          f"{len(data.train)} training clips")
+    steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.train.epochs))
+    accelerator.register_for_checkpointing(scheduler)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    progress = Progress()
+    if resume:
+        path = find_checkpoint(run_dir, resume)
+        progress = load_training_state(accelerator, path)
+        accelerator.print(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_in_epoch} batches "
+                          f"into it, step {progress.global_step}")
+    _write_run_files(accelerator, run_dir, cfg)
+    accelerator.init_trackers("ired_video")
+    logger = StepLogger(accelerator, run_dir)
+    bad_files = BadFileTracker()
+    report: dict[str, Any] = {}
+
+    for epoch in range(progress.epoch, cfg.train.epochs):
+        data.train.set_epoch(epoch)
+        loader = accelerator.prepare_data_loader(DataLoader(
+            data.train, batch_size=cfg.train.batch_size, sampler=EpochPermutation(len(data.train), cfg.train.seed, epoch),
+            num_workers=cfg.data.num_workers, drop_last=True))
+        skipped = progress.batches_in_epoch if progress.epoch == epoch else 0
+        if skipped:
+            loader = accelerator.skip_first_batches(loader, skipped)
+        model.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skipped, total=batches_per_epoch,
+                   disable=not accelerator.is_main_process)
+        tick = time.perf_counter()
+        for index, batch in enumerate(bar, start=skipped):
+            bad_files.update(batch)
+            with accelerator.accumulate(model):
+                loss, parts, info = _train_step(cfg, model, teacher, batch, epoch, index, accelerator)
+                if not math.isfinite(float(loss.detach())):
+                    _stop_on_nan(accelerator, run_dir, cfg, progress, epoch, index, parts)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.train.clip_grad:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
+                optimizer.step()
+                optimizer.zero_grad()
+            progress.batches_in_epoch = index + 1
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            progress.global_step += 1
+            if progress.global_step % cfg.train.log_every == 0 or index + 1 == batches_per_epoch:
+                seconds = time.perf_counter() - tick
+                row = _step_row(epoch, progress.global_step, float(loss.detach()), parts, info, scheduler.get_last_lr()[0],
+                                cfg.train.batch_size * world * cfg.train.log_every / max(seconds, 1e-9))
+                logger.log(row, progress.global_step)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['tokens_kept']:.2f}",
+                                gmacs=f"{row['gmacs_per_clip']:.3f}")
+                tick = time.perf_counter()
+            if cfg.train.ckpt_every and progress.global_step % cfg.train.ckpt_every == 0:
+                save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
+            if cfg.train.max_steps and progress.global_step >= cfg.train.max_steps:
+                break
+        if bad_files.count:
+            accelerator.print(f"epoch {epoch + 1}: {bad_files.summary()}")
+        bad_files.reset()
+        stopped = bool(cfg.train.max_steps and progress.global_step >= cfg.train.max_steps)
+        last_epoch = epoch + 1 == cfg.train.epochs or stopped
+        if not stopped or progress.batches_in_epoch == batches_per_epoch:
+            progress = Progress(epoch + 1, 0, progress.global_step, progress.best_top1)
+        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
+        if data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
+            report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch)
+        if stopped:
+            break
+    accelerator.end_training()
+    return report
+
+
+def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module], batch: dict[str, Any],
+                epoch: int, index: int, accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float], Any]:
+    video, labels = batch["video"], batch["label"]
+    classes = accelerator.unwrap_model(model).config.num_classes
+    targets = soft_targets(labels, classes, cfg.train.label_smoothing)
+    rng = np.random.default_rng([cfg.train.seed, epoch, index, accelerator.process_index])
+    video, targets = mix(video, targets, cfg.train.mixup, cfg.train.cutmix, rng)
+    teacher_logits = None
+    if teacher is not None:
+        with torch.no_grad():
+            teacher_logits = teacher(video)
+    logits, info = model(video, return_info=True)
+    loss, parts = objective(cfg.objective, logits, targets, labels, info.records, teacher_logits)
+    return loss, parts, info
+
+
+def _teacher(cfg: TrainConfig, model: TimeSformer, accelerator: Accelerator) -> Optional[nn.Module]:
+    """The frozen unreduced model for distillation: a checkpoint, or the initial weights."""
+    if not cfg.objective.distill:
+        return None
+    teacher = create_model(checkpoint=cfg.objective.teacher) if cfg.objective.teacher else copy.deepcopy(model)
+    apply_reducer(teacher, "none")
+    teacher.requires_grad_(False)
+    return teacher.eval().to(accelerator.device)
+
+
+def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module, val: VideoDataset,
+                            run_dir: Path, progress: Progress, epoch: int) -> dict[str, Any]:
+    unwrapped = accelerator.unwrap_model(model)
+    report = evaluate(unwrapped, val, accelerator, cfg.eval.batch_size, cfg.data.num_workers,
+                      run_dir / "eval_views.jsonl", desc=f"eval epoch {epoch + 1}")
+    if accelerator.is_main_process:
+        report["epoch"] = epoch + 1
+        (run_dir / "eval_report.json").write_text(json.dumps(report, indent=1))
+        accelerator.print(f"epoch {epoch + 1}: top-1 {report['top1']:.3f}, top-5 {report['top5']:.3f}, "
+                          f"{report['gmacs_per_view']:.4f} GMACs/view over {report['videos']} videos")
+        save_checkpoint(run_dir / "last.pth", unwrapped, epoch=epoch + 1, metrics=report)
+        if report["top1"] > progress.best_top1:
+            progress.best_top1 = report["top1"]
+            save_checkpoint(run_dir / "best.pth", unwrapped, epoch=epoch + 1, metrics=report)
+    return report
+
+
+def _stop_on_nan(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, progress: Progress, epoch: int,
+                 index: int, parts: dict[str, float]) -> None:
+    """The loss is not finite before backward: the weights are still good, so save them."""
+    progress.batches_in_epoch = index
+    saved = save_training_state(accelerator, run_dir, progress, cfg.train.keep_last + 1)
+    raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, batch {index} ({parts}); the state "
+                        f"before this batch is saved in {saved}. Lower optim.lr, set train.clip_grad, or "
+                        "check the data; resume with --resume auto.")
+
+
+def _trackers() -> Optional[list[str]]:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return None
+    return ["tensorboard"]
+
+
+def _write_run_files(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig) -> None:
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(dump(cfg), sort_keys=False))

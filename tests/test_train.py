@@ -1,0 +1,139 @@
+"""Training and evaluation: a short run, exact resume, two processes, bad configs."""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ired_video import ConfigError, create_model
+from ired_video.data.demo import make_demo_dataset
+from ired_video.engine import TrainingError, load_train_config, train
+
+train_module = importlib.import_module("ired_video.engine.train")
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.name=timesformer_test", "data.num_workers=0", "train.batch_size=4", "train.epochs=2",
+    "train.log_every=1", "eval.batch_size=6", "data.preprocess.num_frames=4", "data.preprocess.sampling_rate=2",
+    "data.preprocess.crop_size=32", "data.preprocess.train_short_side=[32,40]", "data.preprocess.test_short_side=32",
+    "train.mixup=0.2",
+]
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("demo")
+    make_demo_dataset(root, videos_per_class=4, num_frames=20, width=64, height=48, progress=False)
+    return root
+
+
+def _config(demo_data: Path, out: Path, *extra: str):
+    return load_train_config(REPO / "configs/train/demo_micro.yaml",
+                             [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}",
+                              f"output={out}", *TINY, *extra])
+
+
+def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
+    report = train(_config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
+                           "reducer.stages=[1]"))
+    run = tmp_path / "run"
+    assert {"top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video"} <= set(report)
+    assert report["videos"] == 6 and report["views"] == 6
+    rows = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 8  # 18 training clips / batch 4 = 4 steps per epoch, 2 epochs
+    assert all({"loss", "ce", "lr", "tokens_kept", "gmacs_per_clip"} <= set(r) for r in rows)
+    assert rows[0]["tokens_kept"] == pytest.approx(0.5)
+    assert (run / "train_log.csv").read_text().splitlines()[0].startswith("epoch,step,loss")
+    views = [json.loads(line) for line in (run / "eval_views.jsonl").read_text().splitlines()]
+    assert len(views) == 6 and {"video", "gmacs", "tokens_per_block", "exit_stage", "latency_ms"} <= set(views[0])
+    best = create_model(checkpoint=run / "best.pth")
+    assert best.reducer_config.name == "topk" and len(best.data_config.class_names) == 6
+    assert len(list((run / "checkpoints").iterdir())) == 2  # keep_last
+
+
+def test_killed_run_resumes_exactly(demo_data, tmp_path):
+    train(_config(demo_data, tmp_path / "straight"))
+    train(_config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
+    train(_config(demo_data, tmp_path / "killed"), resume="auto")
+    straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["model_state"]
+    resumed = torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["model_state"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_resume_with_another_model_says_why(demo_data, tmp_path):
+    train(_config(demo_data, tmp_path / "run", "train.max_steps=1"))
+    with pytest.raises(RuntimeError, match="cannot resume from this checkpoint"):
+        train(_config(demo_data, tmp_path / "run", "model.depth=3"), resume="auto")
+
+
+def test_non_finite_loss_stops_with_saved_state(demo_data, tmp_path, monkeypatch):
+    real = train_module.objective
+
+    def poisoned(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("nan"), parts
+
+    monkeypatch.setattr(train_module, "objective", poisoned)
+    with pytest.raises(TrainingError, match="loss became non-finite at epoch 1, batch 0"):
+        train(_config(demo_data, tmp_path / "run"))
+    assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
+
+
+def test_two_processes_train_and_evaluate_like_one(demo_data, tmp_path):
+    """gloo on the CPU: a 2-process run trains, and evaluating one checkpoint with 1 or 2
+    processes gives the same metrics (no video lost or counted twice)."""
+    overrides = [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", *TINY,
+                 "train.cpu=true", "train.epochs=1", "train.batch_size=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
+    done = subprocess.run([*run, str(REPO / "tools/train.py"), "--config", str(REPO / "configs/train/demo_micro.yaml"),
+                           *overrides, f"output={tmp_path / 'ddp'}"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ddp_report = json.loads((tmp_path / "ddp" / "eval_report.json").read_text())
+    assert ddp_report["videos"] == 6
+
+    evaluate = ["-m", "ired_video.cli", "eval", "--checkpoint", str(tmp_path / "ddp" / "best.pth"),
+                "--data", str(demo_data / "val.csv"), "--views", "2x3", "--cpu", "--workers", "0",
+                "--batch-size", "5"]
+    single = subprocess.run([sys.executable, *evaluate, "--output", str(tmp_path / "one.json")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    double = subprocess.run([*run, *evaluate, "--output", str(tmp_path / "two.json")],
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
+    assert one["views"] == two["views"] == 36  # 6 videos x 2 clips x 3 crops
+    for key in ("top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video"):
+        assert one[key] == pytest.approx(two[key], abs=1e-6), key
+    lines = (tmp_path / "two_views.jsonl").read_text().splitlines()
+    assert len(lines) == 36
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_train_config_parses_and_builds_its_model(path):
+    cfg = load_train_config(path)
+    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    model = create_model(cfg.model["name"], **overrides)
+    from ired_video.reducers import apply_reducer
+    apply_reducer(model, cfg.reducer)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epoch=3", "unknown key.*train.epoch"),
+    ("train.epochs=three", "train.epochs: expected an integer"),
+    ("optim.name=adam", "optim.name='adam'"),
+    ("model.embed_dmi=4", "embed_dmi"),
+    ("objective.policy=1.0", "reducer.name=iared2"),
+    ("data.preprocess.crop=3", "data.preprocess.crop"),
+])
+def test_config_mistakes_are_caught_before_work(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(REPO / "configs/train/demo_micro.yaml", [override])
