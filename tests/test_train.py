@@ -137,3 +137,12 @@ def test_every_train_config_parses_and_builds_its_model(path):
 def test_config_mistakes_are_caught_before_work(override, message):
     with pytest.raises(ConfigError, match=message):
         load_train_config(REPO / "configs/train/demo_micro.yaml", [override])
+
+
+def test_demo_recipe_matches_its_yaml(tmp_path):
+    from ired_video.commands.demo import demo_config
+    in_code = demo_config(tmp_path, tmp_path / "out")
+    in_yaml = load_train_config(REPO / "configs/train/demo_micro.yaml",
+                                [f"data.train={tmp_path / 'train.csv'}", f"data.val={tmp_path / 'val.csv'}",
+                                 f"output={tmp_path / 'out'}"])
+    assert in_code == in_yaml

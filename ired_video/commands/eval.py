@@ -6,15 +6,9 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from accelerate import Accelerator
-
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.config import ConfigError
-from ired_video.data.annotations import load_annotations
-from ired_video.data.dataset import VideoDataset
-from ired_video.engine.evaluate import evaluate
-from ired_video.models.registry import create_model
-from ired_video.reducers import apply_reducer
+from ired_video.engine.evaluate import evaluate_checkpoint
 
 EPILOG = """examples:
   ired-video eval --checkpoint runs/demo_micro/best.pth --data data/demo/val.csv
@@ -24,7 +18,7 @@ EPILOG = """examples:
 
 Views are CLIPSxCROPS per video (TimeSformer reports 1x3). Scores are averaged per
 video over its views, across all processes without duplicates. Writes the report
-(--output, JSON) and one JSON line per view (--views-log) with prediction, confidence,
+(--output, JSON) and one JSON line per view (<output>_views.jsonl) with prediction, confidence,
 GMACs, tokens per block and latency.
 """
 
@@ -44,7 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where a GPU is")
     parser.add_argument("--output", default="eval_report.json", help="report file (default: %(default)s)")
-    parser.add_argument("--views-log", default=None, help="JSONL of every view (default: next to --output)")
     return parser
 
 
@@ -61,25 +54,13 @@ def parse_views(text: str) -> tuple[int, int]:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     clips, crops = parse_views(args.views)
-    model = create_model(checkpoint=args.checkpoint)
-    reducer = reducer_from_args(args.reducer)
-    if reducer is not None:
-        apply_reducer(model, reducer)
-    class_names = model.data_config.class_names or None
-    ann = load_annotations(args.data, video_root=args.root, class_names=class_names, split=args.split)
-    dataset = VideoDataset(ann.records, model.data_config, "test", num_clips=clips, num_crops=crops)
-    accelerator = Accelerator(cpu=args.cpu)
-    model = model.to(accelerator.device)
     output = Path(args.output)
-    views_log = Path(args.views_log) if args.views_log else output.with_name(output.stem + "_views.jsonl")
-    report = evaluate(model, dataset, accelerator, args.batch_size, args.workers, views_log)
-    if accelerator.is_main_process:
-        report.update(checkpoint=str(args.checkpoint), data=str(args.data), views_spec=args.views,
-                      reducer=str(reducer) if reducer else None)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(report, indent=1))
+    report = evaluate_checkpoint(Path(args.checkpoint), args.data, reducer=reducer_from_args(args.reducer),
+                                 root=args.root, split=args.split, clips=clips, crops=crops,
+                                 batch_size=args.batch_size, workers=args.workers, cpu=args.cpu, output=output)
+    if report:  # the main process
         print(f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}  mean class {report['mean_class_accuracy']:.4f}"
               f"  GMACs/view {report['gmacs_per_view']:.4f}  GMACs/video {report['gmacs_per_video']:.4f}"
               f"  ({report['videos']} videos, {report['bad_views']} unreadable views)")
-        print(f"report: {output}  views: {views_log}")
+        print(f"report: {output}  views: {output.with_name(output.stem + '_views.jsonl')}")
     return 0

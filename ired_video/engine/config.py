@@ -136,9 +136,30 @@ def validate(cfg: TrainConfig) -> None:
                           "only iared2 has any")
 
 
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) \
+            else value
+    return merged
+
+
+def load_with_base(path: Union[str, Path], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; a ``_base_: other.yaml`` key (relative to this file) is loaded first
+    and this file's sections are merged onto it, key by key."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: _base_ chain loops back to itself")
+    values = load_yaml(path)
+    base = values.pop("_base_", None)
+    if base is None:
+        return values
+    return _merge(load_with_base(path.parent / base, (*seen, path)), values)
+
+
 def load_train_config(path: Optional[Union[str, Path]], overrides: Optional[list[str]] = None) -> TrainConfig:
-    """YAML file (optional) + ``key=value`` overrides -> checked TrainConfig."""
-    values = load_yaml(path) if path is not None else {}
+    """YAML file (optional, may name a ``_base_``) + ``key=value`` overrides -> checked TrainConfig."""
+    values = load_with_base(path) if path is not None else {}
     values = apply_overrides(values, overrides or [])
     try:
         cfg = from_dict(TrainConfig, values)

@@ -99,3 +99,29 @@ def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDatase
                 "tokens_per_block": views["tokens"][i].tolist(), "exit_stage": None,
                 "latency_ms": 1000 * float(views["latency"][i]), "bad_file": bool(views["failed"][i]),
             }) + "\n")
+
+
+def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, root: Optional[str] = None,
+                        split: Optional[str] = None, clips: int = 1, crops: int = 1, batch_size: int = 8,
+                        workers: int = 2, cpu: bool = False, output: Optional[Path] = None) -> dict[str, Any]:
+    """Load our checkpoint (optionally with another reducer), evaluate it on annotated
+    videos with its own preprocessing, and write the report and per-view JSONL."""
+    from ired_video.data.annotations import load_annotations
+    from ired_video.models.registry import create_model
+    from ired_video.reducers import apply_reducer
+
+    model = create_model(checkpoint=checkpoint)
+    if reducer is not None:
+        apply_reducer(model, reducer)
+    ann = load_annotations(data, video_root=root, class_names=model.data_config.class_names or None, split=split)
+    dataset = VideoDataset(ann.records, model.data_config, "test", num_clips=clips, num_crops=crops)
+    accelerator = Accelerator(cpu=cpu)
+    model = model.to(accelerator.device)
+    views_log = None if output is None else output.with_name(output.stem + "_views.jsonl")
+    report = evaluate(model, dataset, accelerator, batch_size, workers, views_log)
+    if accelerator.is_main_process and output is not None:
+        report.update(checkpoint=str(checkpoint), data=str(data), views_spec=f"{clips}x{crops}",
+                      reducer=str(reducer) if reducer is not None else None)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(report, indent=1))
+    return report
