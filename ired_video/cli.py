@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "decode every video of a dataset, report the bad ones as JSON"),
     "make-demo-data": ("ired_video.commands.make_demo_data",
                        "write the small generated Kinetics-style demo dataset"),
+    "infer": ("ired_video.commands.infer",
+              "classify videos: top-k per view and video, GMACs spent, tokens kept per stage"),
 }
 
 USAGE = """usage: ired-video COMMAND [ARGS ...]
