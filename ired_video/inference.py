@@ -87,9 +87,11 @@ def load_model(checkpoint: Optional[PathLike] = None, model_name: Optional[str] 
     name = model_name
     if checkpoint is None and name is None:
         name = DEFAULT_MODEL
-    model = create_model(name, checkpoint=checkpoint)
-    if reducer is not None:
-        apply_reducer(model, reducer)
+    with torch.random.fork_rng(devices=[]):  # random weights are the same on every run, globally untouched
+        torch.manual_seed(0)
+        model = create_model(name, checkpoint=checkpoint)
+        if reducer is not None:
+            apply_reducer(model, reducer)
     target = resolve_device(device)
     model = model.eval().to(target)
     label = name or Path(checkpoint).name  # type: ignore[arg-type]
@@ -296,7 +298,8 @@ def infer_paths(loaded: LoadedModel, paths: Sequence[PathLike], num_clips: int =
     results = []
     bar = tqdm(paths, desc="videos", unit="video", disable=not progress)
     for path in bar:
-        bar.set_postfix_str(Path(path).name[-30:], refresh=False)
+        name = Path(path).name
+        bar.set_postfix_str(name if len(name) <= 30 else "…" + name[-29:], refresh=False)
         result = predict_video(loaded, path, num_clips, num_crops, batch_size, k, backend)
         results.append(result)
         if on_result is not None:

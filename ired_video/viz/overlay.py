@@ -40,7 +40,8 @@ def choose_heatmap(stages: Sequence[StageMasks], attention: Optional[Heatmap], k
     if kind == "auto":
         for stage in stages:
             if stage.heat_name is not None:
-                return Heatmap(stage.heat, f"{stage.heat_name} @ block {stage.block}")
+                what = stage.heat_name.replace("_", " ")
+                return Heatmap(stage.heat, f"{stage.reducer} {what} @ block {stage.block}")
     return attention
 
 
