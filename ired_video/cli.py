@@ -26,6 +26,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "decode every video of a dataset, report the bad ones as JSON"),
     "make-demo-data": ("ired_video.commands.make_demo_data",
                        "write the small generated Kinetics-style demo dataset"),
+    "infer": ("ired_video.commands.infer",
+              "classify videos: top-k per view and video, GMACs spent, tokens kept per stage"),
+    "overlay": ("ired_video.commands.overlay",
+                "draw which patches each reducer stage kept on a video (MP4 and PNG grid)"),
 }
 
 USAGE = """usage: ired-video COMMAND [ARGS ...]

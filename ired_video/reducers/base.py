@@ -67,6 +67,16 @@ class Reducer(nn.Module):
     def record(self, state: TokenState, **fields: Any) -> None:
         state.records.append({"reducer": self.name, "block": self.block, "mode": self.mode, **fields})
 
+    def __call__(self, state: TokenState, maps: Optional[Any] = None) -> TokenState:
+        """Run ``forward``; every record the call leaves also gets ``slot_of`` (B, F, N') of
+        the state it returns: where each original patch ended up after this stage (-1:
+        dropped; a shared slot: merged), which overlays draw per stage (``ired_video.viz``)."""
+        count = len(state.records)
+        out = super().__call__(state, maps)
+        for record in out.records[count:]:
+            record.setdefault("slot_of", out.slot_of)
+        return out
+
 
 def keep_count(available: Tensor, keep: float) -> Tensor:
     """Units to keep of ``available`` (any shape, long): ceil(keep * n), at least 1."""
