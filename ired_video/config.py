@@ -78,6 +78,9 @@ class DataConfig:
     mean: tuple[float, float, float] = (0.45, 0.45, 0.45)
     std: tuple[float, float, float] = (0.225, 0.225, 0.225)
     class_names: list[str] = field(default_factory=list)
+    # Random horizontal flips in training. Off where the label depends on left/right
+    # (the demo's "moving left/right"; Something-Something's directional classes).
+    flip: bool = True
     sampling: str = "dense"
     temporal_pad: str = "repeat_last"
 

@@ -108,3 +108,19 @@ def test_config_that_cannot_crop_is_rejected(bitpattern_video, tmp_path):
     bad = DataConfig(crop_size=64, train_short_side=(32, 40), test_short_side=64)
     with pytest.raises(ValueError, match="train_short_side"):
         VideoDataset(records(bitpattern_video, tmp_path), bad, "train")
+
+
+def test_flip_can_be_switched_off_for_direction_labels(bitpattern_video, tmp_path):
+    import dataclasses
+    flips = dataclasses.replace(CFG, flip=True)
+    steady = dataclasses.replace(CFG, flip=False)
+    seen_flip = False
+    for epoch in range(12):
+        a, b = VideoDataset(records(bitpattern_video, tmp_path), flips, "train"), \
+            VideoDataset(records(bitpattern_video, tmp_path), steady, "train")
+        a.set_epoch(epoch), b.set_epoch(epoch)
+        x, y = a[1]["video"], b[1]["video"]
+        if not torch.equal(x, y):
+            assert torch.equal(x, y.flip(-1))  # the only difference a flip may make
+            seen_flip = True
+    assert seen_flip

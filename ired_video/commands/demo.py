@@ -34,7 +34,7 @@ DEMO_SETTINGS = [
     "model.name=timesformer_micro", "model.drop_path_rate=0.0",
     "data.num_workers=2", "data.preprocess.num_frames=8", "data.preprocess.sampling_rate=4",
     "data.preprocess.target_fps=20.0", "data.preprocess.crop_size=64", "data.preprocess.train_short_side=[64,80]",
-    "data.preprocess.test_short_side=64",
+    "data.preprocess.test_short_side=64", "data.preprocess.flip=false",
     "optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05",
     "schedule.name=cosine", "schedule.warmup_epochs=1",
     "train.epochs=20", "train.batch_size=16", "train.clip_grad=1.0", "train.label_smoothing=0.1",

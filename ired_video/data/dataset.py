@@ -161,7 +161,7 @@ class VideoDataset(Dataset):
         cfg = self.cfg
         if self.mode == "train":
             video = train_transform(video, cfg.train_short_side, cfg.crop_size, cfg.mean,
-                                    cfg.std, rng)
+                                    cfg.std, rng, flip=cfg.flip)
         else:
             video = eval_transform(video, cfg.test_short_side, cfg.crop_size, cfg.mean,
                                    cfg.std, crop_index, self.num_crops)

@@ -50,11 +50,12 @@ def demo_class_names() -> list[str]:
 
 
 def demo_data_config(fps: int = 20, height: int = 96) -> DataConfig:
-    """DataConfig for the demo videos: 8 frames 4 apart at the video rate, 64 px crops."""
+    """DataConfig for the demo videos: 8 frames 4 apart at the video rate, 64 px crops,
+    no flips (a flip turns "moving left" into "moving right")."""
     short = min(height, 80)
     return DataConfig(num_frames=8, sampling_rate=4, target_fps=float(fps), crop_size=64,
                       train_short_side=(64, max(64, short)), test_short_side=64,
-                      class_names=demo_class_names())
+                      class_names=demo_class_names(), flip=False)
 
 
 def shape_mask(kind: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np.ndarray
