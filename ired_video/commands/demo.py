@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
+from ired_video.commands.overlay import main as overlay_main
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.data.demo import make_demo_dataset
 from ired_video.engine.config import TrainConfig, load_train_config
@@ -26,7 +27,8 @@ EPILOG = """examples:
   ired-video demo --reducer iared2 keep=0.5 mode=frame
 
 Outputs: data/ (the generated videos and annotations), plain/ and <reducer>/ (training
-runs: logs, checkpoints, eval reports, per-view JSONL), summary.json.
+runs: logs, checkpoints, eval reports, per-view JSONL), overlay.mp4/.png (what the
+reducer kept, stage by stage, on a validation clip), summary.json.
 """
 
 # The demo recipe; configs/train/demo_micro.yaml holds the same values (a test checks).
@@ -74,25 +76,31 @@ def main(argv: Optional[list[str]] = None) -> int:
     reducer: ReducerConfig = reducer_from_args(args.reducer or DEFAULT_REDUCER)
     started = time.perf_counter()
     data_dir = out / "data"
-    print(f"[1/4] demo dataset -> {data_dir}")
+    print(f"[1/5] demo dataset -> {data_dir}")
     if not (data_dir / "train.csv").is_file():
         make_demo_dataset(data_dir, videos_per_class=args.videos_per_class, seed=args.seed)
     seed = f"train.seed={args.seed}"
 
-    print(f"[2/4] training the plain micro TimeSformer for {args.epochs} epochs -> {out / 'plain'}")
+    print(f"[2/5] training the plain micro TimeSformer for {args.epochs} epochs -> {out / 'plain'}")
     plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed))
 
     reducer_settings = [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(reducer).items() if v is not None]
     plain_best = out / "plain" / "best.pth"
     tag = reducer.name
-    print(f"[3/4] {tag}: evaluating training-free, then fine-tuning {args.finetune_epochs} epochs -> {out / tag}")
+    print(f"[3/5] {tag}: evaluating training-free, then fine-tuning {args.finetune_epochs} epochs -> {out / tag}")
     as_is = evaluate_checkpoint(out / "plain" / "best.pth", str(data_dir / "val.csv"), reducer=reducer,
                                 output=out / f"{tag}_training_free.json")
     tuned = train(demo_config(data_dir, out / tag, *reducer_settings, seed,
                               f"init.checkpoint={plain_best}", f"train.epochs={args.finetune_epochs}",
                               "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
 
-    print("[4/4] results on the demo validation split (one centred view per video)\n")
+    first_val = (data_dir / "val.csv").read_text().split("\n", 1)[0].rsplit(" ", 1)[0]
+    overlay_video = data_dir / first_val
+    print(f"[4/5] overlay of what the fine-tuned {tag} kept on {overlay_video.name} -> {out / 'overlay.mp4'}")
+    overlay_main([str(overlay_video), "--checkpoint", str(out / tag / "best.pth"),
+                  "--output", str(out / "overlay.mp4"), "--png", str(out / "overlay.png")])
+
+    print("[5/5] results on the demo validation split (one centred view per video)\n")
     base = plain["gmacs_per_view"]
     table = ["| model | top-1 (%) | GMACs/view | GMACs saved |", "|---|---|---|---|",
              _row("timesformer_micro (unreduced)", plain, base),
@@ -107,6 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"  plain model        {out / 'plain' / 'best.pth'}  (logs: {out / 'plain' / 'train_log.csv'})")
     print(f"  with {tag:<13} {out / tag / 'best.pth'}  (per-view compute: {out / tag / 'eval_views.jsonl'})")
     print(f"  training-free eval {out / f'{tag}_training_free.json'}")
+    print(f"  overlay            {out / 'overlay.mp4'}  and  {out / 'overlay.png'}")
     print(f"  summary            {out / 'summary.json'}")
     print(f"  TensorBoard        tensorboard --logdir {out}")
     return 0
