@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "run a model on a generated clip and print logits, tokens and GMACs"),
     "flops": ("ired_video.commands.flops",
               "print GMACs per view for the named TimeSformer variants"),
+    "bench": ("ired_video.commands.bench",
+              "measure GMACs and clips/s of every token reducer against the plain model"),
 }
 
 USAGE = """usage: ired-video COMMAND [ARGS ...]
