@@ -136,11 +136,16 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- ToMe r
-def tome_gmacs_analytic(model: torch.nn.Module, r: int, frames: int) -> float:
+def tome_gmacs_analytic(model: torch.nn.Module, r: int, frames: int, mode: str = "tube") -> float:
     """GMACs of one clip under constant ToMe ``r`` in tube or frame mode (same count per
-    frame), from the per-layer formulas the model bills with (``ired_video.flops``)."""
+    frame), from the per-layer formulas the model bills with (``ired_video.flops``).
+
+    In frame mode, once frames have merged different locations, divided attention's
+    temporal step runs over the dense (locations x frames) grid and is billed for it."""
     cfg = model.config
-    dim, slots = cfg.embed_dim, model.patch_grid[0] * model.patch_grid[1]
+    dim = cfg.embed_dim
+    slots = patches = model.patch_grid[0] * model.patch_grid[1]
+    aligned = True
     attention = {"divided_space_time": flops.divided_attention_macs,
                  "joint_space_time": flops.joint_attention_macs,
                  "space_only": flops.space_only_attention_macs}[cfg.attention_type]
@@ -148,20 +153,27 @@ def tome_gmacs_analytic(model: torch.nn.Module, r: int, frames: int) -> float:
     total = float(flops.embed_macs(frames, slots, cfg.in_chans, cfg.patch_size, dim))
     for _ in range(cfg.depth):
         counts = torch.full((1, frames), float(slots), dtype=torch.float64)
-        total += float(attention(counts, dim)[0])
+        if cfg.attention_type == "divided_space_time" and not aligned:
+            pairs = torch.tensor([float(patches * frames * frames)], dtype=torch.float64)
+            total += float(attention(counts, dim, pairs)[0])
+        else:
+            total += float(attention(counts, dim)[0])
         if r > 0 and slots >= 2:
             slots -= min(r, slots // 2)  # ToMe merges inside the block, before the MLP
+            aligned = aligned and mode == "tube"
         total += float(flops.mlp_macs(frames * slots + num_cls, dim, cfg.mlp_ratio))
     if cfg.num_classes > 0:
         total += flops.head_macs(dim, cfg.num_classes)
     return total / 1e9
 
 
-def pick_tome_r(model: torch.nn.Module, target_gmacs: float, frames: int) -> tuple[int, float]:
+def pick_tome_r(model: torch.nn.Module, target_gmacs: float, frames: int, mode: str = "tube"
+                ) -> tuple[int, float]:
     """The constant r in 0..N/2 whose analytic GMACs come closest to ``target_gmacs``."""
     half = (model.patch_grid[0] * model.patch_grid[1]) // 2
-    best = min(range(half + 1), key=lambda r: (abs(tome_gmacs_analytic(model, r, frames) - target_gmacs), r))
-    return best, tome_gmacs_analytic(model, best, frames)
+    gmacs = {r: tome_gmacs_analytic(model, r, frames, mode) for r in range(half + 1)}
+    best = min(gmacs, key=lambda r: (abs(gmacs[r] - target_gmacs), r))
+    return best, gmacs[best]
 
 
 # --------------------------------------------------------------------------- timing
@@ -261,7 +273,7 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
                         apply_reducer(model, "topk", keep=keep, mode=mode)
                         with torch.inference_mode():
                             target = float(model(videos[min(videos)][:1], return_info=True)[1].gmacs.mean())
-                    r, analytic = pick_tome_r(model, target, cfg.num_frames)
+                    r, analytic = pick_tome_r(model, target, cfg.num_frames, mode)
                     kwargs["r"] = r
                     row.update(tome_r=r, tome_gmacs_analytic=analytic, tome_target_gmacs=target)
                     row["note"] = f"r={r} (analytic match to topk GMACs {target:.2f})"
