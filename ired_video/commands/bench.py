@@ -59,6 +59,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("iared2", "iared2"),
 )
 SPEC_BY_LABEL = {spec.label: spec for spec in SPECS}
+# The plain model timed again after a model's last reducer: on a shared or throttling
+# machine the speed drifts, and this row's "speed-up" (ideally 1.00) shows by how much.
+PLAIN_END = Spec("plain (end)", "none")
 # Reducers whose token count is exactly the keep ratio (GMACs fall with keep).
 DROP_REDUCERS = ("random", "topk", "interaction", "iared2")
 
@@ -210,7 +213,8 @@ def short_error(err: BaseException) -> str:
 # --------------------------------------------------------------------------- main loop
 def configurations(args: argparse.Namespace) -> list[tuple[str, Optional[Spec], str, float]]:
     """(model, spec or None for plain, mode, keep) in run order: plain first, then each
-    mode, reducer and keep (topk before tome, whose r is matched to the drop GMACs)."""
+    mode, reducer and keep (topk before tome, whose r is matched to the drop GMACs), and
+    the plain model once more at the end as a drift check."""
     specs = [SPEC_BY_LABEL[label] for label in args.reducers]
     specs.sort(key=lambda s: [x.label for x in SPECS].index(s.label))
     runs: list[tuple[str, Optional[Spec], str, float]] = []
@@ -220,6 +224,7 @@ def configurations(args: argparse.Namespace) -> list[tuple[str, Optional[Spec], 
             for spec in specs:
                 for keep in args.keeps:
                     runs.append((name, spec, mode, keep))
+        runs.append((name, PLAIN_END, "-", 1.0))
     return runs
 
 
@@ -267,7 +272,10 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
                 apply_reducer(model, "none")
             else:
                 kwargs: dict[str, Any] = dict(spec.kwargs, mode=mode)
-                if spec.reducer == "tome":
+                if spec is PLAIN_END:
+                    kwargs = {}
+                    row["note"] = "drift check: plain model re-timed after the reducers"
+                elif spec.reducer == "tome":
                     target = drop_gmacs.get((name, mode, keep))
                     if target is None:  # topk was not run: one forward on a batch of 1
                         apply_reducer(model, "topk", keep=keep, mode=mode)
@@ -395,6 +403,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"\n{args.device}, {args.threads} threads, torch {torch.__version__}; warm-up {args.warmup}, "
           f"median of {args.iters}; GMACs per view from info.gmacs; ToMe r matched analytically.\n")
     print(markdown_table(rows, args.batches))
+    for row in rows:
+        if row["reducer"] == PLAIN_END.label:
+            for key, drift in row["speedup"].items():
+                if abs(drift - 1) > 0.15:
+                    print(f"\nwarning: {row['model']} @{key}: the plain model ran {drift:.2f}x as fast at the end "
+                          "as at the start; the machine's speed drifted (other load?), so speed-ups are unreliable.")
     failed = [row for row in rows if row["error"]]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} rows had errors (see the note column).")
