@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "classify videos: top-k per view and video, GMACs spent, tokens kept per stage"),
     "overlay": ("ired_video.commands.overlay",
                 "draw which patches each reducer stage kept on a video (MP4 and PNG grid)"),
+    "bench": ("ired_video.commands.bench",
+              "measure GMACs and clips/s of every token reducer against the plain model"),
 }
 
 USAGE = """usage: ired-video COMMAND [ARGS ...]
