@@ -3,8 +3,10 @@
 Each video shows one *target* shape (circle, square or triangle) crossing the frame left or
 right; the class is ``"<shape> moving <direction>"`` (6 classes), so a model needs both
 appearance (which shape) and motion (which way). Distractors (diamonds and crosses, other
-colours) stay still or wander in any direction, and the textured background is static or
-pans slowly: most patches are redundant over time, the setting token reduction is for.
+colours) stay still or drift slowly (several times slower than the target), and the
+textured background is static or pans slowly: most patches are redundant over time, the
+setting token reduction is for. The target is about 2.5 patches across at the demo's 64 px
+input.
 Colours, sizes, speeds, positions and the number of distractors are random.
 
 Layout written under ``out_dir`` (all deterministic from ``seed``)::
@@ -118,7 +120,7 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     pan = 0.0 if rng.random() < 0.3 else rng.uniform(-0.5, 0.5)  # background px / frame
     margin = int(abs(pan) * t_count) + 2
     background = _background(rng, h, w + margin)
-    radius = rng.uniform(0.09, 0.13) * min(h, w) * 1.1
+    radius = rng.uniform(0.13, 0.17) * min(h, w) * 1.1  # about 2.5 patches across at 64 px
     speed = rng.uniform(0.6, 1.0) * (w - 2 * radius - 4) / (t_count - 1)
     sign = 1.0 if spec.direction == "right" else -1.0
     travel = speed * (t_count - 1)
@@ -133,7 +135,7 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
         distractors.append({
             "kind": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
             "pos": np.array([rng.uniform(0, w), rng.uniform(0, h)]),
-            "vel": rng.normal(0, 1.0, 2) if moving else np.zeros(2),
+            "vel": rng.normal(0, 0.25, 2) if moving else np.zeros(2),  # drifts, far slower than the target
             "moving": moving, "r": radius * rng.uniform(0.8, 1.2), "colour": _colour(rng)})
     frames = np.empty((t_count, h, w, 3), np.uint8)
     masks = np.empty((t_count, h, w), bool)
@@ -142,8 +144,8 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
         offset = min(max(offset, 0), margin)
         image = background[:, offset:offset + w].copy()
         for d in distractors:
-            if d["moving"]:  # random walk, bouncing off the borders
-                d["vel"] = 0.9 * d["vel"] + rng.normal(0, 0.4, 2)
+            if d["moving"]:  # slow random walk, bouncing off the borders
+                d["vel"] = 0.9 * d["vel"] + rng.normal(0, 0.1, 2)
                 d["pos"] = d["pos"] + d["vel"]
                 for axis, size in ((0, w), (1, h)):
                     if not 0 <= d["pos"][axis] <= size:
