@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
-from ired_video.config import ConfigError
+from ired_video.inference import parse_views
 from ired_video.engine.evaluate import evaluate_checkpoint
 
 EPILOG = """examples:
@@ -39,16 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where a GPU is")
     parser.add_argument("--output", default="eval_report.json", help="report file (default: %(default)s)")
     return parser
-
-
-def parse_views(text: str) -> tuple[int, int]:
-    try:
-        clips, crops = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"--views {text!r}: expected CLIPSxCROPS, e.g. 1x3") from None
-    if clips < 1 or crops not in (1, 3):
-        raise ConfigError(f"--views {text!r}: clips >= 1 and crops 1 or 3")
-    return clips, crops
 
 
 def main(argv: Optional[list[str]] = None) -> int:
