@@ -146,3 +146,18 @@ def test_demo_recipe_matches_its_yaml(tmp_path):
                                 [f"data.train={tmp_path / 'train.csv'}", f"data.val={tmp_path / 'val.csv'}",
                                  f"output={tmp_path / 'out'}"])
     assert in_code == in_yaml
+
+
+def test_demo_command_end_to_end(tmp_path, capsys):
+    """The README's main command, shrunk: every step runs and every promised output exists."""
+    from ired_video import cli
+    out = tmp_path / "demo"
+    assert cli.main(["demo", "--out", str(out), "--videos-per-class", "2", "--epochs", "1",
+                     "--finetune-epochs", "1", "--reducer", "topk", "keep=0.5"]) == 0
+    text = capsys.readouterr().out
+    assert "| timesformer_micro (unreduced) |" in text and "fine-tuned 1 epochs" in text
+    for path in ("data/train.csv", "plain/best.pth", "topk/best.pth", "topk_training_free.json",
+                 "overlay.mp4", "overlay.png", "summary.json"):
+        assert (out / path).is_file(), path
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["topk"]["gmacs_per_view"] < summary["plain"]["gmacs_per_view"]

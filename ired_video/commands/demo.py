@@ -79,10 +79,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"[1/5] demo dataset -> {data_dir}")
     if not (data_dir / "train.csv").is_file():
         make_demo_dataset(data_dir, videos_per_class=args.videos_per_class, seed=args.seed)
+    train_clips = len((data_dir / "train.csv").read_text().splitlines())
+    batch = f"train.batch_size={min(16, max(train_clips // 2, 1))}"  # small datasets still get steps
     seed = f"train.seed={args.seed}"
 
     print(f"[2/5] training the plain micro TimeSformer for {args.epochs} epochs -> {out / 'plain'}")
-    plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed))
+    plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed, batch))
 
     reducer_settings = [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(reducer).items() if v is not None]
     plain_best = out / "plain" / "best.pth"
@@ -90,7 +92,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"[3/5] {tag}: evaluating training-free, then fine-tuning {args.finetune_epochs} epochs -> {out / tag}")
     as_is = evaluate_checkpoint(out / "plain" / "best.pth", str(data_dir / "val.csv"), reducer=reducer,
                                 output=out / f"{tag}_training_free.json")
-    tuned = train(demo_config(data_dir, out / tag, *reducer_settings, seed,
+    tuned = train(demo_config(data_dir, out / tag, *reducer_settings, seed, batch,
                               f"init.checkpoint={plain_best}", f"train.epochs={args.finetune_epochs}",
                               "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
 

@@ -1,0 +1,127 @@
+"""Accuracy vs GMACs on the demo dataset: every reducer at matched keep ratios, trained alike.
+
+From one trained plain checkpoint (``ired-video demo`` writes ``runs/demo/plain/best.pth``),
+each reducer at each keep ratio is fine-tuned with the same recipe (the demo's, for
+``--epochs`` epochs) and evaluated on the validation split; also evaluated training-free.
+ToMe's ``r`` is chosen so its GMACs match top-k's at the same keep. Writes a Markdown table
+(stdout and ``--out``/table.md), the rows as JSON and an SVG scatter plot.
+
+    python tools/bench_demo.py --plain runs/demo/plain/best.pth --data runs/demo/data --out runs/bench_demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ired_video.commands.demo import demo_config
+from ired_video.config import to_dict
+from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.engine.train import train
+from ired_video.models.registry import create_model
+from ired_video.reducers import apply_reducer, reducer_config
+
+REDUCERS = [("random", {}), ("topk", {}), ("topk", {"fuse": True}), ("interaction", {}), ("bat", {}),
+            ("iared2", {}), ("tome", {})]
+
+
+def tome_r_for(plain: Path, target_gmacs: float) -> int:
+    """The constant r whose GMACs per view come closest to ``target_gmacs``."""
+    import torch
+
+    model = create_model(checkpoint=plain).eval()
+    cfg, data = model.config, model.data_config
+    video = torch.zeros(1, cfg.in_chans, data.num_frames, data.crop_size, data.crop_size)
+    best, best_gap = 0, float("inf")
+    for r in range(0, (data.crop_size // cfg.patch_size) ** 2 // 2 + 1):
+        apply_reducer(model, "tome", r=r)
+        with torch.no_grad():
+            gmacs = float(model(video, return_info=True)[1].gmacs[0])
+        if abs(gmacs - target_gmacs) < best_gap:
+            best, best_gap = r, abs(gmacs - target_gmacs)
+    return best
+
+
+def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Top-1 against GMACs per view, one dot per run, labelled."""
+    width, height, pad = 720, 440, 60
+    xs = [r["gmacs_per_view"] for r in rows]
+    ys = [100 * r["top1"] for r in rows]
+    x_lo, x_hi = min(xs) * 0.95, max(xs) * 1.02
+    y_lo, y_hi = max(min(ys) - 5, 0), min(max(ys) + 5, 100)
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (pad + (x - x_lo) / (x_hi - x_lo) * (width - 2 * pad),
+                height - pad - (y - y_lo) / (y_hi - y_lo) * (height - 2 * pad))
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>',
+             f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
+             f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">GMACs per view</text>',
+             f'<text x="18" y="{height / 2}" transform="rotate(-90 18 {height / 2})" text-anchor="middle">'
+             f'top-1 (%)</text>']
+    for value in (x_lo, (x_lo + x_hi) / 2, x_hi):
+        x, _ = px(value, y_lo)
+        parts.append(f'<text x="{x:.0f}" y="{height - pad + 16}" text-anchor="middle">{value:.3f}</text>')
+    for value in (y_lo, (y_lo + y_hi) / 2, y_hi):
+        _, y = px(x_lo, value)
+        parts.append(f'<text x="{pad - 6}" y="{y + 4:.0f}" text-anchor="end">{value:.0f}</text>')
+    for row, x_val, y_val in zip(rows, xs, ys):
+        x, y = px(x_val, y_val)
+        colour = "black" if row["name"] == "plain" else ("#1f77b4" if row["trained"] else "#aaaaaa")
+        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" fill="{colour}"/>')
+        parts.append(f'<text x="{x + 6:.1f}" y="{y - 6:.1f}">{row["name"]}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plain", required=True, type=Path, help="trained plain checkpoint (our format)")
+    parser.add_argument("--data", required=True, type=Path, help="demo dataset folder (train.csv, val.csv)")
+    parser.add_argument("--out", required=True, type=Path, help="folder for runs, table, JSON and plot")
+    parser.add_argument("--keeps", type=float, nargs="+", default=[0.7, 0.5])
+    parser.add_argument("--epochs", type=int, default=4, help="fine-tuning epochs per reducer")
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    val = str(args.data / "val.csv")
+    rows = [{"name": "plain", "trained": True, **evaluate_checkpoint(args.plain, val)}]
+    for keep in args.keeps:
+        topk_gmacs = None
+        for name, extra in REDUCERS:
+            knobs = {**extra} if name == "tome" else {**extra, "keep": keep}
+            if name == "tome":
+                knobs["r"] = tome_r_for(args.plain, topk_gmacs)
+            cfg = reducer_config(name, **knobs)
+            label = f"{name}{'+fuse' if extra.get('fuse') else ''} {keep}"
+            free = evaluate_checkpoint(args.plain, val, reducer=cfg)
+            rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
+            settings = [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
+            run = args.out / label.replace(" ", "_")
+            tuned = train(demo_config(args.data, run, *settings, f"init.checkpoint={args.plain}",
+                                      f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
+                                      "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
+            rows.append({"name": label, "trained": True, "reducer": to_dict(cfg), **tuned})
+            if name == "topk" and not extra:
+                topk_gmacs = tuned["gmacs_per_view"]
+            print(f"{label}: top-1 {tuned['top1']:.3f} ({free['top1']:.3f} without training), "
+                  f"{tuned['gmacs_per_view']:.4f} GMACs/view", flush=True)
+
+    base = rows[0]
+    table = ["| model | top-1 (%) | Δ top-1 vs plain | GMACs/view | GMACs saved |", "|---|---|---|---|---|"]
+    for row in rows:
+        table.append(f"| {row['name']} | {100 * row['top1']:.1f} | {100 * (row['top1'] - base['top1']):+.1f} "
+                     f"| {row['gmacs_per_view']:.4f} | {100 * (1 - row['gmacs_per_view'] / base['gmacs_per_view']):.0f}% |")
+    (args.out / "table.md").write_text("\n".join(table) + "\n")
+    (args.out / "rows.json").write_text(json.dumps(rows, indent=1))
+    svg_plot(rows, args.out / "accuracy_vs_gmacs.svg")
+    print("\n".join(table))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
