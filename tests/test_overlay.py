@@ -15,7 +15,7 @@ from ired_video.reducers import apply_reducer
 from ired_video.viz.attention import capture_class_attention
 from ired_video.viz.draw import DIM, GREY, blend_heatmap, denormalize, dim_dropped, group_colour, outline_groups
 from ired_video.viz.masks import StageMasks, stage_masks_from_info
-from ired_video.viz.overlay import Heatmap, overlay_frames, overlay_grid, stage_tile
+from ired_video.viz.overlay import overlay_frames, overlay_grid, stage_tile
 
 REDUCERS = [("random", dict(keep=0.5)), ("topk", dict(keep=0.5)), ("topk", dict(keep=0.5, fuse=True)),
             ("interaction", dict(keep=0.6)), ("bat", dict(keep=0.5)), ("tome", dict(r=3)),

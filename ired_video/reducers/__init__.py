@@ -11,7 +11,7 @@ the token state, at a block, returning a new state.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 from torch import nn
 
