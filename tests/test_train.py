@@ -161,3 +161,10 @@ def test_demo_command_end_to_end(tmp_path, capsys):
         assert (out / path).is_file(), path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["topk"]["gmacs_per_view"] < summary["plain"]["gmacs_per_view"]
+
+
+def test_checkpoint_progress_knows_the_best_score(demo_data, tmp_path):
+    from ired_video.engine.checkpoints import latest
+    report = train(_config(demo_data, tmp_path / "run", "train.epochs=1"))
+    progress = json.loads((latest(tmp_path / "run") / "progress.json").read_text())
+    assert progress["best_top1"] == pytest.approx(report["top1"])

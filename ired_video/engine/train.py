@@ -225,9 +225,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
         last_epoch = epoch + 1 == cfg.train.epochs or stopped
         if not stopped or progress.batches_in_epoch == batches_per_epoch:
             progress = Progress(epoch + 1, 0, progress.global_step, progress.best_top1)
-        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
         if data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
+            # before saving the state, so a resumed run knows the best score so far
             report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch)
+        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
         if stopped:
             break
     accelerator.end_training()
