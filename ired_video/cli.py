@@ -13,7 +13,7 @@ from typing import Optional
 # name -> (module, one-line description shown by ``ired-video --help``)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("ired_video.commands.demo",
-             "the whole product on a CPU in ~10 minutes: data, training, reducer, comparison"),
+             "the whole product on a CPU in a few minutes: data, training, reducer, comparison"),
     "smoke": ("ired_video.commands.smoke",
               "run a model on a generated clip and print logits, tokens and GMACs"),
     "flops": ("ired_video.commands.flops",

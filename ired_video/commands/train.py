@@ -13,7 +13,7 @@ EPILOG = """examples:
   ired-video train --config configs/train/demo_micro.yaml
   ired-video train --config configs/train/demo_micro.yaml reducer.name=topk reducer.keep=0.5 output=runs/topk
   ired-video train --config configs/train/demo_micro.yaml --resume auto        # continue a killed run
-  accelerate launch --num_processes 8 -m ired_video.cli train --config configs/train/k400_base.yaml
+  accelerate launch --num_processes 8 -m ired_video.cli train --config configs/train/k400_timesformer_base.yaml
   torchrun --nproc_per_node 2 tools/train.py --config configs/train/demo_micro.yaml train.cpu=true
 
 Settings are 'section.key=value' (YAML values), checked before anything runs. The run
