@@ -27,7 +27,6 @@ from ired_video.data.annotations import is_video_file
 from ired_video.data.decoding import DecodeError, read_clip
 from ired_video.data.sampling import make_sampler
 from ired_video.data.transforms import eval_transform, to_tchw
-from ired_video.flops import model_macs
 from ired_video.models import TimeSformer, create_model
 from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_token_counts
@@ -100,10 +99,7 @@ def load_model(checkpoint: Optional[PathLike] = None, model_name: Optional[str] 
 
 def unreduced_gmacs(model: TimeSformer) -> float:
     """GMACs of one view at the data config's frames and crop with nothing reduced."""
-    cfg, data = model.config, model.data_config
-    grid = data.crop_size // cfg.patch_size
-    return model_macs(cfg.attention_type, data.num_frames, grid * grid, cfg.depth, cfg.embed_dim, cfg.mlp_ratio,
-                      cfg.in_chans, cfg.patch_size, cfg.num_classes) / 1e9
+    return model.static_gmacs(model.data_config.num_frames, model.data_config.crop_size)
 
 
 def parse_views(text: str) -> tuple[int, int]:

@@ -173,12 +173,14 @@ class TimeSformer(nn.Module):
         return logits, info
 
     # ----------------------------------------------------------------- misc
-    def static_gmacs(self) -> float:
-        """GMACs of one unreduced view at the model's own size and frame count."""
+    def static_gmacs(self, frames: Optional[int] = None, size: Optional[int] = None) -> float:
+        """GMACs of one unreduced view of ``frames`` x ``size`` px (default: the model's own)."""
         cfg = self.config
-        return flops.model_macs(cfg.attention_type, cfg.num_frames, self.patch_grid[0] * self.patch_grid[1],
-                                cfg.depth, cfg.embed_dim, cfg.mlp_ratio, cfg.in_chans, cfg.patch_size,
-                                cfg.num_classes) / 1e9
+        frames = cfg.num_frames if frames is None else frames
+        side = None if size is None else size // cfg.patch_size
+        num_patches = self.patch_grid[0] * self.patch_grid[1] if side is None else side * side
+        return flops.model_macs(cfg.attention_type, frames, num_patches, cfg.depth, cfg.embed_dim, cfg.mlp_ratio,
+                                cfg.in_chans, cfg.patch_size, cfg.num_classes) / 1e9
 
     def set_fused_attention(self, fused: bool) -> None:
         """Switch every attention between the fused kernel and the explicit path."""
