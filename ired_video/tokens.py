@@ -110,10 +110,6 @@ class TokenState:
             return torch.ones(self.x.shape[:3], dtype=torch.bool, device=self.x.device)
         return self.valid
 
-    def tokens_per_frame(self) -> Tensor:
-        """(B,) float: real tokens per frame of each clip (mean over frames if they differ)."""
-        return self.real_tokens().double() / self.num_frames
-
     def real_tokens(self) -> Tensor:
         """(B,) long: real patch tokens of each clip over all frames."""
         if self.valid is None:

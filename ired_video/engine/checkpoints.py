@@ -58,6 +58,12 @@ def save_training_state(accelerator: Accelerator, run_dir: Path, progress: Progr
     return final
 
 
+def latest(run_dir: Path) -> Optional[Path]:
+    """The run's newest complete checkpoint, or None."""
+    found = checkpoint_dirs(run_dir)
+    return found[-1] if found else None
+
+
 def find_checkpoint(run_dir: Path, resume: str) -> Path:
     """``resume``: "auto" (the run's latest) or a checkpoint folder."""
     if resume != "auto":
@@ -65,10 +71,10 @@ def find_checkpoint(run_dir: Path, resume: str) -> Path:
         if not (path / PROGRESS).is_file():
             raise FileNotFoundError(f"{path}: not a training checkpoint folder (no {PROGRESS})")
         return path
-    found = checkpoint_dirs(run_dir)
-    if not found:
+    path = latest(run_dir)
+    if path is None:
         raise FileNotFoundError(f"{run_dir / 'checkpoints'}: no checkpoint to resume from")
-    return found[-1]
+    return path
 
 
 def load_training_state(accelerator: Accelerator, path: Path) -> Progress:
@@ -78,8 +84,3 @@ def load_training_state(accelerator: Accelerator, path: Path) -> Progress:
         raise RuntimeError(f"{path}: cannot resume from this checkpoint; it does not match the "
                            f"configured model, optimizer or process count ({err})") from None
     return Progress(**json.loads((path / PROGRESS).read_text()))
-
-
-def latest(run_dir: Path) -> Optional[Path]:
-    found = checkpoint_dirs(run_dir)
-    return found[-1] if found else None

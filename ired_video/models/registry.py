@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict, to_dict
+from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import FORMAT, load_checkpoint, load_weights
 
@@ -98,8 +98,3 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
     if stored is not None:
         load_weights(model, stored, drop_head=drop_head)
     return model
-
-
-def describe(model: TimeSformer) -> dict[str, Any]:
-    """Plain-data summary of a model's configs (for logs and reports)."""
-    return {"model": to_dict(model.config), "data": to_dict(model.data_config)}
