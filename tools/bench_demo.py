@@ -15,32 +15,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ired_video.commands.demo import demo_config
+from ired_video.commands.bench import pick_tome_r
+from ired_video.commands.demo import demo_config, reducer_settings
 from ired_video.config import to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.train import train
 from ired_video.models.registry import create_model
-from ired_video.reducers import apply_reducer, reducer_config
+from ired_video.reducers import reducer_config
 
 REDUCERS = [("random", {}), ("topk", {}), ("topk", {"fuse": True}), ("interaction", {}), ("bat", {}),
             ("iared2", {}), ("tome", {})]
 
 
 def tome_r_for(plain: Path, target_gmacs: float) -> int:
-    """The constant r whose GMACs per view come closest to ``target_gmacs``."""
-    import torch
-
-    model = create_model(checkpoint=plain).eval()
-    cfg, data = model.config, model.data_config
-    video = torch.zeros(1, cfg.in_chans, data.num_frames, data.crop_size, data.crop_size)
-    best, best_gap = 0, float("inf")
-    for r in range(0, (data.crop_size // cfg.patch_size) ** 2 // 2 + 1):
-        apply_reducer(model, "tome", r=r)
-        with torch.no_grad():
-            gmacs = float(model(video, return_info=True)[1].gmacs[0])
-        if abs(gmacs - target_gmacs) < best_gap:
-            best, best_gap = r, abs(gmacs - target_gmacs)
-    return best
+    """The constant r whose GMACs per view come closest to ``target_gmacs`` (analytic)."""
+    model = create_model(checkpoint=plain)
+    return pick_tome_r(model, target_gmacs, model.data_config.num_frames)[0]
 
 
 def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -100,9 +90,8 @@ def main() -> int:
             label = f"{name}{'+fuse' if extra.get('fuse') else ''} {keep}"
             free = evaluate_checkpoint(args.plain, val, reducer=cfg)
             rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
-            settings = [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
             run = args.out / label.replace(" ", "_")
-            tuned = train(demo_config(args.data, run, *settings, f"init.checkpoint={args.plain}",
+            tuned = train(demo_config(args.data, run, *reducer_settings(cfg), f"init.checkpoint={args.plain}",
                                       f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
                                       "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
             rows.append({"name": label, "trained": True, "reducer": to_dict(cfg), **tuned})

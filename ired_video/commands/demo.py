@@ -50,6 +50,11 @@ def demo_config(data_dir: Path, output: Path, *extra: str) -> TrainConfig:
                                     f"data.val={data_dir / 'val.csv'}", f"output={output}", *extra])
 
 
+def reducer_settings(cfg: ReducerConfig) -> list[str]:
+    """A ReducerConfig as ``reducer.key=value`` settings for ``demo_config``/``load_train_config``."""
+    return [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ired-video demo", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -86,13 +91,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"[2/5] training the plain micro TimeSformer for {args.epochs} epochs -> {out / 'plain'}")
     plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed, batch))
 
-    reducer_settings = [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(reducer).items() if v is not None]
+    settings = reducer_settings(reducer)
     plain_best = out / "plain" / "best.pth"
     tag = reducer.name
     print(f"[3/5] {tag}: evaluating training-free, then fine-tuning {args.finetune_epochs} epochs -> {out / tag}")
     as_is = evaluate_checkpoint(out / "plain" / "best.pth", str(data_dir / "val.csv"), reducer=reducer,
                                 output=out / f"{tag}_training_free.json")
-    tuned = train(demo_config(data_dir, out / tag, *reducer_settings, seed, batch,
+    tuned = train(demo_config(data_dir, out / tag, *settings, seed, batch,
                               f"init.checkpoint={plain_best}", f"train.epochs={args.finetune_epochs}",
                               "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
 
