@@ -73,25 +73,26 @@ class Datasets:
 
 
 def build_datasets(cfg: TrainConfig) -> Datasets:
-    """Annotations -> train/val datasets; class names from the training annotations."""
+    """Annotations -> train/val datasets; class names from the training annotations
+    (else the validation ones, else the preprocess settings)."""
     overrides = {k: v for k, v in cfg.model.items() if k != "name"}
     variant = data_config(cfg.model["name"], model_config(cfg.model["name"], **overrides))  # recipe defaults
     base = {**dataclasses.asdict(variant), **cfg.data.preprocess}
-    train = val = None
     class_names: list[str] = list(base.get("class_names") or [])
+    train_ann = val_ann = None
     if cfg.data.train:
-        ann = load_annotations(cfg.data.train, video_root=cfg.data.root, split=cfg.data.train_split)
-        class_names = ann.class_names
-        preprocess = from_dict(DataConfig, {**base, "class_names": class_names})
-        train = VideoDataset(ann.records, preprocess, "train", backend=cfg.data.backend, seed=cfg.train.seed)
-    preprocess = from_dict(DataConfig, {**base, "class_names": class_names})
+        train_ann = load_annotations(cfg.data.train, video_root=cfg.data.root, split=cfg.data.train_split)
+        class_names = train_ann.class_names
     if cfg.data.val:
-        ann = load_annotations(cfg.data.val, video_root=cfg.data.root, split=cfg.data.val_split,
-                               class_names=class_names or None)
-        if not class_names:
-            preprocess = from_dict(DataConfig, {**base, "class_names": ann.class_names})
-        val = VideoDataset(ann.records, preprocess, "test", num_clips=cfg.eval.clips, num_crops=cfg.eval.crops,
-                           backend=cfg.data.backend, seed=cfg.train.seed)
+        val_ann = load_annotations(cfg.data.val, video_root=cfg.data.root, split=cfg.data.val_split,
+                                   class_names=class_names or None)
+        class_names = class_names or val_ann.class_names
+    preprocess = from_dict(DataConfig, {**base, "class_names": class_names})
+    train = None if train_ann is None else VideoDataset(
+        train_ann.records, preprocess, "train", backend=cfg.data.backend, seed=cfg.train.seed)
+    val = None if val_ann is None else VideoDataset(
+        val_ann.records, preprocess, "test", num_clips=cfg.eval.clips, num_crops=cfg.eval.crops,
+        backend=cfg.data.backend, seed=cfg.train.seed)
     return Datasets(train, val, preprocess)
 
 
