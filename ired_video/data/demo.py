@@ -2,8 +2,10 @@
 
 Each video shows one *target* shape (circle, square or triangle) crossing the frame left or
 right; the class is ``"<shape> moving <direction>"`` (6 classes), so a model needs both
-appearance (which shape) and motion (which way). Distractors (diamonds and crosses, other
-colours) stay still or drift slowly (several times slower than the target), and the
+appearance (which shape) and motion (which way). Each shape has its own vivid hue family
+(circle red, square green, triangle blue, jittered), a cue a tiny model learns from
+scratch in minutes. Distractors (diamonds and crosses, muted colours) stay still or drift
+slowly (several times slower than the target), and the
 textured background is static or pans slowly: most patches are redundant over time, the
 setting token reduction is for. The target is about 2.5 patches across at the demo's 64 px
 input.
@@ -78,11 +80,32 @@ def shape_mask(kind: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np
     raise ValueError(f"unknown shape {kind!r}")
 
 
-def _colour(rng: np.random.Generator) -> np.ndarray:
-    """A saturated random RGB colour."""
-    c = rng.uniform(0, 80, 3)
-    c[rng.integers(3)] = rng.uniform(190, 255)
-    return c
+# Each target shape has its own hue family (red, green, blue): appearance a tiny model can
+# pick up in minutes. Distractors are muted (low saturation), so only the target is vivid.
+SHAPE_HUES = {"circle": 0.0, "square": 1 / 3, "triangle": 2 / 3}
+
+
+# A motion-blur trail: copies of the target (offset behind it in radii, opacity), oldest
+# first. Direction then shows within each frame as well as across frames.
+TRAIL = ((1.5, 0.2), (1.0, 0.35), (0.5, 0.5))
+
+
+def _hsv_to_rgb(hue: float, sat: float, val: float) -> np.ndarray:
+    """One HSV colour (each in [0, 1], hue wrapping) -> RGB floats in [0, 255]."""
+    k = (np.array([5.0, 3.0, 1.0]) + (hue % 1.0) * 6) % 6
+    rgb = val - val * sat * np.clip(np.minimum(k, 4 - k), 0, 1)
+    return 255 * rgb
+
+
+def _target_colour(rng: np.random.Generator, shape: str) -> np.ndarray:
+    """A vivid colour of the shape's hue family (hue jittered by up to 1/20 of a turn)."""
+    return _hsv_to_rgb(SHAPE_HUES[shape] + rng.uniform(-0.05, 0.05), rng.uniform(0.8, 1.0),
+                       rng.uniform(0.85, 1.0))
+
+
+def _distractor_colour(rng: np.random.Generator) -> np.ndarray:
+    """A muted colour of any hue: saturation at most 0.3."""
+    return _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0, 0.3), rng.uniform(0.35, 1.0))
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -128,7 +151,7 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     x0 = x0 if sign > 0 else w - x0
     y0 = rng.uniform(radius + 2, h - radius - 2)
     wobble, phase = rng.uniform(0, 2), rng.uniform(0, 2 * np.pi)
-    target_colour = _colour(rng)
+    target_colour = _target_colour(rng, spec.shape)
     distractors = []
     for _ in range(int(rng.integers(1, 4))):
         moving = rng.random() < 0.6
@@ -136,7 +159,7 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
             "kind": DISTRACTOR_SHAPES[int(rng.integers(len(DISTRACTOR_SHAPES)))],
             "pos": np.array([rng.uniform(0, w), rng.uniform(0, h)]),
             "vel": rng.normal(0, 0.25, 2) if moving else np.zeros(2),  # drifts, far slower than the target
-            "moving": moving, "r": radius * rng.uniform(0.8, 1.2), "colour": _colour(rng)})
+            "moving": moving, "r": radius * rng.uniform(0.8, 1.2), "colour": _distractor_colour(rng)})
     frames = np.empty((t_count, h, w, 3), np.uint8)
     masks = np.empty((t_count, h, w), bool)
     for t in range(t_count):
@@ -154,6 +177,9 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
             image[shape_mask(d["kind"], d["pos"][0], d["pos"][1], d["r"], yy, xx)] = d["colour"]
         cx = x0 + sign * speed * t
         cy = y0 + wobble * np.sin(phase + t / 4)
+        for step, alpha in TRAIL:  # fading copies behind the target, oldest first
+            ghost = shape_mask(spec.shape, cx - sign * step * radius, cy, radius, yy, xx)
+            image[ghost] = (1 - alpha) * image[ghost] + alpha * target_colour
         masks[t] = shape_mask(spec.shape, cx, cy, radius, yy, xx)
         image[masks[t]] = target_colour
         frames[t] = np.clip(image, 0, 255).astype(np.uint8)
