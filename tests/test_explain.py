@@ -199,3 +199,61 @@ def test_deletion_of_important_patches_beats_random_on_a_trained_model():
         torch.set_num_threads(threads)
     assert auc["attention"] < auc["random"] - 0.1, auc
     assert auc["interaction"] < auc["random"] - 0.1, auc
+
+
+def _demo_checkpoint(small_demo, tmp_path, reducer=None):
+    """A random-weight timesformer_test checkpoint preprocessing as the demo data says (32 px crops)."""
+    import dataclasses
+
+    from ired_video import save_checkpoint
+    model = create_model("timesformer_test", num_classes=len(small_demo.class_names))
+    model.data_config = dataclasses.replace(small_demo.data_config, num_frames=4, crop_size=32,
+                                            test_short_side=32, train_short_side=(32, 40))
+    if reducer is not None:
+        from ired_video.reducers import apply_reducer
+        apply_reducer(model, reducer, keep=0.5)
+    path = tmp_path / "demo_test.pth"
+    save_checkpoint(path, model)
+    return path
+
+
+def test_explain_command_writes_arrays_and_pngs(small_demo, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from ired_video.commands.explain import main
+    ckpt = _demo_checkpoint(small_demo, tmp_path, reducer="iared2")
+    video = small_demo.root / small_demo.val_list.read_text().split("\n", 1)[0].rsplit(" ", 1)[0]
+    out = tmp_path / "explain"
+    assert main([str(video), "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    for method in METHODS:  # the checkpoint has an interpreter: every method runs
+        heat = np.load(out / f"{method}.npy")
+        assert heat.shape == (4, 4, 4) and heat.dtype == np.float32 and np.isfinite(heat).all()
+        assert Image.open(out / f"{method}_frame3.png").size == (224, 224)  # 32 px crop drawn 7x
+        assert (out / f"{method}.png").is_file()
+    assert main([str(tmp_path / "missing.mp4"), "--checkpoint", str(ckpt), "--out", str(out)]) == 2
+    assert "missing.mp4: no such file" in capsys.readouterr().err
+
+
+def test_explain_command_without_interpreter_names_the_problem(small_demo, tmp_path, capsys):
+    from ired_video.commands.explain import main
+    ckpt = _demo_checkpoint(small_demo, tmp_path)
+    video = small_demo.root / small_demo.val_list.read_text().split("\n", 1)[0].rsplit(" ", 1)[0]
+    assert main([str(video), "--checkpoint", str(ckpt), "--method", "interpreter", "--out", str(tmp_path)]) == 2
+    assert "no IA-RED² interpreter" in capsys.readouterr().err
+
+
+def test_faithfulness_command_writes_the_table(small_demo, tmp_path, capsys):
+    import json
+
+    from ired_video.commands.faithfulness import main
+    ckpt = _demo_checkpoint(small_demo, tmp_path)
+    assert main(["--checkpoint", str(ckpt), "--data", str(small_demo.root), "--methods", "attention", "random",
+                 "--reducer", "topk keep=0.5", "--limit", "2", "--steps", "2", "--out", str(tmp_path / "f")]) == 0
+    report = json.loads((tmp_path / "f" / "faithfulness.json").read_text())
+    assert report["videos"] == 2 and set(report["methods"]) == {"attention", "random"}
+    for row in report["methods"].values():
+        assert 0 <= row["deletion_auc"] <= 1 and 0 <= row["insertion_auc"] <= 1
+        assert 0 <= row["mask_iou"] <= 1
+    assert report["reducers"]["topk keep=0.5 mode=tube"]["all_kept"] == pytest.approx(0.5)
+    assert "| attention |" in capsys.readouterr().out
