@@ -257,3 +257,58 @@ def test_faithfulness_command_writes_the_table(small_demo, tmp_path, capsys):
         assert 0 <= row["mask_iou"] <= 1
     assert report["reducers"]["topk keep=0.5 mode=tube"]["all_kept"] == pytest.approx(0.5)
     assert "| attention |" in capsys.readouterr().out
+
+
+def test_fields_of_a_constructed_interaction_map():
+    from ired_video.explain.fields import FieldAccumulator
+    grid, frames = (3, 3), 3
+    spatial = torch.zeros(1, frames, 10, 10)  # (B, T, 1+N, 1+N)
+    centre = 1 + 4  # query at the centre cell (1, 1)
+    spatial[0, :, centre, 1 + 0] = 1.0  # a corner: distance 1
+    spatial[0, :, centre, 1 + 3] = 8.0  # a side: distance 1
+    corner = 1 + 0
+    spatial[0, :, corner, 1 + 8] = 5.0  # corner (0,0) reads (2,2): distance 2
+    spatial[0, :, corner, 1 + 1] = 5.0  # and (0,1): distance 1
+    temporal = torch.zeros(1, 9, frames, frames)  # (B, N, T, T)
+    temporal[0, 4, 0, 2] = 1.0  # centre location, frame 0 reads frame 2: span 2
+    temporal[0, 4, 1, 0] = 9.0  # frame 1 reads frame 0: span 1
+    acc = FieldAccumulator(depth=1, grid=grid, frames=frames)
+    acc.add([EdgeEffects(Site(0, "temporal"), temporal, (1, frames, 9)),
+             EdgeEffects(Site(0, "spatial"), spatial, (1, frames, 9))])
+    fields = acc.fields(coverage=0.9)
+    assert fields.radius[0][4] == 1 and fields.radius[0][0] == 2 and fields.radius[0][8] == 0
+    assert fields.span[0][4] == 1  # 9 of 10 at span 1: exactly 0.9
+    assert acc.fields(coverage=0.95).span[0][4] == 2
+    assert acc.fields(coverage=0.5).radius[0][0] == 1
+
+
+def test_window_attention_full_field_is_the_plain_model_and_small_fields_are_local():
+    from ired_video.config import ConfigError
+    from ired_video.flops import count_flops
+    torch.manual_seed(0)
+    plain = create_model("timesformer_test", depth=1).eval()
+    grid_side, frames = 4, 4
+    full = create_model("timesformer_test", depth=1, window_radius=[[grid_side - 1] * 16],
+                        window_span=[[frames - 1] * 16]).eval()
+    full.load_state_dict(plain.state_dict())
+    video = torch.randn(1, 3, 4, 32, 32)
+    assert torch.equal(full(video), plain(video))
+    local = create_model("timesformer_test", depth=1, window_radius=[[0] * 16], window_span=[[0] * 16]).eval()
+    local.load_state_dict(plain.state_dict())
+    for model in (local, full):
+        torch.nn.init.normal_(model.blocks[0].temporal_fc.weight, generator=torch.Generator().manual_seed(0), std=0.3)
+    # After one block a patch has read only itself and the class token: other patches cannot reach it.
+    other = video.clone()
+    other[:, :, 1:] = torch.randn(3, 3, 32, 32)  # frames 1..3
+    other[:, :, 0, :, 8:] = torch.randn(3, 32, 24)  # frame 0 outside patch (0, 0)'s columns
+    with torch.no_grad():
+        x, y = (local.forward_blocks(local.embed(v)).x for v in (video, other))
+        x_full, y_full = (full.forward_blocks(full.embed(v)).x for v in (video, other))
+    assert torch.allclose(x[0, 0, 0], y[0, 0, 0], atol=1e-6)  # frame 0, patch (0, 0)
+    assert not torch.allclose(x_full[0, 0, 0], y_full[0, 0, 0], atol=1e-3)  # full attention does see them
+    # Masked attention runs densely: billed as full attention, which is what FlopCounterMode sees.
+    _, info = local(video, return_info=True)
+    assert float(info.gmacs[0]) == pytest.approx(count_flops(local, video) / 2e9, rel=1e-6)
+    assert float(info.gmacs[0]) == pytest.approx(local.static_gmacs(), rel=1e-6)
+    with pytest.raises(ConfigError, match="window_radius"):
+        create_model("timesformer_test", window_radius=[[0] * 16])  # depth 2: one block missing
