@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "classify videos: top-k per view and video, GMACs spent, tokens kept per stage"),
     "overlay": ("ired_video.commands.overlay",
                 "draw which patches each reducer stage kept on a video (MP4 and PNG grid)"),
+    "explain": ("ired_video.commands.explain",
+                "heatmaps per frame of what a model looked at: interpreter, attention, rollout, interaction"),
+    "faithfulness": ("ired_video.commands.faithfulness",
+                     "deletion/insertion AUC and localisation scores of every explanation method, side by side"),
     "bench": ("ired_video.commands.bench",
               "measure GMACs and clips/s of every token reducer against the plain model"),
 }

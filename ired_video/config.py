@@ -43,6 +43,11 @@ class ModelConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
     fused_attention: bool = True
+    # Window-free attention (ired_video.models.window): per block, per patch location, the
+    # spatial radius (Chebyshev, in patches) and temporal span (frames) a query may read.
+    # Usually written by ``ired_video.explain.fields``; None = full attention.
+    window_radius: Optional[list[list[int]]] = None
+    window_span: Optional[list[list[int]]] = None
 
     def __post_init__(self) -> None:
         if self.attention_type not in ATTENTION_TYPES:
@@ -54,6 +59,15 @@ class ModelConfig:
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        if self.window_radius is not None or self.window_span is not None:
+            from ired_video.models.window import check_fields
+            if self.attention_type != "divided_space_time":
+                raise ConfigError("window_radius/window_span: windows are implemented for "
+                                  f"divided_space_time, not {self.attention_type}")
+            problem = check_fields(self.window_radius, self.window_span, self.depth,
+                                   (self.img_size // self.patch_size) ** 2)
+            if problem:
+                raise ConfigError(problem)
 
 
 @dataclass

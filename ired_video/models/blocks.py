@@ -22,6 +22,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from ired_video import flops
+from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
 from ired_video.tokens import TokenState
 
@@ -116,9 +117,12 @@ class Block(nn.Module):
         raise NotImplementedError
 
     def _attention_residual(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor],
-                            probe: Optional[AttentionProbe] = None) -> Tensor:
-        """(G, L, D) tokens, (G, L) valid/size or None -> (G, L, D) attention residual."""
-        return self.drop_path(self.attn(self.norm1(tokens), _bias(valid, size, tokens.dtype), probe))
+                            probe: Optional[AttentionProbe] = None, allowed: Optional[Tensor] = None) -> Tensor:
+        """(G, L, D) tokens, (G, L) valid/size or None, (G, L, L) window or None -> (G, L, D) residual."""
+        bias = _bias(valid, size, tokens.dtype)
+        if allowed is not None:
+            bias = windows.add_window(bias, allowed, tokens.dtype)
+        return self.drop_path(self.attn(self.norm1(tokens), bias, probe))
 
     def feed_forward(self, state: TokenState) -> TokenState:
         """Pre-norm MLP with residual on the class token(s) and every patch token."""
@@ -189,6 +193,26 @@ class DividedSpaceTimeBlock(Block):
         self.temporal_norm1 = _layer_norm(dim)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, fused_attention)
         self.temporal_fc = nn.Linear(dim, dim)
+        # Window-free attention (set_window): (N, N) and (N, T, T) bool key masks, or None.
+        self.register_buffer("spatial_window", None, persistent=False)
+        self.register_buffer("temporal_window", None, persistent=False)
+
+    def set_window(self, radius: Optional[list[int]], span: Optional[list[int]], grid: tuple[int, int],
+                   frames: int) -> None:
+        """Restrict attention to per-location fields (``ired_video.models.window``); derived from
+        the config, so kept out of the state dict."""
+        spatial = None if radius is None else windows.spatial_window(radius, grid)
+        temporal = None if span is None else windows.temporal_window(span, frames)
+        self.spatial_window, self.temporal_window = spatial, temporal
+
+    def _temporal_allowed(self, location: Tensor, frames: int) -> Optional[Tensor]:
+        """(G,) locations -> (G, F, F) temporal window rows, or None without a window."""
+        if self.temporal_window is None:
+            return None
+        if self.temporal_window.shape[-1] != frames:
+            raise ValueError(f"the temporal window is for {self.temporal_window.shape[-1]} frames, "
+                             f"the clip has {frames}")
+        return self.temporal_window[location]
 
     def temporal_residual(self, state: TokenState) -> tuple[Tensor, Tensor]:
         """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed."""
@@ -205,6 +229,9 @@ class DividedSpaceTimeBlock(Block):
         if state.prop_attn and state.size is not None:
             size = state.size.transpose(1, 2).reshape(batch * slots, frames)
         bias = _bias(valid, size, tubes.dtype)
+        allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
+        if allowed is not None:
+            bias = windows.add_window(bias, allowed, tubes.dtype)
         res = self.drop_path(self.temporal_attn(self.temporal_norm1(tubes), bias))
         res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, F, K, D)
         present = state.valid_mask().sum(dim=1).double()  # (B, K) frames each slot is real in
@@ -235,7 +262,11 @@ class DividedSpaceTimeBlock(Block):
             size_grid.scatter_(2, location, state.size.to(qkv.dtype))
             size = size_grid.transpose(1, 2).reshape(batch * num_patches, frames)
         q, k, v = attn.split_qkv(grid)
-        out = attn.core(q, k, v, _bias(present, size, qkv.dtype))  # (B*N, heads, F, head_dim)
+        bias = _bias(present, size, qkv.dtype)
+        allowed = self._temporal_allowed(torch.arange(num_patches, device=qkv.device).repeat(batch), frames)
+        if allowed is not None:
+            bias = windows.add_window(bias, allowed, qkv.dtype)
+        out = attn.core(q, k, v, bias)  # (B*N, heads, F, head_dim)
         out = out.transpose(1, 2).reshape(batch, num_patches, frames, dim).transpose(1, 2)  # (B, F, N, D)
         out = out.gather(2, location[..., None].expand(-1, -1, -1, dim))  # (B, F, K, D)
         res = self.drop_path(attn.proj_drop(attn.proj(out)))
@@ -250,8 +281,12 @@ class DividedSpaceTimeBlock(Block):
         cls_copies = state.cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)
         tokens = torch.cat([cls_copies, xt.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
         size = state.size if state.prop_attn else None
+        allowed = None
+        if self.spatial_window is not None:
+            location = (state.pos % state.num_patches).reshape(batch * frames, slots)  # (B*F, K)
+            allowed = windows.spatial_allowed(self.spatial_window, location)
         res = self._attention_residual(tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
-                                       _with_cls(_frames_as_batch(size), batch * frames, slots), probe)
+                                       _with_cls(_frames_as_batch(size), batch * frames, slots), probe, allowed)
         cls_res = res[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)  # (B, 1, D)
         patch_res = res[:, 1:].reshape(batch, frames, slots, dim)  # (B, F, K, D)
         state.spend(flops.divided_attention_macs(self._frame_counts(state), dim, pairs))

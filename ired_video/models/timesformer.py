@@ -74,6 +74,10 @@ class TimeSformer(nn.Module):
             block_cls(dim, config.num_heads, config.mlp_ratio, config.qkv_bias, config.drop_rate,
                       config.attn_drop_rate, rate, config.fused_attention)
             for rate in rates)
+        if config.window_radius is not None or config.window_span is not None:
+            for index, block in enumerate(self.blocks):
+                block.set_window(config.window_radius and config.window_radius[index],
+                                 config.window_span and config.window_span[index], self.patch_grid, config.num_frames)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
         # Token reducers keyed by the index of the block they act at (see ired_video.reducers).

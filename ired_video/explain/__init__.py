@@ -1,0 +1,1 @@
+"""Explanations: patch interactions, responsive fields, heatmaps and their faithfulness (issue 8)."""

@@ -1,0 +1,97 @@
+r"""Deletion and insertion curves: does removing (adding) the patches an explanation ranks
+first change the class score fastest?
+
+Patches (t, n) of a clip are ranked by importance over all T x N (ties keep the original
+order). At fraction f of the T*N patches,
+    deletion(f)  = p_c(x with the round(f T N) most important patches removed),
+    insertion(f) = p_c(x with only the round(f T N) most important patches kept),
+with p_c the softmax probability of the target class c (default: the class the model
+predicts on the whole clip). AUC is the trapezoid area under the curve over f in [0, 1]:
+lower deletion AUC and higher insertion AUC mean a more faithful ranking.
+
+Removal is real removal, by key masking: the removed tokens are marked invalid in the
+token state before the first block (``TokenState.valid``), so no other token, the class
+token included, ever reads them, in temporal or spatial attention; the class token's
+output then depends only on the kept patches, exactly as if they had been dropped.
+(They are still computed, so this measures faithfulness, not speed.) At f = 1 of
+deletion only the class token remains.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from typing import Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Curves:
+    """Deletion and insertion curves of a batch: fractions (S,), scores (B, S) each."""
+
+    fractions: Tensor
+    deletion: Tensor
+    insertion: Tensor
+
+    def deletion_auc(self) -> Tensor:
+        """(B,) area under the deletion curve."""
+        return torch.trapezoid(self.deletion, self.fractions, dim=-1)
+
+    def insertion_auc(self) -> Tensor:
+        """(B,) area under the insertion curve."""
+        return torch.trapezoid(self.insertion, self.fractions, dim=-1)
+
+
+@contextmanager
+def _unreduced(model: nn.Module) -> Iterator[nn.Module]:
+    reducers, training = model.reducers, model.training
+    model.reducers = nn.ModuleDict()
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.reducers = reducers
+        model.train(training)
+
+
+def forward_kept(model: nn.Module, video: Tensor, keep: Tensor) -> Tensor:
+    """Logits (B, classes) of the unreduced model seeing only the patches ``keep`` (B, T, N) marks."""
+    def mask_tokens(module: nn.Module, args: tuple) -> tuple:
+        state = args[0]
+        return (replace(state, valid=keep.reshape(state.x.shape[:3]).to(state.x.device)),) + tuple(args[1:])
+
+    handle = model.blocks[0].register_forward_pre_hook(mask_tokens)
+    try:
+        with _unreduced(model), torch.no_grad():
+            return model(video)
+    finally:
+        handle.remove()
+
+
+def ranks(importance: Tensor) -> Tensor:
+    """(B, T, N) importance -> (B, T, N) long rank of each patch, 0 = most important."""
+    flat = importance.flatten(1)  # (B, T*N)
+    order = torch.argsort(flat, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(flat.shape[1], device=flat.device).expand_as(order))
+    return rank.reshape(importance.shape)
+
+
+def curves(model: nn.Module, video: Tensor, importance: Tensor, target: Optional[Tensor] = None,
+           steps: int = 20) -> Curves:
+    """Deletion and insertion curves at ``steps`` + 1 equally spaced fractions."""
+    batch, frames, num_patches = importance.shape
+    total = frames * num_patches
+    if target is None:
+        target = forward_kept(model, video, torch.ones_like(importance, dtype=torch.bool)).argmax(dim=-1)
+    rank = ranks(importance)
+    fractions = torch.linspace(0, 1, steps + 1)
+    deletion, insertion = [], []
+    for fraction in fractions.tolist():
+        count = round(fraction * total)
+        top = rank < count  # (B, T, N): the `count` most important patches
+        for keep, out in ((~top, deletion), (top, insertion)):
+            probs = forward_kept(model, video, keep).float().softmax(dim=-1)
+            out.append(probs.gather(1, target[:, None].to(probs.device))[:, 0].cpu())
+    return Curves(fractions, torch.stack(deletion, dim=1), torch.stack(insertion, dim=1))
