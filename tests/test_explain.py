@@ -160,6 +160,20 @@ def test_ranks_and_kept_forward():
     assert torch.allclose(forward_kept(model, video, keep), forward_kept(model, other, keep), atol=1e-5)
 
 
+def test_curves_batched_views_equal_one_forward_per_view():
+    model = create_model("timesformer_test").eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    importance = torch.rand(2, 4, 16)
+    target = torch.tensor([1, 3])
+    batched = curves(model, video, importance, target, steps=4, chunk=7)
+    for index, fraction in enumerate(batched.fractions.tolist()):
+        top = ranks(importance) < round(fraction * 64)
+        for keep, scores in ((~top, batched.deletion), (top, batched.insertion)):
+            probs = forward_kept(model, video, keep).softmax(dim=-1)
+            assert torch.allclose(scores[:, index], probs[torch.arange(2), target], atol=1e-5)
+    assert batched.deletion[:, 0].tolist() == pytest.approx(batched.insertion[:, -1].tolist(), abs=1e-6)
+
+
 def _localised_batch(count: int, generator: torch.Generator, frames: int = 2, size: int = 32, patch: int = 8):
     """Dim grey noise with one saturated patch whose colour (R, G or B) is the class."""
     grid = size // patch

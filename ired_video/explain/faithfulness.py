@@ -79,19 +79,28 @@ def ranks(importance: Tensor) -> Tensor:
 
 
 def curves(model: nn.Module, video: Tensor, importance: Tensor, target: Optional[Tensor] = None,
-           steps: int = 20) -> Curves:
-    """Deletion and insertion curves at ``steps`` + 1 equally spaced fractions."""
+           steps: int = 20, chunk: int = 32) -> Curves:
+    """Deletion and insertion curves at ``steps`` + 1 equally spaced fractions.
+
+    Every (fraction, direction, clip) is one view of a batched forward pass, ``chunk``
+    views at a time; clips do not affect each other in the model, so this equals one
+    forward per view.
+    """
     batch, frames, num_patches = importance.shape
     total = frames * num_patches
     if target is None:
         target = forward_kept(model, video, torch.ones_like(importance, dtype=torch.bool)).argmax(dim=-1)
     rank = ranks(importance)
     fractions = torch.linspace(0, 1, steps + 1)
-    deletion, insertion = [], []
-    for fraction in fractions.tolist():
-        count = round(fraction * total)
-        top = rank < count  # (B, T, N): the `count` most important patches
-        for keep, out in ((~top, deletion), (top, insertion)):
-            probs = forward_kept(model, video, keep).float().softmax(dim=-1)
-            out.append(probs.gather(1, target[:, None].to(probs.device))[:, 0].cpu())
-    return Curves(fractions, torch.stack(deletion, dim=1), torch.stack(insertion, dim=1))
+    counts = torch.tensor([round(f * total) for f in fractions.tolist()], device=rank.device)
+    top = rank[None] < counts[:, None, None, None]  # (S, B, T, N): the most important patches
+    keep = torch.cat([~top, top]).flatten(0, 1)  # (2*S*B, T, N): deletion views, then insertion
+    videos = video[None].expand(2 * len(fractions), *video.shape).flatten(0, 1)  # (2*S*B, C, T, H, W)
+    targets = target.to(video.device).repeat(2 * len(fractions))  # (2*S*B,)
+    scores = []
+    for start in range(0, len(keep), chunk):
+        part = slice(start, start + chunk)
+        probs = forward_kept(model, videos[part], keep[part]).float().softmax(dim=-1)
+        scores.append(probs.gather(1, targets[part, None])[:, 0].cpu())
+    scores_by_view = torch.cat(scores).reshape(2, len(fractions), batch)  # (direction, S, B)
+    return Curves(fractions, scores_by_view[0].T, scores_by_view[1].T)
