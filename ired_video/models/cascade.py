@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from ired_video.config import (ConfigError, DataConfig, ModelConfig, ReducerConfig, apply_overrides, from_dict,
                                load_yaml, to_dict)
-from ired_video.models.cascade_reuse import (KINDS, FeatureReuse, RelationReuse, StageReuse, nearest_indices,
-                                             resize_relations, split_layers, stack_logits)
+from ired_video.models.cascade_reuse import (KINDS, FeatureReuse, RelationReuse, StageReuse, mlp_macs,
+                                             nearest_indices, resize_relations, split_layers, stack_logits)
 from ired_video.models.timesformer import ForwardInfo, TimeSformer
 from ired_video.models.weights import Checkpoint, load_checkpoint, load_weights
 
@@ -233,19 +233,32 @@ class Cascade(nn.Module):
             stage.set_fused_attention(fused)
 
     def static_gmacs(self, frames: Optional[int] = None, size: Optional[int] = None) -> float:
-        """GMACs of one clip through every stage, reuse included (the most a clip can cost).
-        The stages' inputs are fixed by their configs; ``frames``/``size`` are ignored."""
-        with torch.no_grad():
-            last = self.stage_configs[-1]
-            video = torch.zeros(1, last.in_chans, last.num_frames, last.img_size, last.img_size,
-                                device=next(self.parameters()).device)
-            was_training = self.training
-            self.eval()
-            try:
-                _, info = self(video, return_info=True, all_exits=True)
-            finally:
-                self.train(was_training)
-        return float(info.gmacs[0])
+        """GMACs of one clip through every stage, reuse modules included (the most a clip can
+        cost; no reducer). Stage inputs are fixed by their configs: ``frames``/``size`` are ignored."""
+        return float(sum(self.stage_gmacs_static()))
+
+    def stage_gmacs_static(self) -> list[float]:
+        """GMACs each stage adds for a clip that runs it: the stage, and the reuse modules
+        computed on entering it (analytic; a test checks it against the forward's bill)."""
+        out = []
+        for k, (stage, cfg) in enumerate(zip(self.stages, self.stage_configs)):
+            macs = stage.static_gmacs() * 1e9
+            if k > 0 and str(k) in self.feature_reuse:
+                prev = self.stage_configs[k - 1]
+                macs += mlp_macs(_tokens(prev), self.feature_reuse[str(k)].widths)
+                rows = _tokens(cfg) + (cfg.num_frames if cfg.attention_type == "space_only" else 1)
+                macs += cfg.depth * rows * self.cascade_config.feature_dim * int(cfg.embed_dim * cfg.mlp_ratio)
+            for j in range(k):
+                for kind in KINDS:
+                    module = self.relation_reuse[f"{j}_{k}_{kind}"] if f"{j}_{k}_{kind}" in self.relation_reuse else None
+                    if module is not None:
+                        up = self.stage_configs[j]
+                        side = up.img_size // up.patch_size
+                        positions = (up.num_frames * (1 + side * side) ** 2 if kind == "spatial"
+                                     else side * side * up.num_frames ** 2)
+                        macs += mlp_macs(positions, module.widths)
+            out.append(macs / 1e9)
+        return out
 
     # ---------------------------------------------------------------- input
     def stage_input(self, video: Tensor, index: int) -> Tensor:
@@ -350,6 +363,11 @@ class Cascade(nn.Module):
                 assert total is not None
                 biases[kind] = split_layers(total, stage.config.num_heads)
         return StageReuse(stage.blocks, features, feature_in, biases, keeps)
+
+
+def _tokens(cfg: ModelConfig) -> int:
+    """Patch tokens of an unreduced stage: frames x grid."""
+    return cfg.num_frames * (cfg.img_size // cfg.patch_size) ** 2
 
 
 @dataclass
