@@ -23,8 +23,8 @@ EPILOG = """examples:
 Use a split the model was not trained on and that you will not report accuracy on (DVT
 used 50,000 held-out training images). Every stage runs on every clip (one centred view
 each); DVT's sweep of exit shares q_k ~ p^k (p = 0.05 .. 2.95) gives a table of
-thresholds with the mean GMACs per clip and accuracy each reaches on this split; the most
-accurate row within --budget is chosen. The thresholds and the whole table are stored in
+thresholds with the mean GMACs per clip and accuracy each reaches on this split; the row
+closest to --budget from below is chosen. The thresholds and the whole table are stored in
 the checkpoint (--output, default: in place), so 'eval'/'infer --budget G' can pick another
 budget later without this split.
 """
