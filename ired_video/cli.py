@@ -28,6 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "write the small generated Kinetics-style demo dataset"),
     "infer": ("ired_video.commands.infer",
               "classify videos: top-k per view and video, GMACs spent, tokens kept per stage"),
+    "calibrate": ("ired_video.commands.calibrate",
+                  "fit a cascade's exit thresholds to a GMACs budget on held-out videos"),
     "overlay": ("ired_video.commands.overlay",
                 "draw which patches each reducer stage kept on a video (MP4 and PNG grid)"),
     "explain": ("ired_video.commands.explain",

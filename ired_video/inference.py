@@ -7,8 +7,8 @@ per view: top-k classes, the GMACs really spent, the tokens kept after every red
 per video: the mean of the views' softmax probabilities. A file that cannot be decoded
 gives a result with ``status="error"`` and the reason; the caller goes on.
 
-Results are plain dataclasses with ``to_dict()`` for JSON. ``exit_stage`` is reserved for
-cascade models (early exit) and is None until one exists.
+Results are plain dataclasses with ``to_dict()`` for JSON. ``exit_stage`` is the 1-based
+stage a cascade model (``ired_video.models.cascade``) answered a view at; None otherwise.
 """
 from __future__ import annotations
 
@@ -213,13 +213,15 @@ def _sync(device: torch.device) -> None:
 
 
 def run_views(loaded: LoadedModel, videos: Tensor, batch_size: int = 8
-              ) -> tuple[Tensor, list[float], list[list[int]], list[list[dict[str, Any]]], list[float]]:
+              ) -> tuple[Tensor, list[float], list[list[int]], list[list[dict[str, Any]]], list[float],
+                         list[Optional[int]]]:
     """Run (V, C, T, H, W) views in batches. Returns softmax probabilities (V, classes), and
     per view: GMACs, tokens per block, tokens after each stage, latency (its batch's model
-    time shared equally among the batch's views, ms)."""
+    time shared equally among the batch's views, ms), exit stage (1-based; None unless a cascade)."""
     model, device = loaded.model, loaded.device
     total = videos.shape[2] * (videos.shape[3] // model.config.patch_size) * (videos.shape[4] // model.config.patch_size)
     probs, gmacs, tokens, stages, latency = [], [], [], [], []
+    exits: list[Optional[int]] = []
     for start in range(0, videos.shape[0], batch_size):
         batch = videos[start:start + batch_size].to(device, non_blocking=True)
         _sync(device)
@@ -237,7 +239,9 @@ def run_views(loaded: LoadedModel, videos: Tensor, batch_size: int = 8
                             "tokens": int(s["tokens"][clip]),
                             "kept_fraction": round(int(s["tokens"][clip]) / total, 6)} for s in counts])
         latency.extend([round(per_view_ms, 3)] * batch.shape[0])
-    return torch.cat(probs), gmacs, tokens, stages, latency
+        exit_stage = getattr(info, "exit_stage", None)
+        exits.extend([None] * batch.shape[0] if exit_stage is None else (exit_stage.cpu() + 1).tolist())
+    return torch.cat(probs), gmacs, tokens, stages, latency, exits
 
 
 def predict_video(loaded: LoadedModel, path: PathLike, num_clips: int = 1, num_crops: int = 1,
@@ -257,11 +261,11 @@ def predict_video(loaded: LoadedModel, path: PathLike, num_clips: int = 1, num_c
     result.decode_ms = round((time.perf_counter() - began) * 1000, 3)
     result.num_frames, result.fps, result.backend, result.note = (
         decoded.num_frames, round(decoded.fps, 3), decoded.backend, decoded.note)
-    probs, gmacs, tokens, stages, latency = run_views(loaded, decoded.videos, batch_size)
+    probs, gmacs, tokens, stages, latency, exits = run_views(loaded, decoded.videos, batch_size)
     for i, spec in enumerate(decoded.views):
         result.views.append(ViewResult(spec.clip_index, spec.crop_index, spec.frame_indices, spec.padded,
                                        top_k(probs[i], loaded.class_names, k), gmacs[i], tokens[i],
-                                       stages[i], latency[i]))
+                                       stages[i], latency[i], exits[i]))
     mean = probs.mean(dim=0)  # (classes,): mean of the views' softmax
     best = top_k(mean, loaded.class_names, k)
     result.prediction = {"label": best[0]["label"], "index": best[0]["index"], "prob": best[0]["prob"],

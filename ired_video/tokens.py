@@ -50,6 +50,9 @@ class TokenState:
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
         records: per reducer call, a dict describing what it did (for overlays, analysis
             and training objectives).
+        reuse: what a cascade stage takes from the stages before it (upstream features
+            for the MLPs, attention-logit biases) and where it keeps its own attention
+            logits; see ``ired_video.models.cascade.StageReuse``. None in a plain model.
     """
 
     cls: Tensor
@@ -65,6 +68,7 @@ class TokenState:
     prop_attn: bool = False
     tokens: list[Tensor] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
+    reuse: Optional[Any] = None
 
     @classmethod
     def from_patches(cls, cls_tokens: Tensor, patches: Tensor, grid: tuple[int, int]) -> "TokenState":

@@ -13,6 +13,7 @@ EPILOG = """examples:
   ired-video eval --checkpoint runs/demo_micro/best.pth --data data/demo/val.csv
   ired-video eval --checkpoint best.pth --data k400/val.csv --root k400/val --views 1x3
   ired-video eval --checkpoint best.pth --data data/demo/val.csv --reducer tome r=8
+  ired-video eval --checkpoint cascade.pth --data data/demo/val.csv --budget 0.3   # calibrated cascade
   torchrun --nproc_per_node 2 -m ired_video.cli eval --checkpoint best.pth --data val.csv --cpu
 
 Views are CLIPSxCROPS per video (TimeSformer reports 1x3). Scores are averaged per
@@ -33,6 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default=None, help="keep only this CSV split (e.g. val)")
     parser.add_argument("--views", default="1x1", help="CLIPSxCROPS per video (default: %(default)s)")
     add_reducer_argument(parser)
+    parser.add_argument("--budget", type=float, default=None, metavar="GMACS",
+                        help="cascade checkpoints: mean GMACs per clip; exit thresholds from the stored "
+                             "calibration table (run 'ired-video calibrate' first)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cpu", action="store_true", help="stay on the CPU even where a GPU is")
@@ -46,7 +50,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     output = Path(args.output)
     report = evaluate_checkpoint(Path(args.checkpoint), args.data, reducer=reducer_from_args(args.reducer),
                                  root=args.root, split=args.split, clips=clips, crops=crops,
-                                 batch_size=args.batch_size, workers=args.workers, cpu=args.cpu, output=output)
+                                 batch_size=args.batch_size, workers=args.workers, cpu=args.cpu, output=output,
+                                 budget=args.budget)
     if report:  # the main process
         print(f"top-1 {report['top1']:.4f}  top-5 {report['top5']:.4f}  mean class {report['mean_class_accuracy']:.4f}"
               f"  GMACs/view {report['gmacs_per_view']:.4f}  GMACs/video {report['gmacs_per_video']:.4f}"

@@ -19,6 +19,7 @@ EPILOG = """examples:
   ired-video infer videos/ --checkpoint best.pth --views 1x3 --output preds.json
   ired-video infer clip.mp4 --checkpoint best.pth --reducer tome r=8 --top-k 3
   ired-video infer clip.mp4 --checkpoint best.pth --reducer iared2 threshold=0.5 --device cuda
+  ired-video infer clip.mp4 --checkpoint cascade.pth --budget 0.5   # a calibrated cascade at 0.5 GMACs/clip
   ired-video infer clip.mp4                      # demo: timesformer_micro with RANDOM weights
 
 The JSON holds, per video: path, status ("ok"/"error"), error, num_frames, fps, backend,
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="views per forward pass (default: %(default)s)")
     parser.add_argument("--top-k", type=int, default=5, help="classes listed per view and video "
                                                              "(default: %(default)s)")
+    parser.add_argument("--budget", type=float, default=None, metavar="GMACS",
+                        help="cascade checkpoints: mean GMACs per clip; sets the exit thresholds from the "
+                             "calibration table stored by 'ired-video calibrate'")
     parser.add_argument("--output", default=None, help="write the JSON report here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -85,6 +89,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ired-video infer: no video files in {', '.join(args.inputs)}", file=sys.stderr)
         return 2
     loaded = load_from_args(args)
+    if args.budget is not None:
+        from ired_video.models.cascade import apply_budget
+        row = apply_budget(loaded.model, args.budget)
+        print(f"budget {args.budget:g} GMACs/clip: thresholds {row['thresholds']} (held-out: "
+              f"{row['gmacs']:.4f} GMACs/clip, top-1 {row['top1']:.3f})")
     began = time.perf_counter()
     results = infer_paths(loaded, paths, num_clips, num_crops, args.batch_size, args.top_k, args.backend,
                           progress=not args.no_progress)

@@ -3,6 +3,7 @@
     model:     {name: timesformer_micro, num_classes: 6, ...}   # a variant + ModelConfig overrides
     init:      {checkpoint: null, drop_head: true}              # local weights to start from
     reducer:   {name: topk, keep: 0.7}                          # ReducerConfig
+    cascade:   {config: configs/cascade/demo_micro.yaml, ...}   # a DVT cascade of the model (optional)
     data:      {train: ..., val: ..., root: null, preprocess: {...}}
     optim / schedule / train / objective / eval / output
 
@@ -108,6 +109,9 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: str = "runs/train"
+    # A DVT cascade of ``model`` (ired_video.models.cascade.CascadeConfig keys, and ``config``:
+    # a YAML file of them); empty: a plain model. ``reducer`` then acts in the last stage.
+    cascade: dict[str, Any] = field(default_factory=dict)
 
 
 CHOICES = {"optim.name": ("adamw", "sgd"), "schedule.name": ("cosine", "step", "constant"),
@@ -131,9 +135,25 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
     if cfg.objective.policy and cfg.reducer.name != "iared2":
         raise ConfigError("objective.policy trains IA-RED² interpreters: set reducer.name=iared2")
+    if cfg.cascade:
+        _validate_cascade(cfg)
     if cfg.objective.freeze_backbone and cfg.reducer.name not in ("iared2",):
         raise ConfigError("objective.freeze_backbone leaves only reducer parameters to train: "
                           "only iared2 has any")
+
+
+def _validate_cascade(cfg: TrainConfig) -> None:
+    import dataclasses
+
+    from ired_video.models.cascade import check_config, load_cascade_config
+    from ired_video.models.registry import model_config
+
+    cascade = load_cascade_config(cfg.cascade)
+    if cfg.reducer.name != "none":
+        cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
+    check_config(model_config(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"}), cascade)
+    if cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio:
+        raise ConfigError("cascade: objective.policy, keep_ratio and freeze_backbone are for plain models")
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

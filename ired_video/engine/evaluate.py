@@ -39,6 +39,8 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Acceler
                 "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
                 "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
                 "latency": latency}
+        if getattr(info, "exit_stage", None) is not None:  # a cascade: where each view exited
+            view["exit_stage"] = info.exit_stage
         for key, value in accelerator.gather_for_metrics(view).items():
             rows.setdefault(key, []).append(value.cpu())
     model.train(was_training)
@@ -77,7 +79,17 @@ def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str
         "gmacs_per_video": float(video_gmacs[evaluated].mean()) if evaluated.any() else 0.0,
         "tokens_per_block": views["tokens"][ok].float().mean(dim=0).tolist(),
         "latency_ms_per_view": 1000 * float(views["latency"].mean()),
+        **_exit_shares(views, ok),
     }
+
+
+def _exit_shares(views: dict[str, torch.Tensor], ok: torch.Tensor) -> dict[str, Any]:
+    """A cascade's share of views exiting at each stage (1-based keys), else nothing."""
+    if "exit_stage" not in views or not ok.any():
+        return {}
+    exits = views["exit_stage"][ok]
+    counts = torch.bincount(exits, minlength=int(exits.max()) + 1).double() / len(exits)
+    return {"exit_shares": {str(k + 1): float(c) for k, c in enumerate(counts)}}
 
 
 def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset) -> None:
@@ -96,23 +108,28 @@ def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDatase
                 "label": int(views["label"][i]), "prediction": pred,
                 "prediction_name": names[pred] if pred < len(names) else None,
                 "confidence": float(confidence[i]), "gmacs": float(views["gmacs"][i]),
-                "tokens_per_block": views["tokens"][i].tolist(), "exit_stage": None,
+                "tokens_per_block": views["tokens"][i].tolist(),
+                "exit_stage": int(views["exit_stage"][i]) + 1 if "exit_stage" in views else None,
                 "latency_ms": 1000 * float(views["latency"][i]), "bad_file": bool(views["failed"][i]),
             }) + "\n")
 
 
 def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, root: Optional[str] = None,
                         split: Optional[str] = None, clips: int = 1, crops: int = 1, batch_size: int = 8,
-                        workers: int = 2, cpu: bool = False, output: Optional[Path] = None) -> dict[str, Any]:
+                        workers: int = 2, cpu: bool = False, output: Optional[Path] = None,
+                        budget: Optional[float] = None) -> dict[str, Any]:
     """Load our checkpoint (optionally with another reducer), evaluate it on annotated
     videos with its own preprocessing, and write the report and per-view JSONL."""
     from ired_video.data.annotations import load_annotations
     from ired_video.models.registry import create_model
     from ired_video.reducers import apply_reducer
 
+    from ired_video.models.cascade import apply_budget
+
     model = create_model(checkpoint=checkpoint)
     if reducer is not None:
         apply_reducer(model, reducer)
+    calibrated = apply_budget(model, budget)
     ann = load_annotations(data, video_root=root, class_names=model.data_config.class_names or None, split=split)
     dataset = VideoDataset(ann.records, model.data_config, "test", num_clips=clips, num_crops=crops)
     accelerator = Accelerator(cpu=cpu)
@@ -122,6 +139,8 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, roo
     if accelerator.is_main_process and output is not None:
         report.update(checkpoint=str(checkpoint), data=str(data), views_spec=f"{clips}x{crops}",
                       reducer=str(reducer) if reducer is not None else None)
+        if calibrated is not None:
+            report.update(budget=budget, thresholds=calibrated["thresholds"], calibrated=calibrated)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(report, indent=1))
     return report

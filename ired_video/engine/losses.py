@@ -1,6 +1,6 @@
 """The training objective: cross-entropy, distillation, keep-ratio and policy terms.
 
-    loss = ce * CE(student, target)
+    loss = ce * CE(student, target)                          (a cascade: the sum over its exits, DVT)
          + distill * T^2 * KL(softmax(teacher / T) || softmax(student / T))
          + keep_ratio * mean_b (kept_b - keep_target)^2     (learned dropping, masks in training)
          + policy * REINFORCE(interpreters)                  (IA-RED², see reducers.objectives)
@@ -62,13 +62,22 @@ def kept_fraction(records: list[dict[str, Any]], key: str = "kept_fraction") -> 
     return kept
 
 
+def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy of (B, classes) logits against (B, classes) soft targets."""
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
 def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Tensor,
-              records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None
-              ) -> tuple[Tensor, dict[str, float]]:
-    """Total loss and its parts (floats, for logging)."""
+              records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None,
+              exit_logits: Optional[list[Tensor]] = None) -> tuple[Tensor, dict[str, float]]:
+    """Total loss and its parts (floats, for logging). ``exit_logits``: every exit of a
+    cascade, whose CEs are summed (parts ``ce_exit1``, ``ce_exit2``, ...) instead of ``ce``."""
     parts: dict[str, Tensor] = {}
-    if cfg.ce:
-        parts["ce"] = cfg.ce * torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+    if cfg.ce and exit_logits:
+        for index, exit_out in enumerate(exit_logits, start=1):
+            parts[f"ce_exit{index}"] = cfg.ce * soft_cross_entropy(exit_out, targets)
+    elif cfg.ce:
+        parts["ce"] = cfg.ce * soft_cross_entropy(logits, targets)
     if cfg.distill:
         if teacher_logits is None:
             raise ValueError("objective.distill needs the teacher's logits")

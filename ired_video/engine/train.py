@@ -102,10 +102,23 @@ def build_model(cfg: TrainConfig, data_config: DataConfig) -> TimeSformer:
     classes = len(data_config.class_names)
     if classes and overrides.setdefault("num_classes", classes) != classes:
         raise ConfigError(f"model.num_classes={overrides['num_classes']} but the data has {classes} classes")
+    if cfg.cascade:
+        return _build_cascade(cfg, overrides, data_config)
     model = create_model(cfg.model["name"], checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
                          **overrides)
     model.data_config = data_config
     return model
+
+
+def _build_cascade(cfg: TrainConfig, overrides: dict[str, Any], data_config: DataConfig) -> nn.Module:
+    """A DVT cascade of the configured model, every stage from ``init.checkpoint``; the
+    ``reducer`` section (when not none) goes into its last stage."""
+    from ired_video.models.cascade import build_cascade, load_cascade_config
+    cascade = load_cascade_config(cfg.cascade)
+    if cfg.reducer.name != "none":
+        cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
+    return build_cascade(model_config(cfg.model["name"], **overrides), cascade, data_config,
+                         checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -153,7 +166,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
         raise ConfigError("data.train is required for training")
     model = build_model(cfg, data.data_config)
     teacher = _teacher(cfg, model, accelerator)
-    apply_reducer(model, cfg.reducer)
+    if not cfg.cascade:  # a cascade got its reducer when built
+        apply_reducer(model, cfg.reducer)
     if cfg.objective.freeze_backbone:
         _freeze_backbone(model)
     optimizer = build_optimizer(cfg, model)
@@ -248,7 +262,8 @@ def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module]
         with torch.no_grad():
             teacher_logits = teacher(video)
     logits, info = model(video, return_info=True)
-    loss, parts = objective(cfg.objective, logits, targets, labels, info.records, teacher_logits)
+    loss, parts = objective(cfg.objective, logits, targets, labels, info.records, teacher_logits,
+                            getattr(info, "stage_logits", None))
     return loss, parts, info
 
 

@@ -20,14 +20,17 @@ class AttentionProbe:
     cls_attn: (G, L) head-mean attention of query 0 (the class token) over all keys.
     keys: (G, L, head_dim) head-mean keys (ToMe's similarity metric).
     probs: (G, heads, L, L) attention probabilities (forces the explicit path).
+    logits: (G, heads, L, L) pre-softmax logits, bias included (forces the explicit path).
     """
 
     want_cls_attn: bool = False
     want_keys: bool = False
     want_probs: bool = False
+    want_logits: bool = False
     cls_attn: Optional[Tensor] = None
     keys: Optional[Tensor] = None
     probs: Optional[Tensor] = None
+    logits: Optional[Tensor] = None
 
 
 class Attention(nn.Module):
@@ -80,11 +83,11 @@ class Attention(nn.Module):
                 probe: Optional[AttentionProbe] = None) -> Tensor:
         """(G, L, D) -> (G, L, D), filling ``probe`` if one is given."""
         q, k, v = self.split_qkv(self.qkv(x))
-        if self.fused and not (probe is not None and probe.want_probs):
+        if self.fused and not (probe is not None and (probe.want_probs or probe.want_logits)):
             if probe is not None:
                 _fill_probe(probe, k, cls_attn=_cls_row(q, k, bias, self.scale) if probe.want_cls_attn else None)
             return self.merge_heads(self.core(q, k, v, bias))
-        out, attn = self._explicit(q, k, v, bias)
+        out, attn = self._explicit(q, k, v, bias, probe)
         if probe is not None:
             _fill_probe(probe, k, cls_attn=attn[:, :, 0].mean(dim=1), probs=attn)
         return out
@@ -93,10 +96,13 @@ class Attention(nn.Module):
         """(G, L, D) -> output (G, L, D) and attention probabilities (G, heads, L, L)."""
         return self._explicit(*self.split_qkv(self.qkv(x)), bias)
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> tuple[Tensor, Tensor]:
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                  probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (G, heads, L, L)
         if bias is not None:
             logits = logits + bias
+        if probe is not None and probe.want_logits:
+            probe.logits = logits
         attn = logits.softmax(dim=-1)
         return self.merge_heads(self.attn_drop(attn) @ v), attn
 

@@ -80,6 +80,9 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
     stored = None
     if checkpoint is not None:
         stored = load_checkpoint(checkpoint)
+        if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
+            from ired_video.models.cascade import cascade_from_checkpoint
+            return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
     if name is None:
         if stored is None or stored.kind != FORMAT:
             raise ConfigError("create_model needs a model name, or an ired_video checkpoint "

@@ -235,6 +235,9 @@ def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     reducer = getattr(model, "reducer_config", None)
     if reducer is not None:
         payload["reducer_config"] = to_dict(reducer)
+    extras = getattr(model, "checkpoint_extras", None)  # a cascade adds its cascade config
+    if extras is not None:
+        payload.update(extras())
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         torch.save(payload, tmp)

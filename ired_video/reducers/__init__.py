@@ -88,6 +88,9 @@ def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: A
     joint-attention models. Returns the model.
     """
     cfg = reducer_config(name, **kwargs)
+    if hasattr(model, "apply_last_stage_reducer"):  # a cascade: the reducer goes into its last stage
+        model.apply_last_stage_reducer(cfg)
+        return model
     if cfg.name not in REDUCERS:
         raise ConfigError(f"unknown reducer {cfg.name!r}; known: {', '.join(REDUCERS)}")
     if cfg.mode not in MODES:

@@ -1,0 +1,458 @@
+"""A DVT cascade of TimeSformers ("Not All Images are Worth 16x16 Words", for video).
+
+Stages are full TimeSformers of the same backbone (depth, width, heads, classes) on
+increasing token counts; each has its own weights and head. A clip runs stage 1; if its
+max softmax probability reaches ``thresholds[0]`` it exits there, else it goes on to stage
+2, and so on; the last stage answers every clip that reaches it. Within a batch only the
+clips that have not exited run the next stage (per-clip routing: a clip's answer and bill
+never depend on the other clips of its batch).
+
+Stage inputs come from the one clip tensor (B, C, T, H, W) given to the cascade, which is
+the last stage's input (the checkpoint's data config: T frames, H = W = crop): a stage
+with ``frames`` F < T takes frames ``floor((i + 0.5) * T / F)`` (segment centres); with
+``size`` S < H the frames are resized to S x S (bilinear, antialiased); ``patch_size``
+sets its patch grid (S / p per side). Either coarser patches or a smaller image give a
+coarser grid; the first is DVT's DeiT setting, the second its T2T setting.
+
+Training (``model.train()`` or ``all_exits=True``) runs every stage on every clip and
+returns every stage's logits (``CascadeInfo.stage_logits``) for the summed loss; the
+per-stage cumulative GMACs (``stage_gmacs``) feed threshold calibration
+(``ired_video.cascade_calibration``). Reuse between stages: ``cascade_reuse``.
+
+Every stage starts from one set of weights (``build_cascade(..., checkpoint=...)``): the
+patch-embedding kernel is resampled to the stage's patch size (FlexiViT's pseudo-inverse
+resize, timm ``resample_patch_embed``), position embeddings 2-D (bicubic) and time
+embeddings 1-D (nearest), as ``ired_video.models.weights`` does for any checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+import torch.nn.functional as F
+from timm.layers import resample_patch_embed
+from torch import Tensor, nn
+
+from ired_video.config import (ConfigError, DataConfig, ModelConfig, ReducerConfig, apply_overrides, from_dict,
+                               load_yaml, to_dict)
+from ired_video.models.cascade_reuse import (KINDS, FeatureReuse, RelationReuse, StageReuse, mlp_macs,
+                                             nearest_indices, resize_relations, split_layers, stack_logits)
+from ired_video.models.timesformer import ForwardInfo, TimeSformer
+from ired_video.models.weights import Checkpoint, load_checkpoint, load_weights
+
+NEVER_EXIT = 2.0  # a threshold above any probability: every clip goes on
+
+
+@dataclass
+class StageConfig:
+    """One stage's input: frames taken from the clip, image side, patch size (None: the backbone's)."""
+
+    frames: Optional[int] = None
+    size: Optional[int] = None
+    patch_size: Optional[int] = None
+
+
+@dataclass
+class CascadeConfig:
+    """A cascade: its stages (cheapest first), exit thresholds and reuse switches.
+
+    thresholds: one per stage but the last; a clip exits at stage k when its max softmax
+        probability >= thresholds[k]. None: never exit (every stage runs).
+    feature_hidden / feature_dim: DVT's feature-reuse MLP, D -> 128 -> 48.
+    relation_hidden: width of the relation-reuse MLP (three layers, GELU).
+    reducer: a token reducer inside the last stage (``ReducerConfig`` fields).
+    calibration: the threshold table ``calibrate`` stored (rows of p, thresholds, GMACs,
+        accuracy on the held-out split), read by ``set_budget``.
+    """
+
+    stages: list[StageConfig] = field(default_factory=list)
+    thresholds: Optional[list[float]] = None
+    feature_reuse: bool = True
+    relation_reuse: bool = True
+    feature_hidden: int = 128
+    feature_dim: int = 48
+    relation_hidden: int = 64
+    reducer: Optional[ReducerConfig] = None
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+
+
+def load_cascade_config(values: Union[str, Path, dict[str, Any]], overrides: Optional[list[str]] = None,
+                        prefix: str = "cascade.") -> CascadeConfig:
+    """A YAML file, or a mapping whose optional ``config`` key names one, -> CascadeConfig.
+
+    Keys given next to ``config`` override the file's. Errors name the file and the key.
+    """
+    where = ""
+    if isinstance(values, (str, Path)):
+        where, values = f"{values}: ", load_yaml(values)
+    elif "config" in values:
+        values = dict(values)
+        path = values.pop("config")
+        where, values = f"{path}: ", {**load_yaml(path), **values}
+    values = apply_overrides(values, overrides or [])
+    try:
+        return from_dict(CascadeConfig, values, prefix=prefix)
+    except ConfigError as err:
+        raise ConfigError(f"{where}{err}") from None
+
+
+def stage_model_config(backbone: ModelConfig, stage: StageConfig, index: int) -> ModelConfig:
+    """The backbone with a stage's image size, patch size and frames."""
+    values = {"img_size": stage.size or backbone.img_size, "patch_size": stage.patch_size or backbone.patch_size,
+              "num_frames": stage.frames or backbone.num_frames}
+    try:
+        return dataclasses.replace(backbone, **values)
+    except ConfigError as err:
+        raise ConfigError(f"cascade.stages[{index}]: {err}") from None
+
+
+def check_config(backbone: ModelConfig, cfg: CascadeConfig) -> None:
+    """What the dataclass cannot check; errors name the key."""
+    count = len(cfg.stages)
+    if count < 2:
+        raise ConfigError(f"cascade.stages: a cascade needs at least 2 stages, got {count}")
+    last = stage_model_config(backbone, cfg.stages[-1], count - 1)
+    for index, stage in enumerate(cfg.stages):
+        model = stage_model_config(backbone, stage, index)
+        if model.num_frames > last.num_frames or model.img_size > last.img_size:
+            raise ConfigError(f"cascade.stages[{index}]: {model.num_frames} frames of {model.img_size} px; no stage "
+                              f"may take more than the last ({last.num_frames} of {last.img_size} px), whose input "
+                              "the cascade is given")
+    if cfg.thresholds is not None and len(cfg.thresholds) != count - 1:
+        raise ConfigError(f"cascade.thresholds: expected {count - 1} values (one per stage but the last), "
+                          f"got {len(cfg.thresholds)}")
+    if cfg.relation_reuse and backbone.attention_type != "divided_space_time":
+        raise ConfigError("cascade.relation_reuse: defined for divided_space_time attention only; "
+                          f"model.attention_type is {backbone.attention_type}")
+    reducing = cfg.reducer is not None and cfg.reducer.name != "none"
+    if cfg.relation_reuse and reducing:
+        raise ConfigError("cascade.reducer: a reducer in the last stage changes its token grid, onto which "
+                          "relation reuse cannot map upstream attention; set cascade.relation_reuse=false")
+    if min(cfg.feature_hidden, cfg.feature_dim, cfg.relation_hidden) < 1:
+        raise ConfigError("cascade.feature_hidden, cascade.feature_dim and cascade.relation_hidden must be >= 1")
+
+
+@dataclass
+class CascadeInfo(ForwardInfo):
+    """``ForwardInfo`` plus the cascade's routing, per clip.
+
+    exit_stage: (B,) long, 0-based stage whose answer the clip got.
+    stage_logits: per stage (B, classes) logits, when every stage ran (training,
+        ``all_exits``); else empty.
+    stage_gmacs: (B, K) cumulative GMACs to the end of each stage (stages a clip did not
+        run: NaN).
+    gmacs: what each clip really cost (all stages it ran, reuse modules included).
+    tokens: (B, total blocks of all stages), 0 for blocks a clip did not run.
+    """
+
+    exit_stage: Optional[Tensor] = None
+    stage_logits: list[Tensor] = field(default_factory=list)
+    stage_gmacs: Optional[Tensor] = None
+
+
+class Cascade(nn.Module):
+    """Stages of TimeSformers with early exit and DVT's feature and relationship reuse."""
+
+    def __init__(self, backbone: ModelConfig, cascade: CascadeConfig, data_config: Optional[DataConfig] = None
+                 ) -> None:
+        super().__init__()
+        check_config(backbone, cascade)
+        self.config = backbone
+        self.cascade_config = cascade
+        self.stage_configs = [stage_model_config(backbone, s, i) for i, s in enumerate(cascade.stages)]
+        last = self.stage_configs[-1]
+        self.data_config = data_config or DataConfig(num_frames=last.num_frames, crop_size=last.img_size)
+        self.stages = nn.ModuleList(TimeSformer(cfg, self.data_config) for cfg in self.stage_configs)
+        self.feature_reuse = nn.ModuleDict()
+        self.feature_in = nn.ModuleDict()
+        self.relation_reuse = nn.ModuleDict()
+        hidden = int(backbone.embed_dim * backbone.mlp_ratio)
+        channels = backbone.depth * backbone.num_heads
+        for k in range(1, len(self.stages)):
+            if cascade.feature_reuse:
+                self.feature_reuse[str(k)] = FeatureReuse(backbone.embed_dim, cascade.feature_hidden, cascade.feature_dim)
+                layers = nn.ModuleList(nn.Linear(cascade.feature_dim, hidden, bias=False) for _ in range(backbone.depth))
+                for layer in layers:
+                    nn.init.zeros_(layer.weight)
+                self.feature_in[str(k)] = layers
+            if cascade.relation_reuse:
+                for j in range(k):
+                    for kind in KINDS:
+                        self.relation_reuse[f"{j}_{k}_{kind}"] = RelationReuse(channels, cascade.relation_hidden, channels)
+        if cascade.reducer is not None:
+            self.apply_last_stage_reducer(cascade.reducer)
+
+    # ------------------------------------------------------------- settings
+    @property
+    def thresholds(self) -> list[float]:
+        cfg = self.cascade_config
+        return list(cfg.thresholds) if cfg.thresholds is not None else [NEVER_EXIT] * (len(self.stages) - 1)
+
+    def set_thresholds(self, thresholds: Optional[list[float]]) -> None:
+        cfg = dataclasses.replace(self.cascade_config, thresholds=None if thresholds is None else
+                                  [float(t) for t in thresholds])
+        check_config(self.config, cfg)
+        self.cascade_config = cfg
+
+    def set_budget(self, gmacs: float) -> dict[str, Any]:
+        """Thresholds from the stored calibration table for a mean GMACs per clip; returns the row."""
+        from ired_video.cascade_calibration import choose
+        if not self.cascade_config.calibration:
+            raise ConfigError("this cascade has no calibration table: run 'ired-video calibrate --checkpoint C "
+                              "--data HELD_OUT --budget G' first")
+        row = choose(self.cascade_config.calibration, gmacs)
+        self.set_thresholds(row["thresholds"])
+        return row
+
+    def apply_last_stage_reducer(self, reducer: Union[str, ReducerConfig], **kwargs: Any) -> None:
+        """Put a token reducer into the last stage (see ``ired_video.reducers.apply_reducer``)."""
+        from ired_video.reducers import apply_reducer, reducer_config
+        cfg = reducer_config(reducer, **kwargs)
+        check_config(self.config, dataclasses.replace(self.cascade_config, reducer=cfg))
+        apply_reducer(self.stages[-1], cfg)
+        self.cascade_config = dataclasses.replace(self.cascade_config, reducer=cfg)
+
+    @property
+    def reducer_config(self) -> Optional[ReducerConfig]:
+        return getattr(self.stages[-1], "reducer_config", None)
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """What ``save_checkpoint`` stores besides the backbone config: the cascade config."""
+        return {"cascade_config": to_dict(self.cascade_config)}
+
+    def no_weight_decay(self) -> set[str]:
+        return {f"stages.{i}.{name}" for i, stage in enumerate(self.stages) for name in stage.no_weight_decay()}
+
+    def set_fused_attention(self, fused: bool) -> None:
+        self.config = dataclasses.replace(self.config, fused_attention=fused)
+        for stage in self.stages:
+            stage.set_fused_attention(fused)
+
+    def static_gmacs(self, frames: Optional[int] = None, size: Optional[int] = None) -> float:
+        """GMACs of one clip through every stage, reuse modules included (the most a clip can
+        cost; no reducer). Stage inputs are fixed by their configs: ``frames``/``size`` are ignored."""
+        return float(sum(self.stage_gmacs_static()))
+
+    def stage_gmacs_static(self) -> list[float]:
+        """GMACs each stage adds for a clip that runs it: the stage, and the reuse modules
+        computed on entering it (analytic; a test checks it against the forward's bill)."""
+        out = []
+        for k, (stage, cfg) in enumerate(zip(self.stages, self.stage_configs)):
+            macs = stage.static_gmacs() * 1e9
+            if k > 0 and str(k) in self.feature_reuse:
+                prev = self.stage_configs[k - 1]
+                macs += mlp_macs(_tokens(prev), self.feature_reuse[str(k)].widths)
+                rows = _tokens(cfg) + (cfg.num_frames if cfg.attention_type == "space_only" else 1)
+                macs += cfg.depth * rows * self.cascade_config.feature_dim * int(cfg.embed_dim * cfg.mlp_ratio)
+            for j in range(k):
+                for kind in KINDS:
+                    module = self.relation_reuse[f"{j}_{k}_{kind}"] if f"{j}_{k}_{kind}" in self.relation_reuse else None
+                    if module is not None:
+                        up = self.stage_configs[j]
+                        side = up.img_size // up.patch_size
+                        positions = (up.num_frames * (1 + side * side) ** 2 if kind == "spatial"
+                                     else side * side * up.num_frames ** 2)
+                        macs += mlp_macs(positions, module.widths)
+            out.append(macs / 1e9)
+        return out
+
+    # ---------------------------------------------------------------- input
+    def stage_input(self, video: Tensor, index: int) -> Tensor:
+        """(B, C, T, H, W) clip -> stage ``index``'s (B, C, F, S, S) input (module docstring)."""
+        cfg = self.stage_configs[index]
+        batch, chans, frames, height, width = video.shape
+        if cfg.num_frames > frames:
+            raise ValueError(f"cascade stage {index + 1} takes {cfg.num_frames} frames; the clip has {frames}")
+        if cfg.num_frames != frames:
+            video = video.index_select(2, nearest_indices(frames, cfg.num_frames, video.device))
+        if (height, width) != (cfg.img_size, cfg.img_size):
+            images = video.transpose(1, 2).reshape(-1, chans, height, width)  # (B*F, C, H, W)
+            images = F.interpolate(images, size=(cfg.img_size, cfg.img_size), mode="bilinear",
+                                   align_corners=False, antialias=True)
+            video = images.reshape(batch, cfg.num_frames, chans, cfg.img_size, cfg.img_size).transpose(1, 2)
+        return video  # (B, C, F, S, S)
+
+    # -------------------------------------------------------------- forward
+    def forward(self, video: Tensor, return_info: bool = False, all_exits: Optional[bool] = None
+                ) -> Union[Tensor, tuple[Tensor, CascadeInfo]]:
+        """(B, C, T, H, W) -> logits (B, classes) from each clip's exit stage, and a ``CascadeInfo``.
+
+        ``all_exits`` (default: in training mode) runs every stage on every clip; the
+        logits are still those of the stage the thresholds would exit at.
+        """
+        all_exits = self.training if all_exits is None else all_exits
+        batch, count = video.shape[0], len(self.stages)
+        device = video.device
+        active = torch.arange(batch, device=device)
+        exit_stage = torch.full((batch,), count - 1, dtype=torch.long, device=device)
+        spent = torch.zeros(batch, dtype=torch.float64, device=device)
+        stage_gmacs = torch.full((batch, count), float("nan"), dtype=torch.float64, device=device)
+        depth = self.config.depth
+        tokens = torch.zeros(batch, count * depth, dtype=torch.long, device=device)
+        logits_out: Optional[Tensor] = None
+        stage_logits: list[Tensor] = []
+        carry: Optional[_Carry] = None
+        last_state = None
+        thresholds = self.thresholds
+        for k, stage in enumerate(self.stages):
+            state = stage.embed(self.stage_input(video.index_select(0, active), k))
+            state.reuse = self._reuse_for(k, carry, state)
+            state = stage.forward_blocks(state)
+            logits = stage.forward_head(state)
+            last_state = state
+            spent[active] += state.macs
+            stage_gmacs[active, k] = spent[active]
+            tokens[active, k * depth:(k + 1) * depth] = torch.stack(state.tokens, dim=1)
+            if logits_out is None:
+                logits_out = logits.new_zeros(batch, logits.shape[-1])
+            if all_exits:
+                stage_logits.append(logits)
+            if k == count - 1:
+                logits_out[active] = logits
+                break
+            confident = logits.softmax(dim=-1).amax(dim=-1) >= thresholds[k]  # (B_active,)
+            if all_exits:  # every clip goes on; its answer is still the first confident stage's
+                exit_stage[active[confident & (exit_stage[active] == count - 1)]] = k
+                keep = torch.ones_like(confident)
+            else:
+                logits_out[active[confident]] = logits[confident]
+                exit_stage[active[confident]] = k
+                keep = ~confident
+            carry = _Carry.after(state, carry, self.cascade_config).select(keep)
+            active = active[keep]
+            if active.numel() == 0:
+                break
+        if all_exits:
+            for k in range(count - 1):
+                chosen = exit_stage == k
+                logits_out[chosen] = stage_logits[k][chosen]
+        assert logits_out is not None and last_state is not None
+        if not return_info:
+            return logits_out
+        reached_all = bool((~torch.isnan(stage_gmacs[:, -1])).all())
+        info = CascadeInfo(gmacs=(spent / 1e9).float(), tokens=tokens,
+                           records=last_state.records if reached_all else [], state=last_state,
+                           exit_stage=exit_stage, stage_logits=stage_logits, stage_gmacs=stage_gmacs / 1e9)
+        return logits_out, info
+
+    def _reuse_for(self, k: int, carry: Optional["_Carry"], state: Any) -> Optional[StageReuse]:
+        """Stage k's reuse context from what upstream stages left (bills the reuse modules)."""
+        cfg = self.cascade_config
+        stage = self.stages[k]
+        keeps = cfg.relation_reuse and k < len(self.stages) - 1
+        if carry is None and not keeps:
+            return None
+        features = feature_in = None
+        biases: dict[str, list[Tensor]] = {}
+        if carry is not None and cfg.feature_reuse:
+            features, macs = self.feature_reuse[str(k)](carry.tokens, carry.grid, state.num_frames, state.grid)
+            state.spend(torch.full_like(state.macs, float(macs)))
+            feature_in = self.feature_in[str(k)]
+        if carry is not None and cfg.relation_reuse:
+            for kind in KINDS:
+                total = None
+                for j, (maps, frames, grid) in enumerate(carry.logits[kind]):
+                    out, macs = self.relation_reuse[f"{j}_{k}_{kind}"](maps)
+                    state.spend(torch.full_like(state.macs, float(macs)))
+                    out = resize_relations(out, kind, (frames, state.num_frames), (grid, state.grid))
+                    total = out if total is None else total + out
+                assert total is not None
+                biases[kind] = split_layers(total, stage.config.num_heads)
+        return StageReuse(stage.blocks, features, feature_in, biases, keeps)
+
+
+def _tokens(cfg: ModelConfig) -> int:
+    """Patch tokens of an unreduced stage: frames x grid."""
+    return cfg.num_frames * (cfg.img_size // cfg.patch_size) ** 2
+
+
+@dataclass
+class _Carry:
+    """What the clips still running take to the next stage (batch-major, indexable).
+
+    tokens: (B, T, N, D) the last stage's final patch tokens; grid: its (h, w).
+    logits: per kind, one (maps (B, A, P, P, L*H), frames, grid) per upstream stage.
+    """
+
+    tokens: Tensor
+    grid: tuple[int, int]
+    logits: dict[str, list[tuple[Tensor, int, tuple[int, int]]]]
+
+    @classmethod
+    def after(cls, state: Any, previous: Optional["_Carry"], cfg: CascadeConfig) -> "_Carry":
+        """A stage's final state (not the last stage's) -> what the next stage may reuse."""
+        logits = {kind: list(previous.logits[kind]) if previous is not None else [] for kind in KINDS}
+        if cfg.relation_reuse:
+            batch = state.batch_size
+            for kind in KINDS:
+                logits[kind].append((stack_logits(state.reuse.logits[kind], batch), state.num_frames, state.grid))
+        return cls(state.x, state.grid, logits)
+
+    def select(self, keep: Tensor) -> "_Carry":
+        """Only the clips that go on (``keep``: (B,) bool)."""
+        logits = {kind: [(maps[keep], frames, grid) for maps, frames, grid in entries]
+                  for kind, entries in self.logits.items()}
+        return _Carry(self.tokens[keep], self.grid, logits)
+
+
+# --------------------------------------------------------------------- building
+def _stage_checkpoint(ckpt: Checkpoint, stage: TimeSformer) -> Checkpoint:
+    """The checkpoint with its patch-embedding kernel resampled to the stage's patch size."""
+    state = dict(ckpt.state_dict)
+    key = "patch_embed.proj.weight"
+    weight = state.get(key)
+    target = stage.patch_embed.proj.weight
+    if weight is not None and weight.ndim == 4 and weight.shape[-2:] != target.shape[-2:]:
+        state[key] = resample_patch_embed(weight, list(target.shape[-2:]))
+    return dataclasses.replace(ckpt, state_dict=state)
+
+
+def build_cascade(backbone: ModelConfig, cascade: CascadeConfig, data_config: Optional[DataConfig] = None,
+                  checkpoint: Optional[Union[str, Path, Checkpoint]] = None, drop_head: bool = False) -> Cascade:
+    """A cascade whose every stage starts from one checkpoint (a plain model: official,
+    timm or ours), or one of our cascade checkpoints loaded whole."""
+    model = Cascade(backbone, cascade, data_config)
+    if checkpoint is None:
+        return model
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    if (ckpt.extra or {}).get("cascade_config"):
+        load_weights(model, ckpt, drop_head=drop_head)
+        return model
+    reducers = [stage.reducers for stage in model.stages]
+    for stage in model.stages:  # plain weights carry no reducer parameters
+        stage.reducers = nn.ModuleDict()
+    for stage in model.stages:
+        load_weights(stage, _stage_checkpoint(ckpt, stage), drop_head=drop_head)
+    for stage, saved in zip(model.stages, reducers):
+        stage.reducers = saved
+    return model
+
+
+def cascade_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> Cascade:
+    """Rebuild a cascade from our checkpoint (backbone, cascade and data configs inside)."""
+    extra = ckpt.extra or {}
+    backbone = from_dict(ModelConfig, {**(ckpt.model_config or {}), **overrides})
+    cascade = from_dict(CascadeConfig, extra["cascade_config"], prefix="cascade.")
+    data = from_dict(DataConfig, ckpt.data_config) if ckpt.data_config else None
+    model = Cascade(backbone, cascade, data)
+    load_weights(model, ckpt)
+    return model
+
+
+def is_cascade_checkpoint(ckpt: Checkpoint) -> bool:
+    return bool((ckpt.extra or {}).get("cascade_config"))
+
+
+def apply_budget(model: nn.Module, gmacs: Optional[float]) -> Optional[dict[str, Any]]:
+    """``--budget`` of ``eval``/``infer``: set a cascade's thresholds for a mean GMACs per clip."""
+    if gmacs is None:
+        return None
+    if not isinstance(model, Cascade):
+        raise ConfigError("--budget needs a cascade checkpoint (a plain model has one fixed cost)")
+    if not math.isfinite(gmacs) or gmacs <= 0:
+        raise ConfigError(f"--budget {gmacs}: expected a positive number of GMACs per clip")
+    return model.set_budget(gmacs)
