@@ -4,12 +4,14 @@ and token reducers at the same budgets, with and without each kind of reuse.
 From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
 ``runs/demo/plain/best.pth``):
 
-1. the demo training split is divided into a fitting part and a held-out part
-   (``--holdout``, by class); thresholds are calibrated on the held-out part only;
+1. thresholds are calibrated on ``--calibration`` (best: clips no model trained on), or
+   else the demo training split is divided into a fitting part and a held-out part
+   (``--holdout``, by class) and calibrated on the held-out part only;
 2. four cascades (configs/cascade/demo_micro.yaml: 4 frames x 4x4 then 8 x 8x8 tokens) are
    fine-tuned from ``--init`` on the fitting part with the demo recipe and the summed exit
    losses: no reuse, feature reuse, relation reuse, both;
-3. each is calibrated (DVT's p sweep) and evaluated on the validation split at every budget
+3. each is calibrated (DVT's p sweep) and evaluated on ``--test`` (default: the validation
+   split) at every budget
    (``--budgets``, fractions of the plain model's GMACs per clip), with the share of clips
    exiting at each stage;
 4. baselines at the same budgets, training-free from ``--init``: the plain model (its one
@@ -17,9 +19,10 @@ From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
    it, or its cheapest) and ToMe (the r whose analytic GMACs come closest, either side); a
    cascade's stage 1 alone is its "all exit at stage 1" point.
 
-Writes table.md, results.json under ``--out``. The plain model saw the held-out clips in its
-own training (they come from the demo training split), so calibration is slightly
-optimistic about stage 1; the validation split is never used for fitting or calibration.
+Writes table.md, results.json under ``--out``. Without ``--calibration`` the plain model saw
+the held-out clips in its own training (they come from the demo training split), so
+calibration is slightly optimistic about stage 1; the test split is never used for fitting
+or calibration.
 
     python tools/bench_cascade.py --init runs/demo/plain/best.pth --data runs/demo/data --out runs/bench_cascade
 """
@@ -65,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="budgets as fractions of the plain model's GMACs per clip (default: %(default)s)")
     parser.add_argument("--holdout", type=float, default=0.25,
                         help="share of each class of the training split held out for calibration")
+    parser.add_argument("--calibration", default=None,
+                        help="annotations to calibrate on instead of a held-out part of the training split "
+                             "(then every training clip is used for fitting)")
+    parser.add_argument("--test", default=None, help="annotations to report on (default: DATA/val.csv)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
@@ -118,10 +125,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     began = time.perf_counter()
     data, out, init = Path(args.data), Path(args.out), Path(args.init)
-    fit, holdout = split_train(data, out, args.holdout, args.seed)
+    if args.calibration:
+        fit, holdout = (data / "train.csv").resolve(), Path(args.calibration)
+    else:
+        fit, holdout = split_train(data, out, args.holdout, args.seed)
     fit_clips = len(fit.read_text().splitlines())
     batch = f"train.batch_size={min(16, max(fit_clips // 2, 1))}"  # as the demo: small sets still get steps
-    val = str(data / "val.csv")
+    val = str(args.test or data / "val.csv")
     plain = evaluate_checkpoint(init, val, workers=args.workers, output=out / "plain.json")
     full = plain["gmacs_per_view"]
     budgets = [fraction * full for fraction in args.budgets]
