@@ -124,7 +124,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
     if "name" not in cfg.model:
         raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
-    model_overrides(cfg.model)
+    from ired_video.models.registry import model_config
+    model_config(cfg.model["name"], **model_overrides(cfg.model))
     from_dict(DataConfig, dict(cfg.data.preprocess), prefix="data.preprocess.")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
