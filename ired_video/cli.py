@@ -36,6 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "heatmaps per frame of what a model looked at: interpreter, attention, rollout, interaction"),
     "faithfulness": ("ired_video.commands.faithfulness",
                      "deletion/insertion AUC and localisation scores of every explanation method, side by side"),
+    "fields": ("ired_video.commands.fields",
+               "measure per-patch responsive fields on data; JSON for window-free attention (model.responsive_fields)"),
     "bench": ("ired_video.commands.bench",
               "measure GMACs and clips/s of every token reducer against the plain model"),
 }

@@ -17,6 +17,13 @@ def add_reducer_argument(parser: argparse.ArgumentParser) -> None:
                         help=REDUCER_HELP)
 
 
+def add_annotation_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --root and --split: annotated videos, as ``load_annotations`` reads them."""
+    parser.add_argument("--data", required=True, help="annotations: Kinetics CSV, list file or class folders")
+    parser.add_argument("--root", default=None, help="folder the annotation's videos live in")
+    parser.add_argument("--split", default=None, help="keep only this CSV split (e.g. val)")
+
+
 def reducer_from_args(spec: Optional[list[str]]) -> Optional[ReducerConfig]:
     """``["tome", "r=8"]`` or ``["configs/reducers/x.yaml", "keep=0.5"]`` -> ReducerConfig."""
     if not spec:

@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ired_video.commands.common import add_reducer_argument, reducer_from_args
+from ired_video.commands.common import add_annotation_arguments, add_reducer_argument, reducer_from_args
 from ired_video.inference import parse_views
 from ired_video.engine.evaluate import evaluate_checkpoint
 
@@ -29,9 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate one of our checkpoints: top-1/top-5/mean class accuracy and GMACs per view "
                     "and per video. Preprocessing comes from the checkpoint's data config.")
     parser.add_argument("--checkpoint", required=True, help="our checkpoint (.pth, e.g. runs/x/best.pth)")
-    parser.add_argument("--data", required=True, help="annotations: Kinetics CSV, list file or class folders")
-    parser.add_argument("--root", default=None, help="folder the annotation's videos live in")
-    parser.add_argument("--split", default=None, help="keep only this CSV split (e.g. val)")
+    add_annotation_arguments(parser)
     parser.add_argument("--views", default="1x1", help="CLIPSxCROPS per video (default: %(default)s)")
     add_reducer_argument(parser)
     parser.add_argument("--budget", type=float, default=None, metavar="GMACS",

@@ -1,6 +1,7 @@
 """The training/evaluation config: one YAML file, sections as typed dataclasses.
 
     model:     {name: timesformer_micro, num_classes: 6, ...}   # a variant + ModelConfig overrides
+               # responsive_fields: fields.json  -> window_radius/window_span (ired-video fields)
     init:      {checkpoint: null, drop_head: true}              # local weights to start from
     reducer:   {name: topk, keep: 0.7}                          # ReducerConfig
     cascade:   {config: configs/cascade/demo_micro.yaml, ...}   # a DVT cascade of the model (optional)
@@ -120,8 +121,6 @@ CHOICES = {"optim.name": ("adamw", "sgd"), "schedule.name": ("cosine", "step", "
 
 def validate(cfg: TrainConfig) -> None:
     """Check what the dataclasses cannot: names, ranges, the model and data overrides."""
-    from ired_video.models.registry import model_config
-
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -129,7 +128,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
     if "name" not in cfg.model:
         raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
-    model_config(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"})
+    from ired_video.models.registry import model_config
+    model_config(cfg.model["name"], **model_overrides(cfg.model))
     from_dict(DataConfig, dict(cfg.data.preprocess), prefix="data.preprocess.")
     if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
         raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
@@ -151,9 +151,29 @@ def _validate_cascade(cfg: TrainConfig) -> None:
     cascade = load_cascade_config(cfg.cascade)
     if cfg.reducer.name != "none":
         cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
-    check_config(model_config(cfg.model["name"], **{k: v for k, v in cfg.model.items() if k != "name"}), cascade)
+    check_config(model_config(cfg.model["name"], **model_overrides(cfg.model)), cascade)
     if cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio:
         raise ConfigError("cascade: objective.policy, keep_ratio and freeze_backbone are for plain models")
+
+
+def model_overrides(model: dict[str, Any]) -> dict[str, Any]:
+    """ModelConfig overrides of the ``model`` section: every key but ``name``, with
+    ``responsive_fields: FILE`` (written by ``ired-video fields``) replaced by the
+    ``window_radius``/``window_span`` it holds, checked against the model it would restrict."""
+    from ired_video.models.registry import model_config
+
+    overrides = {k: v for k, v in model.items() if k not in ("name", "responsive_fields")}
+    path = model.get("responsive_fields")
+    if path is None:
+        return overrides
+    if not isinstance(path, str):
+        raise ConfigError(f"model.responsive_fields: expected a path to a fields JSON file, got {path!r}")
+    clash = sorted({"window_radius", "window_span"} & set(overrides))
+    if clash:
+        raise ConfigError(f"model.responsive_fields and model.{clash[0]} both set the windows: keep one")
+    from ired_video.explain.fields import settings_from_file
+
+    return {**overrides, **settings_from_file(path, model_config(model["name"], **overrides))}
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

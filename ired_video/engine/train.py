@@ -34,7 +34,7 @@ from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 from ired_video.engine.checkpoints import (Progress, find_checkpoint, load_training_state,
                                            save_training_state)
-from ired_video.engine.config import TrainConfig, dump
+from ired_video.engine.config import TrainConfig, dump, model_overrides
 from ired_video.engine.evaluate import evaluate
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
@@ -75,7 +75,7 @@ class Datasets:
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Annotations -> train/val datasets; class names from the training annotations
     (else the validation ones, else the preprocess settings)."""
-    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    overrides = model_overrides(cfg.model)
     variant = data_config(cfg.model["name"], model_config(cfg.model["name"], **overrides))  # recipe defaults
     base = {**dataclasses.asdict(variant), **cfg.data.preprocess}
     class_names: list[str] = list(base.get("class_names") or [])
@@ -98,7 +98,7 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
 
 def build_model(cfg: TrainConfig, data_config: DataConfig) -> TimeSformer:
     """The variant with overrides, initial weights, the data config, and the reducer."""
-    overrides = {k: v for k, v in cfg.model.items() if k != "name"}
+    overrides = model_overrides(cfg.model)
     classes = len(data_config.class_names)
     if classes and overrides.setdefault("num_classes", classes) != classes:
         raise ConfigError(f"model.num_classes={overrides['num_classes']} but the data has {classes} classes")

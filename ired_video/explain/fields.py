@@ -16,20 +16,22 @@ distance and stay outside the fields). The responsive field of location n in blo
 
 with coverage tau (default 0.9): the smallest window holding tau of the interaction
 mass. ``ResponsiveFields.model_settings()`` turns them into ``ModelConfig.window_radius``
-/ ``window_span`` (``ired_video.models.window``). Divided attention only.
+/ ``window_span`` (``ired_video.models.window``); ``settings_from_file`` does so for a
+JSON file named in a config, after checking that it fits the model. Divided attention only.
+``ired-video fields`` measures them on a dataset (``accumulate_fields``).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterable, Optional, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from ired_video.config import ConfigError
-from ired_video.explain.interaction import EdgeEffects
+from ired_video.config import ConfigError, ModelConfig
+from ired_video.explain.interaction import EdgeEffects, first_order_edge_effects
 from ired_video.models.window import chebyshev_distances
 
 
@@ -43,6 +45,21 @@ class ResponsiveFields:
     grid: tuple[int, int]
     frames: int
     clips: int
+    # How they were measured and what they would mask (``explain.field_summary``); informative only.
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def fit_problem(self, config: ModelConfig) -> Optional[str]:
+        """None if these fields fit a model of ``config``, else what does not fit."""
+        side = config.img_size // config.patch_size
+        if config.attention_type != "divided_space_time":
+            return f"windows need divided_space_time attention, the model has {config.attention_type}"
+        if len(self.radius) != config.depth or len(self.span) != config.depth:
+            return f"fields for {len(self.radius)} blocks, the model has depth={config.depth}"
+        if tuple(self.grid) != (side, side):
+            return f"fields for a {self.grid[0]}x{self.grid[1]} patch grid, the model has {side}x{side}"
+        if self.frames != config.num_frames:
+            return f"fields for {self.frames} frames, the model has num_frames={config.num_frames}"
+        return None
 
     def model_settings(self) -> dict[str, Any]:
         """``ModelConfig`` fields that restrict attention to these fields."""
@@ -61,6 +78,22 @@ class ResponsiveFields:
             raise ConfigError(f"{path}: no such responsive-fields file") from None
         except (ValueError, KeyError, TypeError) as err:
             raise ConfigError(f"{path}: not a responsive-fields JSON file ({err})") from None
+
+
+def settings_from_file(path: Union[str, Path], config: ModelConfig, key: str = "model.responsive_fields"
+                       ) -> dict[str, Any]:
+    """``window_radius``/``window_span`` of the fields in ``path``, checked against ``config``.
+
+    Errors are ConfigErrors naming ``key`` and the file.
+    """
+    try:
+        fields = ResponsiveFields.load(path)
+    except ConfigError as err:
+        raise ConfigError(f"{key}: {err}") from None
+    problem = fields.fit_problem(config)
+    if problem:
+        raise ConfigError(f"{key}: {path}: {problem}")
+    return fields.model_settings()
 
 
 def smallest_covering(mass: Tensor, coverage: float) -> Tensor:
@@ -106,3 +139,19 @@ class FieldAccumulator:
         return ResponsiveFields(smallest_covering(spatial, coverage).tolist(),
                                 smallest_covering(temporal, coverage).tolist(),
                                 coverage, self.grid, self.frames, self.clips)
+
+
+def accumulate_fields(model: nn.Module, batches: Iterable[tuple[Tensor, Optional[Tensor]]]) -> FieldAccumulator:
+    """Edge effects (first-order) of every clip, summed by distance.
+
+    batches: (video (B, C, T, H, W), target (B,) or None = the predicted class) pairs on the
+    model's device. The grid is the model's; the frames are the first clip's.
+    """
+    accumulator: Optional[FieldAccumulator] = None
+    for video, target in batches:
+        if accumulator is None:
+            accumulator = FieldAccumulator(len(model.blocks), tuple(model.patch_grid), video.shape[2])
+        accumulator.add(first_order_edge_effects(model, video, target))
+    if accumulator is None:
+        raise ValueError("no clips to measure responsive fields on")
+    return accumulator
