@@ -217,3 +217,22 @@ def flatten_frames(state: TokenState) -> TokenState:
     return replace(state, x=flat(state.x), pos=flat(state.pos), size=flat(state.size), valid=flat(state.valid),
                    slot_of=slot_of.reshape(batch, 1, -1), aligned=False,
                    tokens=list(state.tokens), records=list(state.records))
+
+
+def pool_to_slots(state: TokenState, per_patch: Tensor) -> tuple[Tensor, Tensor]:
+    """Average values given per original patch over the patches each slot holds now.
+
+    per_patch: (B, T, N, D), frame-major like the input (e.g. the unreduced model's
+    tokens). Returns the (B, F, K, D) mean over each slot's patches (by ``slot_of``) and
+    the (B, F, K) count of patches it holds; a slot holding none (padding) gets zeros.
+    """
+    batch, frames, slots, _ = state.x.shape
+    dim = per_patch.shape[-1]
+    values = per_patch.reshape(batch, frames, state.slot_of.shape[2], dim)  # (B, F, N', D): a flattened state's F = 1
+    target = torch.where(state.slot_of >= 0, state.slot_of, torch.full_like(state.slot_of, slots))  # dropped -> spill
+    summed = torch.zeros(batch, frames, slots + 1, dim, dtype=values.dtype, device=values.device)
+    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), values)
+    count = torch.zeros(batch, frames, slots + 1, dtype=values.dtype, device=values.device)
+    count.scatter_add_(2, target, torch.ones_like(target, dtype=values.dtype))
+    count = count[:, :, :slots]
+    return summed[:, :, :slots] / count.clamp(min=1)[..., None], count

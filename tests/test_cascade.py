@@ -220,6 +220,8 @@ def test_train_config_checks_the_cascade_section():
     with pytest.raises(ConfigError, match="cascade.reducer"):
         load_train_config(base, ["reducer.name=topk", "reducer.keep=0.5"])
     load_train_config(base, ["reducer.name=topk", "reducer.keep=0.5", "cascade.relation_reuse=false"])
+    with pytest.raises(ConfigError, match="distill_tokens"):
+        load_train_config(base, ["objective.distill_tokens=1.0"])
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/cascade").glob("*.yaml")), ids=lambda p: p.stem)

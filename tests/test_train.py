@@ -57,6 +57,13 @@ def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_last
 
 
+def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data, tmp_path):
+    train(_config(demo_data, tmp_path / "run", "reducer.name=tome", "reducer.r=4", "objective.distill=1.0",
+                  "objective.distill_tokens=1.0", "train.epochs=1"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all(row["distill"] >= 0 and row["distill_tokens"] > 0 for row in rows)
+
+
 def test_killed_run_resumes_exactly(demo_data, tmp_path):
     train(_config(demo_data, tmp_path / "straight"))
     train(_config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
@@ -132,6 +139,7 @@ def test_every_train_config_parses_and_builds_its_model(path):
     ("optim.name=adam", "optim.name='adam'"),
     ("model.embed_dmi=4", "embed_dmi"),
     ("objective.policy=1.0", "reducer.name=iared2"),
+    ("objective.distill_tokens=true", "objective.distill_tokens: expected a number"),
     ("data.preprocess.crop=3", "data.preprocess.crop"),
 ])
 def test_config_mistakes_are_caught_before_work(override, message):

@@ -77,10 +77,12 @@ class TrainSection:
 
 @dataclass
 class ObjectiveSection:
-    """Loss = ce * CE + distill * KL(teacher) + keep_ratio * (kept - keep_target)^2 + policy * REINFORCE."""
+    """Loss = ce * CE + distill * KL(teacher) + distill_tokens * MSE(tokens, teacher's)
+    + keep_ratio * (kept - keep_target)^2 + policy * REINFORCE."""
 
     ce: float = 1.0
     distill: float = 0.0
+    distill_tokens: float = 0.0  # final patch tokens against the teacher's, pooled as the student merged them
     temperature: float = 1.0
     teacher: Optional[str] = None  # our checkpoint of the unreduced model; default: the initial weights
     keep_ratio: float = 0.0
@@ -152,8 +154,10 @@ def _validate_cascade(cfg: TrainConfig) -> None:
     if cfg.reducer.name != "none":
         cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
     check_config(model_config(cfg.model["name"], **model_overrides(cfg.model)), cascade)
-    if cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio:
-        raise ConfigError("cascade: objective.policy, keep_ratio and freeze_backbone are for plain models")
+    if (cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio
+            or cfg.objective.distill_tokens):
+        raise ConfigError("cascade: objective.policy, keep_ratio, distill_tokens and freeze_backbone are for "
+                          "plain models")
 
 
 def model_overrides(model: dict[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
     loss = ce * CE(student, target)                          (a cascade: the sum over its exits, DVT)
          + distill * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+         + distill_tokens * MSE(final tokens, teacher's final tokens pooled the same way)
          + keep_ratio * mean_b (kept_b - keep_target)^2     (learned dropping, masks in training)
          + policy * REINFORCE(interpreters)                  (IA-RED², see reducers.objectives)
 
@@ -18,6 +19,7 @@ from torch import Tensor
 
 from ired_video.engine.config import ObjectiveSection
 from ired_video.reducers.objectives import policy_gradient_loss, policy_records
+from ired_video.tokens import TokenState, pool_to_slots
 
 
 def soft_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
@@ -67,11 +69,30 @@ def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+def token_distillation(student: TokenState, teacher: TokenState) -> Tensor:
+    """Mean squared error between the student's final patch tokens and the unreduced
+    teacher's, over the student's real tokens.
+
+    DynamicViT's token distillation, extended to merged tokens: a token standing for
+    several patches is matched with the mean of the teacher's tokens at those patches
+    (``pool_to_slots``); dropped patches have no target. Both sides go through a
+    parameter-free layer norm first, so the loss does not depend on the residual
+    stream's scale (and touches no parameter outside the model's forward).
+    """
+    dim = student.x.shape[-1]
+    target, count = pool_to_slots(student, F.layer_norm(teacher.x, (dim,)))  # (B, F, K, D), (B, F, K)
+    real = ((count > 0) & student.valid_mask()).to(student.x.dtype)
+    error = (F.layer_norm(student.x, (dim,)) - target).pow(2).mean(dim=-1)  # (B, F, K)
+    return (error * real).sum() / real.sum().clamp(min=1)
+
+
 def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Tensor,
               records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None,
-              exit_logits: Optional[list[Tensor]] = None) -> tuple[Tensor, dict[str, float]]:
+              exit_logits: Optional[list[Tensor]] = None,
+              token_states: Optional[tuple[TokenState, TokenState]] = None) -> tuple[Tensor, dict[str, float]]:
     """Total loss and its parts (floats, for logging). ``exit_logits``: every exit of a
-    cascade, whose CEs are summed (parts ``ce_exit1``, ``ce_exit2``, ...) instead of ``ce``."""
+    cascade, whose CEs are summed (parts ``ce_exit1``, ``ce_exit2``, ...) instead of ``ce``.
+    ``token_states``: the final (student, teacher) token states, for ``distill_tokens``."""
     parts: dict[str, Tensor] = {}
     if cfg.ce and exit_logits:
         for index, exit_out in enumerate(exit_logits, start=1):
@@ -85,6 +106,10 @@ def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Te
         parts["distill"] = cfg.distill * temp * temp * F.kl_div(
             F.log_softmax(logits / temp, dim=-1), F.log_softmax(teacher_logits / temp, dim=-1),
             reduction="batchmean", log_target=True)
+    if cfg.distill_tokens:
+        if token_states is None:
+            raise ValueError("objective.distill_tokens needs the student's and the teacher's final token states")
+        parts["distill_tokens"] = cfg.distill_tokens * token_distillation(*token_states)
     if cfg.keep_ratio:
         kept = kept_fraction(records, key="expected_keep")
         if kept is None:

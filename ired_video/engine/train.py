@@ -257,19 +257,20 @@ def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module]
     targets = soft_targets(labels, classes, cfg.train.label_smoothing)
     rng = np.random.default_rng([cfg.train.seed, epoch, index, accelerator.process_index])
     video, targets = mix(video, targets, cfg.train.mixup, cfg.train.cutmix, rng)
-    teacher_logits = None
+    teacher_logits = teacher_info = None
     if teacher is not None:
         with torch.no_grad():
-            teacher_logits = teacher(video)
+            teacher_logits, teacher_info = teacher(video, return_info=True)
     logits, info = model(video, return_info=True)
+    token_states = (info.state, teacher_info.state) if cfg.objective.distill_tokens else None
     loss, parts = objective(cfg.objective, logits, targets, labels, info.records, teacher_logits,
-                            getattr(info, "stage_logits", None))
+                            getattr(info, "stage_logits", None), token_states)
     return loss, parts, info
 
 
 def _teacher(cfg: TrainConfig, model: TimeSformer, accelerator: Accelerator) -> Optional[nn.Module]:
     """The frozen unreduced model for distillation: a checkpoint, or the initial weights."""
-    if not cfg.objective.distill:
+    if not (cfg.objective.distill or cfg.objective.distill_tokens):
         return None
     teacher = create_model(checkpoint=cfg.objective.teacher) if cfg.objective.teacher else copy.deepcopy(model)
     apply_reducer(teacher, "none")
