@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -64,6 +65,19 @@ def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data
     assert all(row["distill"] >= 0 and row["distill_tokens"] > 0 for row in rows)
 
 
+def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
+    """18 clips / batch 4 = 4 batches an epoch; accumulating 2 makes 2 optimizer steps an
+    epoch, and the step schedule drops the rate by 10x at epoch 1 (step 2)."""
+    train(_config(demo_data, tmp_path / "run", "optim.name=sgd", "optim.lr=0.01", "schedule.name=step",
+                  "schedule.warmup_epochs=0", "schedule.milestones=[1]", "train.grad_accum=2",
+                  "train.precision=bf16", "train.clip_grad=1.0"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [1, 2, 3, 4]
+    # the rate logged after step s is the one the next step uses
+    assert [row["lr"] for row in rows] == pytest.approx([0.01, 0.001, 0.001, 0.001])
+    assert all(math.isfinite(row["loss"]) for row in rows)
+
+
 def test_killed_run_resumes_exactly(demo_data, tmp_path):
     train(_config(demo_data, tmp_path / "straight"))
     train(_config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
@@ -106,6 +120,10 @@ def test_two_processes_train_and_evaluate_like_one(demo_data, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ddp_report = json.loads((tmp_path / "ddp" / "eval_report.json").read_text())
     assert ddp_report["videos"] == 6
+    # 18 clips / (2 clips x 2 processes) = 4 steps, all warm-up: the schedule is not stepped
+    # once per process (a prepared scheduler would reach the cosine's end, lr 0, at step 2)
+    rows = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["lr"] for row in rows] == pytest.approx([0.001 * m for m in (0.5, 0.75, 1.0, 1.0)])
 
     evaluate = ["-m", "ired_video.cli", "eval", "--checkpoint", str(tmp_path / "ddp" / "best.pth"),
                 "--data", str(demo_data / "val.csv"), "--views", "2x3", "--cpu", "--workers", "0",
