@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ired_video.data.dataset import VideoDataset
+from ired_video.engine.accelerator import new_accelerator
 
 
 @torch.no_grad()
@@ -132,7 +133,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, roo
     calibrated = apply_budget(model, budget)
     ann = load_annotations(data, video_root=root, class_names=model.data_config.class_names or None, split=split)
     dataset = VideoDataset(ann.records, model.data_config, "test", num_clips=clips, num_crops=crops)
-    accelerator = Accelerator(cpu=cpu)
+    accelerator = new_accelerator(cpu=cpu)
     model = model.to(accelerator.device)
     views_log = None if output is None else output.with_name(output.stem + "_views.jsonl")
     report = evaluate(model, dataset, accelerator, batch_size, workers, views_log)

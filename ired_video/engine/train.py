@@ -32,6 +32,7 @@ from tqdm import tqdm
 from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
+from ired_video.engine.accelerator import new_accelerator
 from ired_video.engine.checkpoints import (Progress, find_checkpoint, load_training_state,
                                            save_training_state)
 from ired_video.engine.config import TrainConfig, dump, model_overrides
@@ -156,7 +157,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
     """Train as configured; returns the final evaluation report (empty without val data)."""
     run_dir = Path(cfg.output)
     needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone
-    accelerator = Accelerator(
+    accelerator = new_accelerator(
         cpu=cfg.train.cpu, mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=_trackers(), project_dir=str(run_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)])
