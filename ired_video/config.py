@@ -110,6 +110,9 @@ class ReducerConfig:
     r: ToMe's tokens merged per block: an int, or a per-block list; with
         ``r_inflection`` (-1..1) an int r becomes a linear ramp with mean r (-1: from 2r
         down to 0), as ToMe's schedules.
+    interpreter_init: how IA-RED² interpreters start: ``attention`` copies the query and
+        key projections of the block each one guards (its class attention, EViT's
+        ranking), ``random`` a fresh initialisation.
     """
 
     name: str = "none"
@@ -124,6 +127,7 @@ class ReducerConfig:
     match_ratio: float = 0.1
     prop_attn: bool = True
     interpreter_heads: Optional[int] = None
+    interpreter_init: str = "attention"  # iared2: attention (the guarded block's class-token query/key) | random
     seed: int = 0
 
 

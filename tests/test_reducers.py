@@ -267,6 +267,8 @@ def test_dpc_knn_finds_separated_clusters():
     ({"name": "random", "keep": 0.5, "mode": "diagonal"}, "mode 'diagonal'"),
     ({"name": "tome", "r": 2, "stages": [1]}, "every block with r > 0"),
     ({"name": "random", "keep": "half"}, "keep"),
+    ({"name": "iared2", "keep": 0.5, "interpreter_init": "zeros"}, "interpreter_init='zeros'"),
+    ({"name": "iared2", "keep": 0.5, "interpreter_heads": 1}, "needs the block's 2 heads"),
 ])
 def test_bad_reducer_configs_are_explained(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -295,3 +297,24 @@ def test_checkpoint_restores_reducer_and_interpreter_weights(tmp_path):
     video = _video()
     with torch.no_grad():
         assert torch.equal(restored(video), model(video))
+
+
+@pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
+def test_interpreters_start_as_the_class_attention_of_their_block(attention_type):
+    """Interpreter logits per head equal q_cls . k_j / sqrt(d) of the guarded block's own
+    (spatial) attention on the same tokens: its LayerNorm affine folded in exactly."""
+    model = _model(attention_type)
+    for block in model.blocks:  # a trained-looking LayerNorm: affine parameters away from 1 / 0
+        torch.nn.init.normal_(block.norm1.weight, mean=1.0, std=0.3)
+        torch.nn.init.normal_(block.norm1.bias, std=0.3)
+    apply_reducer(model, "iared2", keep=0.5, stages=[2])
+    interpreter, block = model.reducers["2"].interpreter, model.blocks[2]
+    cls_token, patches = torch.randn(3, 1, 32), torch.randn(3, 4, 16, 32)
+    heads, dim = block.attn.num_heads, 32
+    q = block.attn.qkv(block.norm1(cls_token))[..., :dim].reshape(3, 1, 1, heads, dim // heads)
+    k = block.attn.qkv(block.norm1(patches))[..., dim:2 * dim].reshape(3, 4, 16, heads, dim // heads)
+    expected = ((q * k).sum(-1) * block.attn.scale).sigmoid().mean(-1)  # (B, F, K)
+    torch.testing.assert_close(interpreter(cls_token, patches), expected)
+
+    fresh = apply_reducer(_model(attention_type), "iared2", keep=0.5, stages=[2], interpreter_init="random")
+    assert not torch.allclose(fresh.reducers["2"].interpreter(cls_token, patches), expected)

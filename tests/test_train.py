@@ -65,6 +65,29 @@ def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data
     assert all(row["distill"] >= 0 and row["distill_tokens"] > 0 for row in rows)
 
 
+def test_iared2_stage_one_trains_only_the_interpreters_and_logs_the_reward(demo_data, tmp_path):
+    init = tmp_path / "plain"
+    train(_config(demo_data, init, "train.epochs=1"))
+    train(_config(demo_data, tmp_path / "run", "reducer.name=iared2", "reducer.keep=0.5", "reducer.stages=[1]",
+                  f"init.checkpoint={init / 'last.pth'}", "init.drop_head=false", "objective.ce=0.0",
+                  "objective.policy=1.0", "objective.keep_ratio=1.0", "objective.keep_target=0.5",
+                  "objective.freeze_backbone=true", "train.mixup=0.0"))
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert all({"policy", "keep_ratio", "reward"} <= set(row) and -1 <= row["reward"] <= 1 for row in rows)
+    before = torch.load(init / "last.pth", weights_only=True)["model_state"]
+    after = torch.load(tmp_path / "run" / "last.pth", weights_only=True)["model_state"]
+    assert all(torch.equal(after[key], value) for key, value in before.items())  # backbone frozen
+    moved = [key for key in after if key.startswith("reducers.") and key.endswith("weight")]
+    assert moved and all(not torch.equal(after[key], _started_as(init, key)) for key in moved)
+
+
+def _started_as(init: Path, key: str) -> torch.Tensor:
+    """An interpreter weight as apply_reducer initialises it on ``init`` (from the block's attention)."""
+    from ired_video.reducers import apply_reducer
+    model = apply_reducer(create_model(checkpoint=init / "last.pth"), "iared2", keep=0.5, stages=[1])
+    return model.state_dict()[key]
+
+
 def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
     """18 clips / batch 4 = 4 batches an epoch; accumulating 2 makes 2 optimizer steps an
     epoch, and the step schedule drops the rate by 10x at epoch 1 (step 2)."""

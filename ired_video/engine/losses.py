@@ -90,9 +90,12 @@ def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Te
               records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None,
               exit_logits: Optional[list[Tensor]] = None,
               token_states: Optional[tuple[TokenState, TokenState]] = None) -> tuple[Tensor, dict[str, float]]:
-    """Total loss and its parts (floats, for logging). ``exit_logits``: every exit of a
-    cascade, whose CEs are summed (parts ``ce_exit1``, ``ce_exit2``, ...) instead of ``ce``.
-    ``token_states``: the final (student, teacher) token states, for ``distill_tokens``."""
+    """Total loss and its parts (floats, for logging; with ``policy`` also the mean reward).
+
+    ``exit_logits``: every exit of a cascade, whose CEs are summed (parts ``ce_exit1``,
+    ``ce_exit2``, ...) instead of ``ce``. ``token_states``: the final (student, teacher)
+    token states, for ``distill_tokens``.
+    """
     parts: dict[str, Tensor] = {}
     if cfg.ce and exit_logits:
         for index, exit_out in enumerate(exit_logits, start=1):
@@ -115,8 +118,10 @@ def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Te
         if kept is None:
             raise ValueError("objective.keep_ratio needs a learned reducer sampling decisions in training")
         parts["keep_ratio"] = cfg.keep_ratio * ((kept - cfg.keep_target) ** 2).mean()
+    logged: dict[str, float] = {}
     if cfg.policy:
-        policy, _ = policy_gradient_loss(logits, labels, records, cfg.wrong_penalty)
+        policy, stats = policy_gradient_loss(logits, labels, records, cfg.wrong_penalty)
         parts["policy"] = cfg.policy * policy
+        logged["reward"] = stats["reward"]  # logged, not part of the loss
     total = sum(parts.values())
-    return total, {name: float(value.detach()) for name, value in parts.items()}
+    return total, {**{name: float(value.detach()) for name, value in parts.items()}, **logged}

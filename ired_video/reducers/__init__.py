@@ -41,16 +41,26 @@ def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
     bad = [s for s in stages if not 0 <= s < depth]
     if bad:
         raise ConfigError(f"stages {bad} are outside the model's blocks 0..{depth - 1}")
-    mc = model.config
     makers: dict[str, Callable[[int], Reducer]] = {
         "random": lambda b: RandomDrop(b, _need_keep(cfg), cfg.mode, cfg.seed),
         "topk": lambda b: ClassAttentionTopK(b, _need_keep(cfg), cfg.mode, cfg.fuse),
         "interaction": lambda b: InteractionDrop(b, _need_keep(cfg), cfg.mode),
         "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio),
-        "iared2": lambda b: IARED2(b, mc.embed_dim, cfg.interpreter_heads or mc.num_heads,
-                                   cfg.keep, cfg.threshold, cfg.mode),
+        "iared2": lambda b: _interpreter(cfg, model, b),
     }
     return {stage: makers[cfg.name](stage) for stage in stages}
+
+
+def _interpreter(cfg: ReducerConfig, model: nn.Module, block: int) -> IARED2:
+    """An IA-RED² stage before ``block``, started as that block's class attention unless asked not to."""
+    mc = model.config
+    reducer = IARED2(block, mc.embed_dim, cfg.interpreter_heads or mc.num_heads, cfg.keep, cfg.threshold, cfg.mode)
+    if cfg.interpreter_init == "attention":
+        guarded = model.blocks[block]
+        reducer.interpreter.init_from_attention(guarded.norm1, guarded.attn)
+    elif cfg.interpreter_init != "random":
+        raise ConfigError(f"interpreter_init={cfg.interpreter_init!r}: expected 'attention' or 'random'")
+    return reducer
 
 
 def _build_tome(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
