@@ -34,10 +34,12 @@ def demo_data(tmp_path_factory) -> Path:
     return root
 
 
+def _settings(demo_data: Path, out: Path, *extra: str) -> list[str]:
+    return [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", f"output={out}", *TINY, *extra]
+
+
 def _config(demo_data: Path, out: Path, *extra: str):
-    return load_train_config(REPO / "configs/train/demo_micro.yaml",
-                             [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}",
-                              f"output={out}", *TINY, *extra])
+    return load_train_config(REPO / "configs/train/demo_micro.yaml", _settings(demo_data, out, *extra))
 
 
 def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
@@ -109,6 +111,23 @@ def test_killed_run_resumes_exactly(demo_data, tmp_path):
     resumed = torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["model_state"]
     for key in straight:
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):
+    """A fresh run into an earlier run's folder would have --resume auto pick the earlier,
+    higher-numbered checkpoints and prune its own: refused unless asked to start over."""
+    train(_config(demo_data, tmp_path / "run"))  # 8 steps
+    with pytest.raises(ConfigError, match=r"already holds a training run \(checkpoints, train_log.jsonl.*--resume auto"):
+        train(_config(demo_data, tmp_path / "run", "train.max_steps=3"))
+    from ired_video import cli
+    assert cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"), *_settings(demo_data, tmp_path / "run"),
+                     "train.max_steps=3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    train(_config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
+    from ired_video.engine.checkpoints import checkpoint_dirs
+    assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003"]
+    rows = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(row)["step"] for row in rows] == [1, 2, 3]
 
 
 def test_resume_with_another_model_says_why(demo_data, tmp_path):

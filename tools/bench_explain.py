@@ -41,7 +41,8 @@ def train_interpreter(checkpoint: Path, data_dir: Path, out: Path, epochs: int) 
                       f"train.batch_size={batch}",
                       "init.drop_head=false", f"train.epochs={epochs}", "optim.lr=0.001", "optim.weight_decay=0.0",
                       "schedule.warmup_epochs=0", "eval.every=0", "objective.ce=0.0", "objective.policy=1.0",
-                      "objective.keep_ratio=1.0", "objective.keep_target=0.343", "objective.freeze_backbone=true"))
+                      "objective.keep_ratio=1.0", "objective.keep_target=0.343", "objective.freeze_backbone=true"),
+          overwrite=True)
     return out / "best.pth"
 
 

@@ -89,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     seed = f"train.seed={args.seed}"
 
     print(f"[2/5] training the plain micro TimeSformer for {args.epochs} epochs -> {out / 'plain'}")
-    plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed, batch))
+    plain = train(demo_config(data_dir, out / "plain", f"train.epochs={args.epochs}", seed, batch), overwrite=True)
 
     settings = reducer_settings(reducer)
     plain_best = out / "plain" / "best.pth"
@@ -99,7 +99,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 output=out / f"{tag}_training_free.json")
     tuned = train(demo_config(data_dir, out / tag, *settings, seed, batch,
                               f"init.checkpoint={plain_best}", f"train.epochs={args.finetune_epochs}",
-                              "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"))
+                              "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"), overwrite=True)
 
     first_val = (data_dir / "val.csv").read_text().split("\n", 1)[0].rsplit(" ", 1)[0]
     overlay_video = data_dir / first_val

@@ -13,6 +13,7 @@ EPILOG = """examples:
   ired-video train --config configs/train/demo_micro.yaml
   ired-video train --config configs/train/demo_micro.yaml reducer.name=topk reducer.keep=0.5 output=runs/topk
   ired-video train --config configs/train/demo_micro.yaml --resume auto        # continue a killed run
+  ired-video train --config configs/train/demo_micro.yaml --overwrite          # start that run over
   accelerate launch --num_processes 8 -m ired_video.cli train --config configs/train/k400_timesformer_base.yaml
   torchrun --nproc_per_node 2 tools/train.py --config configs/train/demo_micro.yaml train.cpu=true
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="YAML file, e.g. configs/train/demo_micro.yaml")
     parser.add_argument("--resume", default=None, metavar="auto|CHECKPOINT_DIR",
                         help="continue from the run's latest checkpoint (auto) or a given one")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run folder that holds an earlier run (its checkpoints and logs are "
+                             "deleted); without it such a folder is an error")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config settings, e.g. train.epochs=3")
     return parser
 
@@ -38,7 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_train_config(args.config, args.overrides)
     try:
-        report = train(cfg, resume=args.resume)
+        report = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except TrainingError as err:
         print(f"ired-video train: {err}", file=sys.stderr)
         return 1

@@ -84,3 +84,19 @@ def load_training_state(accelerator: Accelerator, path: Path) -> Progress:
         raise RuntimeError(f"{path}: cannot resume from this checkpoint; it does not match the "
                            f"configured model, optimizer or process count ({err})") from None
     return Progress(**json.loads((path / PROGRESS).read_text()))
+
+
+RUN_OUTPUTS = ("checkpoints", "train_log.jsonl", "train_log.csv", "eval_report.json", "eval_views.jsonl",
+               "best.pth", "last.pth")
+
+
+def earlier_run(run_dir: Path) -> list[str]:
+    """What an earlier training run left in ``run_dir`` (names of its outputs found there)."""
+    return [name for name in RUN_OUTPUTS if (run_dir / name).exists()]
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove an earlier run's outputs (only the files a training run writes)."""
+    for name in earlier_run(run_dir):
+        path = run_dir / name
+        shutil.rmtree(path) if path.is_dir() else path.unlink()

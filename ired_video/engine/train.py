@@ -33,7 +33,7 @@ from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 from ired_video.engine.accelerator import new_accelerator
-from ired_video.engine.checkpoints import (Progress, find_checkpoint, load_training_state,
+from ired_video.engine.checkpoints import (Progress, clear_run, earlier_run, find_checkpoint, load_training_state,
                                            save_training_state)
 from ired_video.engine.config import TrainConfig, dump, model_overrides
 from ired_video.engine.evaluate import evaluate
@@ -153,14 +153,28 @@ def _step_row(epoch: int, step: int, loss: float, parts: dict[str, float], info:
             "gmacs_per_clip": float(info.gmacs.mean()), "clips_per_s": clips_per_s}
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None) -> dict[str, Any]:
-    """Train as configured; returns the final evaluation report (empty without val data)."""
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
+    """Train as configured; returns the final evaluation report (empty without val data).
+
+    A new run (no ``resume``) refuses a folder holding an earlier run's checkpoints or logs,
+    whose newer step numbers ``--resume auto`` would otherwise pick and whose pruning would
+    delete the new run's checkpoints; ``overwrite=True`` removes those outputs first.
+    """
     run_dir = Path(cfg.output)
+    left = [] if resume else earlier_run(run_dir)
+    if left and not overwrite:
+        raise ConfigError(f"{run_dir} already holds a training run ({', '.join(left)}): continue it with "
+                          "--resume auto, start over with --overwrite, or set output= to another folder")
     needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone
     accelerator = new_accelerator(
         cpu=cfg.train.cpu, mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=_trackers(), project_dir=str(run_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)])
+    if left:
+        accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+        if accelerator.is_main_process:
+            clear_run(run_dir)
+        accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
     data = build_datasets(cfg)
     if data.train is None:
