@@ -318,3 +318,15 @@ def test_interpreters_start_as_the_class_attention_of_their_block(attention_type
 
     fresh = apply_reducer(_model(attention_type), "iared2", keep=0.5, stages=[2], interpreter_init="random")
     assert not torch.allclose(fresh.reducers["2"].interpreter(cls_token, patches), expected)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.7])
+def test_training_samples_as_many_tokens_as_evaluation_keeps(keep):
+    """Ratio IA-RED² in training: Bernoulli keep decisions around the evaluation share,
+    whatever the interpreter's raw probabilities (about 0.5 here)."""
+    model = apply_reducer(_model(), "iared2", keep=keep, stages=[1]).train()
+    torch.manual_seed(0)
+    _, info = model(_video(batch=32), return_info=True)
+    record = next(r for r in info.records if "log_prob" in r)
+    assert float(record["kept_fraction"].mean()) == pytest.approx(keep, abs=0.05)
+    assert float(record["expected_keep"].detach().mean()) == pytest.approx(keep, abs=0.01)

@@ -16,9 +16,10 @@ LayerNorm's affine folded in), so REINFORCE refines a sensible ranking instead o
 one. On the demo model this alone took keep-0.5 accuracy from 77% to 84% before any
 training (96 validation clips); ``interpreter_init=random`` gives the fresh start.
 
-- Training (``model.train()``): keep decisions are sampled, a ~ Bernoulli(p), and the
-  dropped tokens are masked (not removed, so shapes stay static and gradients flow);
-  the record carries log pi(a) for the policy-gradient objective
+- Training (``model.train()``): keep decisions are sampled, a ~ Bernoulli(p) (with a
+  ratio, p scaled per clip to a mean of ``keep``, so training sees as many tokens as
+  evaluation), and the dropped tokens are masked (not removed, so shapes stay static and
+  gradients flow); the record carries log pi(a) for the policy-gradient objective
   (``ired_video.reducers.objectives``).
 - Evaluation: keep the ``keep`` fraction with the highest p (static shapes), or every
   token with p > ``threshold`` (adaptive: clips keep different counts; the batch is
@@ -125,15 +126,28 @@ class IARED2(Reducer):
         return counts.expand_as(above).minimum(self.unit_valid(state).sum(dim=-1))
 
     def _sample(self, state: TokenState, unit_probs: Tensor) -> TokenState:
-        """Training: sample keep decisions, mask the dropped tokens, record log pi(a)."""
+        """Training: sample keep decisions, mask the dropped tokens, record log pi(a).
+
+        With a ratio (``keep``) the probabilities are first scaled per clip to a mean of
+        ``keep`` over the real units: training then drops as many tokens, in expectation,
+        as evaluation will (raw probabilities near 0.5 would train the model at about half
+        the tokens per stage whatever ``keep`` says)."""
         valid_units = self.unit_valid(state)
-        probs = unit_probs.clamp(1e-6, 1 - 1e-6)
+        policy = unit_probs if self.keep is None else scale_to_mean(unit_probs, valid_units, self.keep)
+        probs = policy.clamp(1e-6, 1 - 1e-6)
         actions = torch.bernoulli(probs.detach()).bool() & valid_units
         log_prob = torch.where(actions, probs.log(), (1 - probs).log())
         log_prob = (log_prob * valid_units).sum(dim=(1, 2))  # (B,)
         new_valid = state.valid_mask() & actions.expand(-1, state.num_frames, -1)
         before = valid_units.sum(dim=(1, 2)).clamp(min=1)
-        expected = (unit_probs * valid_units).sum(dim=(1, 2)) / before  # differentiable share kept
+        expected = (policy * valid_units).sum(dim=(1, 2)) / before  # differentiable share kept
         self.record(state, keep_prob=unit_probs, pos=state.pos, log_prob=log_prob,
                     kept_fraction=actions.sum(dim=(1, 2)) / before, expected_keep=expected)
         return replace(state, valid=new_valid, tokens=list(state.tokens), records=list(state.records))
+
+
+def scale_to_mean(probs: Tensor, valid: Tensor, mean: float) -> Tensor:
+    """(B, U, K) probabilities scaled per clip so that their mean over ``valid`` units is
+    ``mean`` (capped at 1, so a clip with a few near-certain units may fall a little short)."""
+    current = (probs * valid).sum(dim=(1, 2), keepdim=True) / valid.sum(dim=(1, 2), keepdim=True).clamp(min=1)
+    return (probs * (mean / current.clamp(min=1e-6))).clamp(max=1.0)
