@@ -16,8 +16,8 @@ From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
    exiting at each stage;
 4. baselines at the same budgets, training-free from ``--init``: the plain model (its one
    cost), top-k (tube; the keep whose GMACs come closest to the budget without exceeding
-   it, or its cheapest) and ToMe (the r whose analytic GMACs come closest, either side); a
-   cascade's stage 1 alone is its "all exit at stage 1" point.
+   it, or its cheapest) and ToMe (the r whose analytic GMACs come closest, either side); and
+   each cascade's stage 1 alone as a static model (every clip exits there).
 
 Writes table.md, results.json under ``--out``. Without ``--calibration`` the plain model saw
 the held-out clips in its own training (they come from the demo training split), so
@@ -144,13 +144,18 @@ def main(argv: Optional[list[str]] = None) -> int:
                           f"train.epochs={args.epochs}", batch, "optim.lr=0.0003", "schedule.warmup_epochs=0",
                           "eval.every=0", f"train.seed={args.seed}", f"cascade.config={args.cascade}",
                           f"cascade.feature_reuse={str(feature).lower()}",
-                          f"cascade.relation_reuse={str(relation).lower()}"))
+                          f"cascade.relation_reuse={str(relation).lower()}"), overwrite=True)
         model = create_model(checkpoint=run / "best.pth")
         ann = load_annotations(holdout, class_names=model.data_config.class_names)
         loader = DataLoader(VideoDataset(ann.records, model.data_config, "test"), batch_size=8,
                             num_workers=args.workers)
         calibrate(model, loader, budgets[-1])
         save_checkpoint(run / "calibrated.pth", model)
+        model.set_thresholds([0.0] * (len(model.stages) - 1))  # every clip exits at stage 1: a static model
+        save_checkpoint(run / "stage1_only.pth", model)
+        alone = evaluate_checkpoint(run / "stage1_only.pth", val, workers=args.workers)
+        rows.append({"method": f"stage 1 alone (static), {label}", "budget": None, "gmacs": alone["gmacs_per_view"],
+                     "top1": alone["top1"]})
         for budget in budgets:
             try:
                 report = evaluate_checkpoint(run / "calibrated.pth", val, workers=args.workers, budget=budget,
