@@ -13,6 +13,7 @@ from ired_video.explain.localisation import mask_iou, object_share_kept, patch_c
 from ired_video.explain.methods import (METHODS, AttentionCall, MissingInterpreter, explain,
                                         rollout_from_calls)
 from ired_video.models import create_model
+from ired_video.reducers import apply_reducer
 
 
 def tiny_model(**overrides) -> torch.nn.Module:
@@ -375,3 +376,16 @@ def test_window_attention_full_field_is_the_plain_model_and_small_fields_are_loc
     assert float(info.gmacs[0]) == pytest.approx(local.static_gmacs(), rel=1e-6)
     with pytest.raises(ConfigError, match="window_radius"):
         create_model("timesformer_test", window_radius=[[0] * 16])  # depth 2: one block missing
+
+
+def test_reducer_shares_use_the_models_own_trained_interpreters():
+    from ired_video.explain.table import _with_reducer
+    from ired_video.reducers import reducer_config
+    model = apply_reducer(create_model("timesformer_test", depth=4), "iared2", keep=0.7)
+    for reducer in model.reducers.values():  # "trained": away from the attention initialisation
+        torch.nn.init.normal_(reducer.interpreter.key.weight)
+    same = _with_reducer(model, model.reducer_config)
+    for key, value in model.state_dict().items():
+        assert torch.equal(same.state_dict()[key], value), key
+    other = _with_reducer(model, reducer_config("iared2", keep=0.5))
+    assert not torch.equal(other.reducers["1"].interpreter.key.weight, model.reducers["1"].interpreter.key.weight)

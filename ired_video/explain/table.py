@@ -89,6 +89,15 @@ def reducer_label(cfg: ReducerConfig) -> str:
     return f"{cfg.name} " + " ".join(f"{k}={v}" for k, v in knobs.items())
 
 
+def _with_reducer(model: nn.Module, cfg: ReducerConfig) -> nn.Module:
+    """A copy of ``model`` running ``cfg``: its own reducer (trained interpreters
+    included) when that is the one asked for, else a freshly applied one."""
+    reduced = copy.deepcopy(model)
+    if getattr(model, "reducer_config", None) != cfg:
+        apply_reducer(reduced, cfg)
+    return reduced.eval()
+
+
 def build_table(model: nn.Module, items: Sequence[tuple[Path, int]], methods: Sequence[str],
                 reducers: Sequence[ReducerConfig] = (), steps: int = 20, backend: str = "auto",
                 device: torch.device = torch.device("cpu"), progress: bool = True) -> Table:
@@ -98,7 +107,7 @@ def build_table(model: nn.Module, items: Sequence[tuple[Path, int]], methods: Se
     scores: dict[str, dict[str, list[float]]] = {m: {k: [] for k in METRICS} for m in methods}
     shares: dict[str, dict[str, list[float]]] = {reducer_label(r): {"object_kept": [], "all_kept": []}
                                                  for r in reducers}
-    reduced = {reducer_label(r): apply_reducer(copy.deepcopy(model), r).eval() for r in reducers}
+    reduced = {reducer_label(r): _with_reducer(model, r) for r in reducers}
     for path, label in tqdm(items, desc="videos", disable=not progress):
         decoded = decode_views(path, data, 1, 1, backend)
         video = decoded.videos.to(device)  # (1, C, T, H, W)
