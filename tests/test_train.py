@@ -35,7 +35,8 @@ def demo_data(tmp_path_factory) -> Path:
 
 
 def _settings(demo_data: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", f"output={out}", *TINY, *extra]
+    return [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", f"output={out}",
+            *TINY, *extra]
 
 
 def _config(demo_data: Path, out: Path, *extra: str):
@@ -117,11 +118,12 @@ def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data
     """A fresh run into an earlier run's folder would have --resume auto pick the earlier,
     higher-numbered checkpoints and prune its own: refused unless asked to start over."""
     train(_config(demo_data, tmp_path / "run"))  # 8 steps
-    with pytest.raises(ConfigError, match=r"already holds a training run \(checkpoints, train_log.jsonl.*--resume auto"):
+    refused = r"already holds a training run \(checkpoints, train_log.jsonl.*--resume auto"
+    with pytest.raises(ConfigError, match=refused):
         train(_config(demo_data, tmp_path / "run", "train.max_steps=3"))
     from ired_video import cli
-    assert cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"), *_settings(demo_data, tmp_path / "run"),
-                     "train.max_steps=3"]) == 2
+    assert cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"),
+                     *_settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     train(_config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
     from ired_video.engine.checkpoints import checkpoint_dirs

@@ -1,14 +1,14 @@
 """Accuracy vs GMACs on the demo dataset: every reducer at matched keep ratios, trained alike.
 
 From one trained plain checkpoint (``ired-video demo`` writes ``runs/demo/plain/best.pth``),
-each reducer at each keep ratio is fine-tuned with the same recipe (the demo's, for
-``--epochs`` epochs at ``--lr``, cross-entropy, plus with ``--distill W`` distillation from the
-frozen plain model: logits (KL) and final tokens (MSE), each weighted W) and evaluated on
-``--test`` (default: the validation split); also evaluated training-free. IA-RED²'s interpreters learn only through
-their own objective, so its run adds the REINFORCE policy term and the keep-ratio target
-(keep per stage, compounded over the stages) to the same cross-entropy. ToMe's ``r`` is
-chosen so its GMACs match top-k's at the same keep. Writes a Markdown table (stdout and
-``--out``/table.md), the rows as JSON and an SVG scatter plot.
+each reducer at each keep ratio is evaluated training-free, then fine-tuned with the same
+recipe (the demo's, for ``--epochs`` epochs at ``--lr``, cross-entropy; with ``--distill W``
+also distillation from the frozen plain model, logits (KL) and final tokens (MSE), each
+weighted W) and evaluated on ``--test`` (default: the validation split). IA-RED²'s
+interpreters learn only through their own objective, so its run adds the REINFORCE policy
+term and the keep-ratio target (keep per stage, compounded over the stages). ToMe's ``r``
+is chosen so its GMACs match top-k's at the same keep. Writes a Markdown table (stdout and
+``--out``/table.md), the rows as JSON and an SVG plot (``--replot`` redraws them).
 
     python tools/bench_demo.py --plain runs/demo/plain/best.pth --data runs/demo/data --out runs/bench_demo
 

@@ -99,4 +99,7 @@ def clear_run(run_dir: Path) -> None:
     """Remove an earlier run's outputs (only the files a training run writes)."""
     for name in earlier_run(run_dir):
         path = run_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
