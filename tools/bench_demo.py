@@ -32,8 +32,8 @@ from ired_video.engine.train import train
 from ired_video.models.registry import create_model
 from ired_video.reducers import default_stages, reducer_config
 
-REDUCERS = [("random", {}), ("topk", {}), ("topk", {"fuse": True}), ("interaction", {}), ("bat", {}),
-            ("iared2", {}), ("tome", {})]
+REDUCERS = {"random": ("random", {}), "topk": ("topk", {}), "topk+fuse": ("topk", {"fuse": True}),
+            "interaction": ("interaction", {}), "bat": ("bat", {}), "iared2": ("iared2", {}), "tome": ("tome", {})}
 
 
 def tome_r_for(plain: Path, target_gmacs: float) -> int:
@@ -142,6 +142,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--distill", type=float, default=0.0,
                         help="weight of logit and token distillation from the plain model (default: off)")
+    parser.add_argument("--reducers", nargs="+", choices=list(REDUCERS), default=list(REDUCERS),
+                        help="which reducers to run (default: all; tome needs topk, whose GMACs it matches)")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite table.md and the plot from OUT/rows.json of an earlier run")
     args = parser.parse_args()
@@ -151,6 +153,8 @@ def main() -> int:
         return 0
     if args.plain is None or args.data is None:
         parser.error("--plain and --data are required (unless --replot)")
+    if "tome" in args.reducers and "topk" not in args.reducers:
+        parser.error("--reducers tome needs topk too: ToMe's r is chosen to match top-k's GMACs")
 
     test = str(args.test or args.data / "val.csv")
     depth = create_model(checkpoint=args.plain).config.depth
@@ -161,7 +165,7 @@ def main() -> int:
     rows = [{"name": "plain", "trained": True, **evaluate_checkpoint(args.plain, test)}]
     for keep in args.keeps:
         topk_gmacs = None
-        for name, extra in REDUCERS:
+        for name, extra in (REDUCERS[key] for key in REDUCERS if key in args.reducers):  # tome after topk
             knobs = {**extra} if name == "tome" else {**extra, "keep": keep}
             if name == "tome":
                 knobs["r"] = tome_r_for(args.plain, topk_gmacs)
