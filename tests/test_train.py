@@ -45,7 +45,7 @@ def _config(demo_data: Path, out: Path, *extra: str):
 
 def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
     report = train(_config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
-                           "reducer.stages=[1]"))
+                           "reducer.stages=[1]", "eval.every=1"))
     run = tmp_path / "run"
     assert {"top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video"} <= set(report)
     assert report["videos"] == 6 and report["views"] == 6
@@ -59,6 +59,19 @@ def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
     best = create_model(checkpoint=run / "best.pth")
     assert best.reducer_config.name == "topk" and len(best.data_config.class_names) == 6
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_last
+    history = [json.loads(line) for line in (run / "eval_log.jsonl").read_text().splitlines()]
+    assert [(h["epoch"], h["step"]) for h in history] == [(1, 4), (2, 8)]
+    assert history[-1]["top1"] == report["top1"] and history[-1]["gmacs_per_view"] == report["gmacs_per_view"]
+
+
+def test_tensorboard_gets_training_and_validation_scalars(demo_data, tmp_path):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    train(_config(demo_data, tmp_path / "run", "eval.every=1"))
+    events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss", "lr", "gmacs_per_clip", "val/top1", "val/gmacs_per_view"} <= tags
+    assert [e.step for e in events.Scalars("val/top1")] == [4, 8]
 
 
 def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data, tmp_path):
@@ -126,6 +139,7 @@ def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data
                      *_settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
     train(_config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
+    assert len((tmp_path / "run" / "eval_log.jsonl").read_text().splitlines()) == 1  # the earlier run's is gone
     from ired_video.engine.checkpoints import checkpoint_dirs
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003"]
     rows = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()

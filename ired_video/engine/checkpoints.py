@@ -86,8 +86,8 @@ def load_training_state(accelerator: Accelerator, path: Path) -> Progress:
     return Progress(**json.loads((path / PROGRESS).read_text()))
 
 
-RUN_OUTPUTS = ("checkpoints", "train_log.jsonl", "train_log.csv", "eval_report.json", "eval_views.jsonl",
-               "best.pth", "last.pth")
+RUN_OUTPUTS = ("checkpoints", "train_log.jsonl", "train_log.csv", "eval_report.json", "eval_log.jsonl",
+               "eval_views.jsonl", "best.pth", "last.pth", "tensorboard")
 
 
 def earlier_run(run_dir: Path) -> list[str]:

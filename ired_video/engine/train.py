@@ -203,7 +203,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         accelerator.print(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_in_epoch} batches "
                           f"into it, step {progress.global_step}")
     _write_run_files(accelerator, run_dir, cfg)
-    accelerator.init_trackers("ired_video")
+    accelerator.init_trackers("tensorboard")  # events under run_dir/tensorboard/
     logger = StepLogger(accelerator, run_dir)
     bad_files = BadFileTracker()
     report: dict[str, Any] = {}
@@ -301,6 +301,7 @@ def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: n
     if accelerator.is_main_process:
         report["epoch"] = epoch + 1
         (run_dir / "eval_report.json").write_text(json.dumps(report, indent=1))
+        _log_evaluation(accelerator, run_dir / "eval_log.jsonl", report, progress.global_step)
         accelerator.print(f"epoch {epoch + 1}: top-1 {report['top1']:.3f}, top-5 {report['top5']:.3f}, "
                           f"{report['gmacs_per_view']:.4f} GMACs/view over {report['videos']} videos")
         save_checkpoint(run_dir / "last.pth", unwrapped, epoch=epoch + 1, metrics=report)
@@ -308,6 +309,18 @@ def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: n
             progress.best_top1 = report["top1"]
             save_checkpoint(run_dir / "best.pth", unwrapped, epoch=epoch + 1, metrics=report)
     return report
+
+
+EVAL_HISTORY_KEYS = ("top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video")
+
+
+def _log_evaluation(accelerator: Accelerator, path: Path, report: dict[str, Any], step: int) -> None:
+    """One line per evaluation in ``eval_log.jsonl`` and ``val/*`` scalars for the trackers;
+    ``eval_report.json`` holds only the latest report."""
+    scores = {key: report[key] for key in EVAL_HISTORY_KEYS if key in report}
+    with path.open("a") as f:
+        f.write(json.dumps({"epoch": report["epoch"], "step": step, **scores}) + "\n")
+    accelerator.log({f"val/{key}": value for key, value in scores.items()}, step=step)
 
 
 def _stop_on_nan(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, progress: Progress, epoch: int,
