@@ -18,9 +18,10 @@ EPILOG = """examples:
   torchrun --nproc_per_node 2 tools/train.py --config configs/train/demo_micro.yaml train.cpu=true
 
 Settings are 'section.key=value' (YAML values), checked before anything runs. The run
-folder (output=) gets config.yaml, train_log.jsonl/.csv, TensorBoard logs, resumable
-checkpoints/step_*, last.pth and best.pth (our checkpoint format, with the model,
-data and reducer configs), eval_report.json and eval_views.jsonl (one line per view).
+folder (output=) gets config.yaml, train_log.jsonl/.csv (per step), tensorboard/,
+resumable checkpoints/step_*, last.pth and best.pth (our checkpoint format, with the
+model, data and reducer configs), eval_log.jsonl (one line per evaluation),
+eval_report.json (the latest) and eval_views.jsonl (one line per view).
 """
 
 
