@@ -53,6 +53,11 @@ def objective_settings(cfg: ReducerConfig, depth: int) -> list[str]:
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
+def _family(row: dict[str, Any]) -> str:
+    """The reducer a row belongs to: its name up to the keep ("topk+fuse 0.5" -> "topk+fuse")."""
+    return row["name"].split(" ")[0]
+
+
 def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
     """Top-1 against GMACs per view: one colour per reducer, filled when fine-tuned (joined
     across keeps), hollow when training-free; the plain model in black; a legend."""
@@ -84,10 +89,10 @@ def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
               f'<text x="{plot_w / 2}" y="{height - 20}" text-anchor="middle">GMACs per view</text>',
               f'<text x="18" y="{height / 2}" transform="rotate(-90 18 {height / 2})" text-anchor="middle">'
               f'top-1 (%)</text>']
-    families = list(dict.fromkeys(row["name"].split(" ")[0] for row in rows if row["name"] != "plain"))
+    families = list(dict.fromkeys(_family(row) for row in rows if row["name"] != "plain"))
     colour = {family: PALETTE[i % len(PALETTE)] for i, family in enumerate(families)}
     for family in families:
-        tuned = sorted((row for row in rows if row["trained"] and row["name"].split(" ")[0] == family),
+        tuned = sorted((row for row in rows if row["trained"] and _family(row) == family),
                        key=lambda row: row["gmacs_per_view"])
         points = " ".join("{:.1f},{:.1f}".format(*px(r["gmacs_per_view"], 100 * r["top1"])) for r in tuned)
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour[family]}" stroke-width="1.5"/>')
@@ -97,7 +102,7 @@ def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
             parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="black"/>')
             parts.append(f'<text x="{x - 8:.1f}" y="{y + 16:.1f}" text-anchor="end">plain</text>')
             continue
-        fill = colour[row["name"].split(" ")[0]]
+        fill = colour[_family(row)]
         style = f'fill="{fill}"' if row["trained"] else f'fill="white" stroke="{fill}" stroke-width="1.5"'
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" {style}><title>{row["name"]}: '
                      f'{100 * row["top1"]:.1f}%, {row["gmacs_per_view"]:.4f} GMACs</title></circle>')
@@ -165,12 +170,11 @@ def main() -> int:
     rows = [{"name": "plain", "trained": True, **evaluate_checkpoint(args.plain, test)}]
     for keep in args.keeps:
         topk_gmacs = None
-        for name, extra in (REDUCERS[key] for key in REDUCERS if key in args.reducers):  # tome after topk
-            knobs = {**extra} if name == "tome" else {**extra, "keep": keep}
-            if name == "tome":
-                knobs["r"] = tome_r_for(args.plain, topk_gmacs)
-            cfg = reducer_config(name, **knobs)
-            label = f"{name}{'+fuse' if extra.get('fuse') else ''} {keep}"
+        for key in [key for key in REDUCERS if key in args.reducers]:  # REDUCERS' order: tome after topk
+            name, extra = REDUCERS[key]
+            knobs = {"r": tome_r_for(args.plain, topk_gmacs)} if name == "tome" else {"keep": keep}
+            cfg = reducer_config(name, **extra, **knobs)
+            label = f"{key} {keep}"
             free = evaluate_checkpoint(args.plain, test, reducer=cfg)
             rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
             run = args.out / label.replace(" ", "_")
@@ -178,7 +182,7 @@ def main() -> int:
                   overwrite=True)
             tuned = evaluate_checkpoint(run / "last.pth", test)
             rows.append({"name": label, "trained": True, "reducer": to_dict(cfg), **tuned})
-            if name == "topk" and not extra:
+            if key == "topk":
                 topk_gmacs = tuned["gmacs_per_view"]
             print(f"{label}: top-1 {tuned['top1']:.3f} ({free['top1']:.3f} without training), "
                   f"{tuned['gmacs_per_view']:.4f} GMACs/view", flush=True)
