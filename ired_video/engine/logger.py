@@ -1,4 +1,5 @@
-"""Per-step training logs: JSONL and CSV files, plus accelerate's trackers (TensorBoard)."""
+"""Training logs: per step JSONL and CSV files, per evaluation a JSONL history, plus
+accelerate's trackers (TensorBoard)."""
 from __future__ import annotations
 
 import csv
@@ -8,14 +9,18 @@ from typing import Any
 
 from accelerate import Accelerator
 
+EVAL_HISTORY_KEYS = ("top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video")
+
 
 class StepLogger:
-    """Writes one row per logged step on the main process; other processes do nothing."""
+    """Writes one row per logged step and per evaluation on the main process; other
+    processes do nothing."""
 
     def __init__(self, accelerator: Accelerator, run_dir: Path) -> None:
         self.accelerator = accelerator
         self.jsonl = run_dir / "train_log.jsonl"
         self.csv = run_dir / "train_log.csv"
+        self.evaluations = run_dir / "eval_log.jsonl"
         self.columns: list[str] = []
 
     def log(self, row: dict[str, Any], step: int) -> None:
@@ -35,3 +40,13 @@ class StepLogger:
             writer.writerow(row)
         numbers = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(numbers, step=step)
+
+    def log_evaluation(self, report: dict[str, Any], step: int) -> None:
+        """One line per evaluation in ``eval_log.jsonl`` and ``val/*`` scalars for the trackers
+        (``eval_report.json`` holds only the latest report)."""
+        if not self.accelerator.is_main_process:
+            return
+        scores = {key: report[key] for key in EVAL_HISTORY_KEYS if key in report}
+        with self.evaluations.open("a") as f:
+            f.write(json.dumps({"epoch": report["epoch"], "step": step, **scores}) + "\n")
+        self.accelerator.log({f"val/{key}": value for key, value in scores.items()}, step=step)

@@ -257,7 +257,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             progress = Progress(epoch + 1, 0, progress.global_step, progress.best_top1)
         if data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
             # before saving the state, so a resumed run knows the best score so far
-            report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch)
+            report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch, logger)
         save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
         if stopped:
             break
@@ -294,14 +294,14 @@ def _teacher(cfg: TrainConfig, model: TimeSformer, accelerator: Accelerator) -> 
 
 
 def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: nn.Module, val: VideoDataset,
-                            run_dir: Path, progress: Progress, epoch: int) -> dict[str, Any]:
+                            run_dir: Path, progress: Progress, epoch: int, logger: StepLogger) -> dict[str, Any]:
     unwrapped = accelerator.unwrap_model(model)
     report = evaluate(unwrapped, val, accelerator, cfg.eval.batch_size, cfg.data.num_workers,
                       run_dir / "eval_views.jsonl", desc=f"eval epoch {epoch + 1}")
     if accelerator.is_main_process:
         report["epoch"] = epoch + 1
         (run_dir / "eval_report.json").write_text(json.dumps(report, indent=1))
-        _log_evaluation(accelerator, run_dir / "eval_log.jsonl", report, progress.global_step)
+        logger.log_evaluation(report, progress.global_step)
         accelerator.print(f"epoch {epoch + 1}: top-1 {report['top1']:.3f}, top-5 {report['top5']:.3f}, "
                           f"{report['gmacs_per_view']:.4f} GMACs/view over {report['videos']} videos")
         save_checkpoint(run_dir / "last.pth", unwrapped, epoch=epoch + 1, metrics=report)
@@ -309,18 +309,6 @@ def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: n
             progress.best_top1 = report["top1"]
             save_checkpoint(run_dir / "best.pth", unwrapped, epoch=epoch + 1, metrics=report)
     return report
-
-
-EVAL_HISTORY_KEYS = ("top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video")
-
-
-def _log_evaluation(accelerator: Accelerator, path: Path, report: dict[str, Any], step: int) -> None:
-    """One line per evaluation in ``eval_log.jsonl`` and ``val/*`` scalars for the trackers;
-    ``eval_report.json`` holds only the latest report."""
-    scores = {key: report[key] for key in EVAL_HISTORY_KEYS if key in report}
-    with path.open("a") as f:
-        f.write(json.dumps({"epoch": report["epoch"], "step": step, **scores}) + "\n")
-    accelerator.log({f"val/{key}": value for key, value in scores.items()}, step=step)
 
 
 def _stop_on_nan(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, progress: Progress, epoch: int,
