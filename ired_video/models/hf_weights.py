@@ -322,7 +322,8 @@ def save_snapshot(model: TimeSformer, folder: PathLike, overwrite: bool = False)
              WEIGHTS[0]: snapshot_state(model)}
     existing = [name for name in files if (folder / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{folder}: already holds {', '.join(existing)} (overwrite=True or --force to replace)")
+        raise FileExistsError(f"{folder}: already holds {', '.join(existing)} "
+                              "(overwrite=True or --force to replace)")
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for name, content in files.items():
