@@ -43,6 +43,7 @@ class ModelConfig:
     attn_drop_rate: float = 0.0
     drop_path_rate: float = 0.1
     fused_attention: bool = True
+    layer_norm_eps: float = 1e-6  # every LayerNorm's epsilon (TimeSformer, timm, transformers: 1e-6)
     # Window-free attention (ired_video.models.window): per block, per patch location, the
     # spatial radius (Chebyshev, in patches) and temporal span (frames) a query may read.
     # Usually written by ``ired_video.explain.fields``; None = full attention.

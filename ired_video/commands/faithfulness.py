@@ -56,7 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1:
         raise SystemExit("ired-video faithfulness: --steps must be >= 1")
-    if not Path(args.checkpoint).is_file():
+    if not Path(args.checkpoint).exists():  # a file, or a transformers snapshot folder
         print(f"ired-video faithfulness: error: {args.checkpoint}: no such checkpoint", file=sys.stderr)
         return 2
     loaded = load_model(args.checkpoint, device=args.device)

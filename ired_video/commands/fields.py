@@ -84,7 +84,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return _fail(f"--coverage {args.coverage}: expected a fraction in (0, 1]")
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         return _fail("--batch-size and --limit must be >= 1")
-    if not Path(args.checkpoint).is_file():
+    if not Path(args.checkpoint).exists():  # a file, or a transformers snapshot folder
         return _fail(f"{args.checkpoint}: no such checkpoint file")
     loaded = _load(args.checkpoint, args.device)
     model = loaded.model

@@ -18,6 +18,7 @@ EPILOG = """examples:
   ired-video infer clip.mp4 --checkpoint runs/k400/best.pth
   ired-video infer videos/ --checkpoint best.pth --views 1x3 --output preds.json
   ired-video infer clip.mp4 --checkpoint best.pth --reducer tome r=8 --top-k 3
+  ired-video infer clip.mp4 --checkpoint timesformer-base-finetuned-k400/   # a transformers snapshot
   ired-video infer clip.mp4 --checkpoint best.pth --reducer iared2 threshold=0.5 --device cuda
   ired-video infer clip.mp4 --checkpoint cascade.pth --budget 0.5   # a calibrated cascade at 0.5 GMACs/clip
   ired-video infer clip.mp4                      # demo: timesformer_micro with RANDOM weights
@@ -35,8 +36,9 @@ model time of a view's batch shared among its views.
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint, --model, --reducer, --device (shared with ``overlay``)."""
     parser.add_argument("--checkpoint", default=None,
-                        help="our checkpoint (model, reducer and preprocessing inside), or official/timm "
-                             "weights together with --model")
+                        help="our checkpoint (model, reducer and preprocessing inside), a transformers "
+                             "snapshot folder or an mmaction2 checkpoint (config and preprocessing inside), "
+                             "or official/timm weights together with --model")
     parser.add_argument("--model", default=None, choices=list_models(),
                         help=f"named variant; without --checkpoint it has random weights (default: "
                              f"{DEFAULT_MODEL} when no checkpoint is given)")

@@ -11,11 +11,14 @@ from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.models import create_model, list_models
 from ired_video.reducers import apply_reducer
 
+DEFAULT_MODEL = "timesformer_micro"
+
 EPILOG = """examples:
   ired-video smoke                                   # the CPU demo model, random weights
   ired-video smoke --model timesformer_base_patch16_224 --batch 1
   ired-video smoke --model timesformer_test --attention joint_space_time
   ired-video smoke --checkpoint runs/demo/best.pth   # one of our checkpoints
+  ired-video smoke --checkpoint timesformer-base-finetuned-k400/   # a transformers snapshot folder
   ired-video smoke --reducer tome r=8                # ToMe, 8 tokens merged per block
   ired-video smoke --reducer configs/reducers/iared2_keep07.yaml stages=[1,2,3]
 """
@@ -27,9 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a TimeSformer on a random clip of the model's own size and print the "
                     "logits' shape, the patch tokens each block saw and the GMACs per clip. "
                     "Nothing is downloaded: weights come only from --checkpoint.")
-    parser.add_argument("--model", default="timesformer_micro", choices=list_models(),
-                        help="named variant (default: %(default)s)")
-    parser.add_argument("--checkpoint", default=None, help="local weights file (.pyth, .pth, .safetensors)")
+    parser.add_argument("--model", default=None, choices=list_models(),
+                        help=f"named variant (default: {DEFAULT_MODEL}, or the checkpoint's own config)")
+    parser.add_argument("--checkpoint", default=None,
+                        help="local weights: a file (.pyth, .pth, .safetensors) or a transformers snapshot folder")
     parser.add_argument("--attention", default=None,
                         choices=["divided_space_time", "joint_space_time", "space_only"],
                         help="override the variant's attention type")
@@ -43,7 +47,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     torch.manual_seed(args.seed)
     overrides = {"attention_type": args.attention} if args.attention else {}
-    model = create_model(args.model, checkpoint=args.checkpoint, **overrides).eval()
+    name = args.model or (None if args.checkpoint else DEFAULT_MODEL)
+    model = create_model(name, checkpoint=args.checkpoint, **overrides).eval()
     reducer = reducer_from_args(args.reducer)
     if reducer is not None:
         apply_reducer(model, reducer)
@@ -54,7 +59,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         logits, info = model(video, return_info=True)
     seconds = time.perf_counter() - start
     params = sum(p.numel() for p in model.parameters())
-    print(f"model      {args.model} ({cfg.attention_type}, {params / 1e6:.2f}M parameters)")
+    print(f"model      {name or args.checkpoint} ({cfg.attention_type}, {params / 1e6:.2f}M parameters)")
     print(f"reducer    {getattr(model, 'reducer_config', None) or 'none'}")
     print(f"input      {tuple(video.shape)}  (B, C, T, H, W)")
     print(f"logits     {tuple(logits.shape)}  finite: {bool(torch.isfinite(logits).all())}")

@@ -72,9 +72,9 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
                  drop_head: bool = False, **overrides: Any) -> TimeSformer:
     """Build a TimeSformer by variant name, optionally loading weights from a local file.
 
-    With ``name=None`` the checkpoint must be one of ours; its stored configs rebuild the
-    model (``overrides`` still apply), and a stored reducer is put back before loading.
-    Our checkpoints also restore the data config
+    With ``name=None`` the checkpoint must state its config (ours, a transformers snapshot,
+    mmaction2); it rebuilds the model (``overrides`` still apply), and a stored reducer is
+    put back before loading. Such checkpoints also restore the data config
     (frames, sampling, mean/std, class names) so loaders and CLIs preprocess as trained.
     """
     stored = None
@@ -84,15 +84,15 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
             from ired_video.models.cascade import cascade_from_checkpoint
             return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
     if name is None:
-        if stored is None or stored.kind != FORMAT:
-            raise ConfigError("create_model needs a model name, or an ired_video checkpoint "
-                              "that stores its config")
+        if stored is None or stored.model_config is None:
+            raise ConfigError("create_model needs a model name, or a checkpoint that states its config "
+                              "(ours, a transformers snapshot folder, mmaction2)")
         config = from_dict(ModelConfig, {**stored.model_config, **overrides})
         data = from_dict(DataConfig, stored.data_config)
     else:
         config = model_config(name, **overrides)
         data = data_config(name, config)
-        if stored is not None and stored.kind == FORMAT and stored.data_config:
+        if stored is not None and stored.data_config:
             data = from_dict(DataConfig, stored.data_config)
     model = TimeSformer(config, data)
     if stored is not None and stored.reducer_config:

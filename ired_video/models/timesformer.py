@@ -78,7 +78,10 @@ class TimeSformer(nn.Module):
             for index, block in enumerate(self.blocks):
                 block.set_window(config.window_radius and config.window_radius[index],
                                  config.window_span and config.window_span[index], self.patch_grid, config.num_frames)
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
+        for module in self.blocks.modules():  # the blocks build their norms with the default epsilon
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config.layer_norm_eps
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
         # Token reducers keyed by the index of the block they act at (see ired_video.reducers).
         self.reducers = nn.ModuleDict()

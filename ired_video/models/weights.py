@@ -1,10 +1,12 @@
-"""Weights from local files: official TimeSformer, timm/DeiT ViT, and our own checkpoints.
+"""Weights from local files: official TimeSformer, timm/DeiT ViT, transformers snapshots,
+mmaction2, and our own checkpoints.
 
 Nothing here downloads. Every file is read with ``weights_only=True`` (or safetensors), so
 a checkpoint cannot run code. Loading is strict: a state dict that does not fit the model
-raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys.
+raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys (in the
+file's own names).
 
-Recognised files:
+Recognised sources:
 - official TimeSformer ``.pyth`` (PySlowFast ``save_checkpoint``): a dict whose
   ``model_state`` holds keys prefixed ``model.``; our parameter names equal the official
   ones once the prefix is stripped;
@@ -12,6 +14,8 @@ Recognised files:
   ``model`` / ``state_dict``, or ``.safetensors``): mapped the way TimeSformer initialises
   from ViT (``attn`` copied into ``temporal_attn``, ``norm1`` into ``temporal_norm1``,
   ``temporal_fc`` and ``time_embed`` zero), so the result starts as a per-frame ViT;
+- a Hugging Face transformers snapshot folder, or its weights file (``hf_weights``);
+- an mmaction2 TimeSformer checkpoint (``mmaction_weights``);
 - our checkpoints (``format: ired_video``), which also carry the model and data configs.
 
 Position embeddings are resized 2-D (bicubic, as timm does when fine-tuning at a new
@@ -23,9 +27,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -33,70 +36,38 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor, nn
 
 from ired_video.config import to_dict
+from ired_video.models.checkpoint_file import Checkpoint, CheckpointError, PathLike, read_file, tensors_only
+from ired_video.models.hf_weights import (looks_like_transformers, read_snapshot, snapshot_weights_file,
+                                         transformers_state)
+from ired_video.models.mmaction_weights import looks_like_mmaction, mmaction_checkpoint
 
 log = logging.getLogger(__name__)
 
 FORMAT = "ired_video"
 FORMAT_VERSION = 1
-PathLike = Union[str, Path]
-
-
-class CheckpointError(ValueError):
-    """A file is not a checkpoint, or its weights do not fit the model."""
-
-
-@dataclass
-class Checkpoint:
-    """A checkpoint file, normalised.
-
-    kind: "ired_video" (ours), "timesformer" (official layout, prefix stripped) or "vit".
-    """
-
-    path: Path
-    kind: str
-    state_dict: dict[str, Tensor]
-    model_config: Optional[dict[str, Any]] = None
-    data_config: Optional[dict[str, Any]] = None
-    extra: Optional[dict[str, Any]] = None
-    reducer_config: Optional[dict[str, Any]] = None
-
-
-def read_file(path: PathLike) -> dict[str, Any]:
-    """Read a ``.pth``/``.pyth``/``.pt``/``.bin`` (weights only) or ``.safetensors`` file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt bytes make the unpickler fail in arbitrary ways
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict of weights, found a {type(obj).__name__}")
-    return obj
+__all__ = ["Checkpoint", "CheckpointError", "FORMAT", "check_fits", "load_checkpoint", "load_weights",
+           "parse_checkpoint", "read_file", "save_checkpoint"]
 
 
 def parse_checkpoint(obj: dict[str, Any], path: PathLike) -> Checkpoint:
     """Find the state dict in a loaded file and tell which kind of checkpoint it is."""
     path = Path(path)
     if obj.get("format") == FORMAT:
-        return Checkpoint(path, FORMAT, _tensors_only(obj["model_state"], path),
+        return Checkpoint(path, FORMAT, tensors_only(obj["model_state"], path),
                           obj.get("model_config"), obj.get("data_config"),
                           {k: v for k, v in obj.items() if k not in ("model_state",)},
                           obj.get("reducer_config"))
     official = "model_state" in obj
+    found = obj
     for key in ("model_state", "model", "state_dict", "module"):
         if isinstance(obj.get(key), dict):
-            obj = obj[key]
+            found = obj[key]
             break
-    state = _tensors_only(obj, path)
+    state = tensors_only(found, path)
+    if looks_like_mmaction(state):
+        return mmaction_checkpoint(obj, state, path)
+    if looks_like_transformers(state):
+        return transformers_state(state, path)
     if any(k.startswith("model.") for k in state):
         official = True
     state = {_strip(k, ("module.", "model.")): v for k, v in state.items()}
@@ -110,15 +81,6 @@ def _strip(key: str, prefixes: tuple[str, ...]) -> str:
         if key.startswith(prefix):
             key = key[len(prefix):]
     return key
-
-
-def _tensors_only(state: Any, path: Path) -> dict[str, Tensor]:
-    if not isinstance(state, dict) or not state:
-        raise CheckpointError(f"{path}: no state dict found (expected a mapping of names to tensors)")
-    bad = [k for k, v in state.items() if not isinstance(v, Tensor)]
-    if bad:
-        raise CheckpointError(f"{path}: not a state dict; non-tensor entries: {', '.join(map(str, bad[:5]))}")
-    return dict(state)
 
 
 def vit_to_timesformer(state: dict[str, Tensor], model: nn.Module) -> dict[str, Tensor]:
@@ -172,12 +134,15 @@ def adapt_embeddings(state: dict[str, Tensor], model: nn.Module, source: PathLik
     return state
 
 
-def check_fits(state: dict[str, Tensor], model: nn.Module, source: PathLike) -> None:
-    """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped key."""
+def check_fits(state: dict[str, Tensor], model: nn.Module, source: PathLike,
+               file_key: Optional[Callable[[str], str]] = None) -> None:
+    """Raise ``CheckpointError`` naming every missing, unexpected and mis-shaped key, as the
+    file names it (``file_key``: our name -> the file's)."""
+    name = file_key or (lambda key: key)
     target = model.state_dict()
-    missing = sorted(set(target) - set(state))
-    unexpected = sorted(set(state) - set(target))
-    mismatched = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
+    missing = sorted(name(k) for k in set(target) - set(state))
+    unexpected = sorted(name(k) for k in set(state) - set(target))
+    mismatched = sorted(f"{name(k)}: file {tuple(state[k].shape)} vs model {tuple(target[k].shape)}"
                         for k in set(state) & set(target) if state[k].shape != target[k].shape)
     if missing or unexpected or mismatched:
         parts = [f"{source}: weights do not fit the model"]
@@ -189,7 +154,13 @@ def check_fits(state: dict[str, Tensor], model: nn.Module, source: PathLike) -> 
 
 
 def load_checkpoint(path: PathLike) -> Checkpoint:
-    """Read and parse a checkpoint file."""
+    """Read and parse a checkpoint: a file, or a transformers snapshot folder (also when
+    given the weights file inside one)."""
+    path = Path(path)
+    if path.is_dir():
+        return read_snapshot(path)
+    if snapshot_weights_file(path):
+        return read_snapshot(path.parent, weights_file=path)
     return parse_checkpoint(read_file(path), path)
 
 
@@ -213,7 +184,7 @@ def load_weights(model: nn.Module, source: Union[PathLike, Checkpoint], drop_hea
         log.info("%s: classifier not loaded (%d classes in the file, %d in the model)",
                  path, state["head.weight"].shape[0], target["head.weight"].shape[0])
         state["head.weight"], state["head.bias"] = target["head.weight"], target["head.bias"]
-    check_fits(state, model, path)
+    check_fits(state, model, path, ckpt.file_key)
     model.load_state_dict(state, strict=True)
     return ckpt
 
