@@ -38,8 +38,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ired_video.budget import tome_r_for_gmacs
 from ired_video.cascade_calibration import calibrate
-from ired_video.commands.bench import pick_tome_r
 from ired_video.commands.demo import demo_config
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
@@ -107,7 +107,7 @@ def reducer_at_budget(init: Path, name: str, budget: float) -> tuple[dict[str, A
     model = create_model(checkpoint=init).eval()
     frames = model.data_config.num_frames
     if name == "tome":
-        r, gmacs = pick_tome_r(model, budget, frames)
+        r, gmacs = tome_r_for_gmacs(model, budget)
         return {"name": "tome", "r": r}, gmacs
     size = model.data_config.crop_size
     video = torch.zeros(1, model.config.in_chans, frames, size, size)

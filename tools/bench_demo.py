@@ -24,7 +24,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ired_video.commands.bench import pick_tome_r
+from ired_video.budget import tome_r_for_gmacs
 from ired_video.commands.demo import demo_config, reducer_settings
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
@@ -37,9 +37,8 @@ REDUCERS = {"random": ("random", {}), "topk": ("topk", {}), "topk+fuse": ("topk"
 
 
 def tome_r_for(plain: Path, target_gmacs: float) -> int:
-    """The constant r whose GMACs per view come closest to ``target_gmacs`` (analytic)."""
-    model = create_model(checkpoint=plain)
-    return pick_tome_r(model, target_gmacs, model.data_config.num_frames)[0]
+    """The constant r whose GMACs per view come closest to ``target_gmacs``."""
+    return tome_r_for_gmacs(create_model(checkpoint=plain), target_gmacs)[0]
 
 
 def objective_settings(cfg: ReducerConfig, depth: int) -> list[str]:

@@ -1,38 +1,32 @@
-"""``ired-video bench``: GMACs and measured clips/s of every reducer, side by side.
+"""``ired-video bench``: GMACs and measured throughput of every reducer, side by side.
 
-For each model: the plain model, then every reducer at each keep ratio and mode, each
-timed at each batch size. A row reports GMACs per view (``info.gmacs``, mean over the
-clips of one forward), the GMACs ratio plain / reduced, clips/s (median of ``--iters``
-timed forwards after ``--warmup`` untimed ones, under ``torch.inference_mode``), the
-measured speed-up over the plain model at the same batch, and the *efficiency*:
-speed-up / GMACs ratio (1.0 = the saved MACs turn fully into saved time).
-
-ToMe is set by ``r`` (tokens merged per block, per frame; in tube mode per location):
-the bench picks the constant r whose GMACs, computed analytically from the model's own
-per-layer MAC formulas (``ired_video.flops``), come closest to the measured GMACs of top-k
-drop at the same keep (top-k acts where ToMe does, inside the block after attention;
-random drop and IA-RED² act before the block, so they bill a little less at the same
-keep); the row then shows ToMe's measured GMACs. BAT adds cluster tokens,
-so its count differs from keep: its measured GMACs are reported as they are. IA-RED² runs
-in ratio mode (``keep=``) in eval mode with an untrained (random) interpreter: only its
-speed means anything, not its choice of tokens.
+For each model: the plain model, then every reducer at each keep ratio and mode, then the
+plain model again (a drift check). Each row reports GMACs per view (``info.gmacs``), the
+GMACs ratio plain / reduced, and for each measurement and batch size: clips/s (median of
+``--iters`` timed calls after ``--warmup``), the speed-up over the plain model and the
+*efficiency*, speed-up / GMACs ratio (1.0: the saved MACs turn fully into saved time).
+Measurements: inference (always), training steps (``--train``: forward, backward,
+optimizer step), each eager and, with ``--compile``, under ``torch.compile``; peak GPU
+memory on CUDA. ToMe's ``r`` is the one whose GMACs match top-k's at the same keep.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import platform
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
+from tqdm import tqdm
 
-from ired_video import flops
+from ired_video import speed
+from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
 from ired_video.models import create_model, list_models
 from ired_video.reducers import apply_reducer
 
@@ -59,20 +53,26 @@ SPECS: tuple[Spec, ...] = (
     Spec("iared2", "iared2"),
 )
 SPEC_BY_LABEL = {spec.label: spec for spec in SPECS}
+PLAIN = Spec("plain", "none")
 # The plain model timed again after a model's last reducer: on a shared or throttling
 # machine the speed drifts, and this row's "speed-up" (ideally 1.00) shows by how much.
 PLAIN_END = Spec("plain (end)", "none")
-# Reducers whose token count is exactly the keep ratio (GMACs fall with keep).
-DROP_REDUCERS = ("random", "topk", "interaction", "iared2")
 
 EPILOG = """Efficiency = (measured speed-up over the plain model) / (GMACs ratio plain / reduced).
-Timing is wall clock around model(video) with the device synchronised; the median of --iters.
+Timing is wall clock with the device synchronised; the median of --iters after --warmup.
+Compiled rows: torch.compile (default mode, static shapes); its first calls compile, so
+--warmup must be >= 1 with --compile. "graphs" is how many graphs dynamo splits the eval
+forward into (1: no host synchronisation).
 
 examples:
   ired-video bench --quick --output /tmp/bench.json
-  ired-video bench --models timesformer_small_patch16_224 --batches 1 --iters 3 --warmup 1
+  ired-video bench --models timesformer_small_patch16_224 --batches 1 8 --iters 3 --warmup 1
+  ired-video bench --models timesformer_base_patch16_224 --device cuda --dtype bf16 --compile --train \\
+      --keeps 0.7 0.5 --batches 8 32
   ired-video bench --reducers tome topk --keeps 0.7 --modes tube frame --img-size 112 --frames 4
 """
+
+MEASUREMENTS = ("inference, eager", "inference, compiled", "training step, eager", "training step, compiled")
 
 
 def available_cores() -> int:
@@ -85,25 +85,30 @@ def available_cores() -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ired-video bench", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Measure GMACs per view and clips/s of the plain model and every token reducer "
-                    "at several keep ratios, and print a Markdown table.")
+        description="Measure GMACs per view and clips/s (inference; with --train also training steps; "
+                    "with --compile also under torch.compile) of the plain model and every token reducer "
+                    "at several keep ratios, and print Markdown tables.")
     parser.add_argument("--models", nargs="+", choices=list_models(), metavar="MODEL",
                         help=f"variants to measure (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--reducers", nargs="+", choices=[s.label for s in SPECS], metavar="REDUCER",
                         default=[s.label for s in SPECS],
-                        help="reducers to measure besides the plain model (default: all: "
-                             f"{' '.join(s.label for s in SPECS)})")
+                        help=f"reducers besides the plain model (default: all: {' '.join(s.label for s in SPECS)})")
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.9, 0.7, 0.5],
                         help="fractions of tokens kept at each stage (default: 0.9 0.7 0.5)")
     parser.add_argument("--modes", nargs="+", choices=["tube", "frame"], default=["tube"],
                         help="reducer modes (default: tube)")
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes to time (default: 1 8)")
-    parser.add_argument("--warmup", type=int, help="untimed forwards before timing (default: 2)")
-    parser.add_argument("--iters", type=int, help="timed forwards; the median is reported (default: 5)")
+    parser.add_argument("--warmup", type=int, help="untimed calls before timing (default: 2)")
+    parser.add_argument("--iters", type=int, help="timed calls; the median is reported (default: 5)")
+    parser.add_argument("--train", action="store_true",
+                        help="also time training steps (forward + backward + AdamW step, training mode)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time every measurement under torch.compile, and count its graphs")
+    parser.add_argument("--dtype", choices=sorted(speed.DTYPES), default="fp32",
+                        help="compute precision: fp32, or bf16/fp16 under autocast (fp16: GPU only; default fp32)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch.set_num_threads (default: all cores, here {available_cores()})")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None,
-                        help="device (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
     parser.add_argument("--img-size", type=int, default=None, help="override the models' img_size")
     parser.add_argument("--frames", type=int, default=None, help="override the models' num_frames")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the input clips")
@@ -115,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill the defaults that depend on --quick."""
+def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Fill the defaults that depend on --quick; refuse impossible settings (exit 2)."""
     quick = args.quick
     if args.models is None:
         args.models = [QUICK_MODEL] if quick else list(DEFAULT_MODELS)
@@ -130,79 +135,142 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.threads = available_cores()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        args.torch_device = speed.check_device(args.device)
+        args.torch_dtype = speed.check_dtype(args.dtype, args.torch_device)
+    except ValueError as err:
+        parser.error(str(err))
     for keep in args.keeps:
         if not 0 < keep <= 1:
-            raise SystemExit(f"ired-video bench: keep {keep} is not a fraction in (0, 1]")
-    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0:
-        raise SystemExit("ired-video bench: batches and --iters must be >= 1, --warmup >= 0")
+            parser.error(f"keep {keep} is not a fraction in (0, 1]")
+    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0 or args.threads < 1:
+        parser.error("batches, --iters and --threads must be >= 1, --warmup >= 0")
+    if args.compile and args.warmup < 1:
+        parser.error("--compile needs --warmup >= 1 (the first calls compile)")
+    if args.output:
+        folder = os.path.dirname(os.path.abspath(args.output))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            parser.error(f"--output {args.output}: folder {folder} does not exist or is not writable")
     return args
 
 
-# --------------------------------------------------------------------------- ToMe r
-def tome_gmacs_analytic(model: torch.nn.Module, r: int, frames: int, mode: str = "tube") -> float:
-    """GMACs of one clip under constant ToMe ``r`` in tube or frame mode (same count per
-    frame), from the per-layer formulas the model bills with (``ired_video.flops``).
+def measurements(args: argparse.Namespace) -> list[str]:
+    """The measurement kinds this run makes, in table order."""
+    kinds = ["inference, eager"]
+    if args.compile:
+        kinds.append("inference, compiled")
+    if args.train:
+        kinds.append("training step, eager")
+        if args.compile:
+            kinds.append("training step, compiled")
+    return kinds
 
-    In frame mode, once frames have merged different locations, divided attention's
-    temporal step runs over the dense (locations x frames) grid and is billed for it."""
+
+# --------------------------------------------------------------------------- one row
+@dataclass
+class Inputs:
+    """The clips (and labels for training steps) of each batch size, on the device."""
+
+    videos: dict[int, torch.Tensor]
+    labels: dict[int, torch.Tensor]
+
+
+def make_inputs(model: torch.nn.Module, batches: list[int], seed: int, device: torch.device) -> Inputs:
     cfg = model.config
-    dim = cfg.embed_dim
-    slots = patches = model.patch_grid[0] * model.patch_grid[1]
-    aligned = True
-    attention = {"divided_space_time": flops.divided_attention_macs,
-                 "joint_space_time": flops.joint_attention_macs,
-                 "space_only": flops.space_only_attention_macs}[cfg.attention_type]
-    num_cls = frames if cfg.attention_type == "space_only" else 1
-    total = float(flops.embed_macs(frames, slots, cfg.in_chans, cfg.patch_size, dim))
-    for _ in range(cfg.depth):
-        counts = torch.full((1, frames), float(slots), dtype=torch.float64)
-        if cfg.attention_type == "divided_space_time" and not aligned:
-            pairs = torch.tensor([float(patches * frames * frames)], dtype=torch.float64)
-            total += float(attention(counts, dim, pairs)[0])
-        else:
-            total += float(attention(counts, dim)[0])
-        if r > 0 and slots >= 2:
-            slots -= min(r, slots // 2)  # ToMe merges inside the block, before the MLP
-            aligned = aligned and mode == "tube"
-        total += float(flops.mlp_macs(frames * slots + num_cls, dim, cfg.mlp_ratio))
-    if cfg.num_classes > 0:
-        total += flops.head_macs(dim, cfg.num_classes)
-    return total / 1e9
+    generator = torch.Generator().manual_seed(seed)
+    videos, labels = {}, {}
+    for batch in batches:
+        videos[batch] = torch.randn(batch, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size,
+                                    generator=generator).to(device)
+        labels[batch] = torch.randint(0, max(cfg.num_classes, 1), (batch,), generator=generator).to(device)
+    return Inputs(videos, labels)
 
 
-def pick_tome_r(model: torch.nn.Module, target_gmacs: float, frames: int, mode: str = "tube"
-                ) -> tuple[int, float]:
-    """The constant r in 0..N/2 whose analytic GMACs come closest to ``target_gmacs``."""
-    half = (model.patch_grid[0] * model.patch_grid[1]) // 2
-    gmacs = {r: tome_gmacs_analytic(model, r, frames, mode) for r in range(half + 1)}
-    best = min(gmacs, key=lambda r: (abs(gmacs[r] - target_gmacs), r))
-    return best, gmacs[best]
+def configure(model: torch.nn.Module, spec: Spec, mode: str, keep: float, row: dict[str, Any],
+              drop_gmacs: dict[tuple[str, float], float]) -> None:
+    """Put the row's reducer into ``model``; ToMe's r is matched to top-k's GMACs at this keep."""
+    if spec.reducer == "none":
+        apply_reducer(model, "none")
+        return
+    kwargs: dict[str, Any] = dict(spec.kwargs, mode=mode)
+    if spec.reducer == "tome":
+        target = drop_gmacs.get((mode, keep))
+        if target is None:  # top-k was not run
+            target = reduced_gmacs(model, "topk", keep=keep, mode=mode)
+        r, matched = tome_r_for_gmacs(model, target, mode)
+        kwargs["r"] = r
+        row.update(tome_r=r, tome_target_gmacs=target)
+        row["note"] = f"r={r} (GMACs matched to topk's {target:.2f})"
+    else:
+        kwargs["keep"] = keep
+    apply_reducer(model, spec.reducer, **kwargs)
+    if spec.reducer == "iared2":
+        row["note"] = "untrained interpreter: speed only"
 
 
-# --------------------------------------------------------------------------- timing
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def time_kind(kind: str, model: torch.nn.Module, inputs: Inputs, batch: int, args: argparse.Namespace
+              ) -> speed.Timing:
+    """One measurement of one batch size, compiled afresh where asked. Training steps run
+    on a copy (the weights change)."""
+    video = inputs.videos[batch]
+    dtype = args.torch_dtype
+    torch._dynamo.reset()
+    if kind.startswith("inference"):
+        runner = speed.compile_model(model) if kind.endswith("compiled") else model
+        return speed.time_inference(runner, video, args.warmup, args.iters, dtype)
+    trainee = copy.deepcopy(model)
+    runner = speed.compile_model(trainee) if kind.endswith("compiled") else trainee
+    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-5)
+    return speed.time_training_step(runner, video, inputs.labels[batch], optimizer, args.warmup, args.iters, dtype)
 
 
-def time_model(model: torch.nn.Module, video: torch.Tensor, warmup: int, iters: int
-               ) -> tuple[float, list[float], torch.Tensor, torch.Tensor]:
-    """Median seconds per forward over ``iters`` after ``warmup``; also every time, the
-    per-clip GMACs and the tokens per block of the first forward."""
-    gmacs = tokens = None
-    times = []
+def new_row(name: str, spec: Spec, mode: str, keep: float) -> dict[str, Any]:
+    return {"model": name, "reducer": spec.label, "mode": mode, "keep": keep, "gmacs": None, "gmacs_ratio": None,
+            "tokens_per_block": None, "runs": {}, "graphs": None, "note": "", "error": None}
+
+
+def measure_row(model: torch.nn.Module, row: dict[str, Any], inputs: Inputs, args: argparse.Namespace) -> None:
+    """Fill ``row`` with GMACs, token counts, graph counts and every timing (errors noted)."""
+    smallest = inputs.videos[min(inputs.videos)][:1]
+    model.eval()
     with torch.inference_mode():
-        for step in range(warmup + iters):
-            sync(video.device)
-            start = time.perf_counter()
-            _, info = model(video, return_info=True)
-            sync(video.device)
-            elapsed = time.perf_counter() - start
-            if gmacs is None:
-                gmacs, tokens = info.gmacs.float().cpu(), info.tokens.float().cpu()
-            if step >= warmup:
-                times.append(elapsed)
-    return statistics.median(times), times, gmacs, tokens
+        _, info = model(smallest, return_info=True)
+    row["gmacs"] = float(info.gmacs.mean())
+    row["tokens_per_block"] = info.tokens.float().mean(dim=0).tolist()
+    errors = []
+    if args.compile:
+        try:
+            report = speed.graph_breaks(model, smallest)
+            row["graphs"] = {"graphs": report.graphs, "breaks": report.breaks, "reasons": report.reasons}
+        except Exception as err:  # noqa: BLE001 - reported in the row
+            errors.append(f"explain: {short_error(err)}")
+    for kind in measurements(args):
+        for batch in args.batches:
+            try:
+                timing = time_kind(kind, model, inputs, batch, args)
+            except Exception as err:  # noqa: BLE001 - report and go on
+                errors.append(f"{kind} @{batch}: {short_error(err)}")
+                if args.torch_device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            row["runs"].setdefault(kind, {})[str(batch)] = {
+                "clips_per_s": batch / timing.seconds, "seconds": timing.seconds, "times": timing.times,
+                "peak_mib": timing.peak_mib}
+    if errors:
+        row["error"] = "; ".join(errors)
+
+
+def add_ratios(row: dict[str, Any], plain: Optional[dict[str, Any]]) -> None:
+    """GMACs ratio, speed-up and efficiency of ``row`` against the plain model's row."""
+    if plain is None or not plain["gmacs"] or not row["gmacs"]:
+        return
+    row["gmacs_ratio"] = plain["gmacs"] / row["gmacs"]
+    for kind, by_batch in row["runs"].items():
+        for batch, cell in by_batch.items():
+            base = plain["runs"].get(kind, {}).get(batch)
+            if base is not None:
+                cell["speedup"] = cell["clips_per_s"] / base["clips_per_s"]
+                cell["efficiency"] = cell["speedup"] / row["gmacs_ratio"]
 
 
 def short_error(err: BaseException) -> str:
@@ -211,26 +279,21 @@ def short_error(err: BaseException) -> str:
 
 
 # --------------------------------------------------------------------------- main loop
-def configurations(args: argparse.Namespace) -> list[tuple[str, Optional[Spec], str, float]]:
-    """(model, spec or None for plain, mode, keep) in run order: plain first, then each
-    mode, reducer and keep (topk before tome, whose r is matched to the drop GMACs), and
-    the plain model once more at the end as a drift check."""
-    specs = [SPEC_BY_LABEL[label] for label in args.reducers]
-    specs.sort(key=lambda s: [x.label for x in SPECS].index(s.label))
-    runs: list[tuple[str, Optional[Spec], str, float]] = []
+def configurations(args: argparse.Namespace) -> list[tuple[str, Spec, str, float]]:
+    """(model, spec, mode, keep) in run order: plain first, then each mode, reducer and keep
+    (topk before tome, whose r is matched to top-k's GMACs), plain again at the end."""
+    order = [s.label for s in SPECS]
+    specs = sorted((SPEC_BY_LABEL[label] for label in args.reducers), key=lambda s: order.index(s.label))
+    runs: list[tuple[str, Spec, str, float]] = []
     for name in args.models:
-        runs.append((name, None, "-", 1.0))
-        for mode in args.modes:
-            for spec in specs:
-                for keep in args.keeps:
-                    runs.append((name, spec, mode, keep))
+        runs.append((name, PLAIN, "-", 1.0))
+        runs += [(name, spec, mode, keep) for mode in args.modes for spec in specs for keep in args.keeps]
         runs.append((name, PLAIN_END, "-", 1.0))
     return runs
 
 
 def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]]], None]] = None
         ) -> list[dict[str, Any]]:
-    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     overrides: dict[str, Any] = {}
     if args.img_size is not None:
@@ -239,97 +302,41 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
         overrides["num_frames"] = args.frames
     runs = configurations(args)
     rows: list[dict[str, Any]] = []
-    progress = None
-    if not args.no_progress:
-        from tqdm import tqdm
-        progress = tqdm(total=len(runs), desc="bench", unit="config", file=sys.stderr, dynamic_ncols=True)
-
-    current_name, model, videos = None, None, {}
+    progress = tqdm(total=len(runs), desc="bench", unit="config", file=sys.stderr, dynamic_ncols=True,
+                    disable=args.no_progress)
+    current: Optional[str] = None
+    model: Optional[torch.nn.Module] = None
+    inputs: Optional[Inputs] = None
     plain: dict[str, dict[str, Any]] = {}
-    drop_gmacs: dict[tuple[str, str, float], float] = {}
+    drop_gmacs: dict[tuple[str, float], float] = {}
     for name, spec, mode, keep in runs:
-        label = "plain" if spec is None else spec.label
-        if progress is not None:
-            progress.set_postfix_str(f"{name.replace('timesformer_', '')} {label} {mode} {keep:g}")
-        row: dict[str, Any] = {"model": name, "reducer": label, "mode": mode, "keep": keep,
-                               "gmacs": None, "gmacs_ratio": None, "clips_per_s": {}, "seconds": {},
-                               "times": {}, "speedup": {}, "efficiency": {}, "tokens_per_block": None,
-                               "note": "", "error": None}
-        errors = []
+        progress.set_postfix_str(f"{name.replace('timesformer_', '')} {spec.label} {mode} {keep:g}")
+        row = new_row(name, spec, mode, keep)
         try:
-            if name != current_name:
-                model, videos, current_name = None, {}, None
+            if name != current:
+                model = inputs = current = None
                 torch.manual_seed(args.seed)
-                model = create_model(name, **overrides).eval().to(device)
-                current_name = name
-                cfg = model.config
-                generator = torch.Generator().manual_seed(args.seed)
-                for batch in args.batches:
-                    videos[batch] = torch.randn(batch, cfg.in_chans, cfg.num_frames, cfg.img_size,
-                                                cfg.img_size, generator=generator).to(device)
-            cfg = model.config
-            if spec is None:
-                apply_reducer(model, "none")
-            else:
-                kwargs: dict[str, Any] = dict(spec.kwargs, mode=mode)
-                if spec is PLAIN_END:
-                    kwargs = {}
-                    row["note"] = "drift check: plain model re-timed after the reducers"
-                elif spec.reducer == "tome":
-                    target = drop_gmacs.get((name, mode, keep))
-                    if target is None:  # topk was not run: one forward on a batch of 1
-                        apply_reducer(model, "topk", keep=keep, mode=mode)
-                        with torch.inference_mode():
-                            target = float(model(videos[min(videos)][:1], return_info=True)[1].gmacs.mean())
-                    r, analytic = pick_tome_r(model, target, cfg.num_frames, mode)
-                    kwargs["r"] = r
-                    row.update(tome_r=r, tome_gmacs_analytic=analytic, tome_target_gmacs=target)
-                    row["note"] = f"r={r} (analytic match to topk GMACs {target:.2f})"
-                else:
-                    kwargs["keep"] = keep
-                apply_reducer(model, spec.reducer, **kwargs)
-                if spec.reducer == "iared2":
-                    row["note"] = "untrained interpreter: speed only"
-            model.eval()
-            for batch in args.batches:
-                try:
-                    seconds, times, gmacs, tokens = time_model(model, videos[batch], args.warmup, args.iters)
-                except Exception as err:  # noqa: BLE001 - report and go on with the next batch
-                    errors.append(f"@{batch}: {short_error(err)}")
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    continue
-                key = str(batch)
-                row["seconds"][key] = seconds
-                row["times"][key] = times
-                row["clips_per_s"][key] = batch / seconds
-                if row["gmacs"] is None:
-                    row["gmacs"] = float(gmacs.mean())
-                    row["tokens_per_block"] = tokens.mean(dim=0).tolist()
-            if spec is None:
-                plain[name] = row
-            elif spec.label == "topk" and row["gmacs"] is not None:
-                drop_gmacs[(name, mode, keep)] = row["gmacs"]
-            if spec is not None and spec.label == "bat" and row["tokens_per_block"]:
-                row["note"] = f"tokens in last block {row['tokens_per_block'][-1]:.0f} (adds cluster tokens)"
-            base = plain.get(name)
-            if base is not None and base["gmacs"] and row["gmacs"]:
-                row["gmacs_ratio"] = base["gmacs"] / row["gmacs"]
-                for key, speed in row["clips_per_s"].items():
-                    if key in base["clips_per_s"]:
-                        row["speedup"][key] = speed / base["clips_per_s"][key]
-                        row["efficiency"][key] = row["speedup"][key] / row["gmacs_ratio"]
+                model = create_model(name, **overrides).eval().to(args.torch_device)
+                inputs = make_inputs(model, args.batches, args.seed, args.torch_device)
+                current, drop_gmacs = name, {}
+            configure(model, spec, mode, keep, row, drop_gmacs)
+            measure_row(model, row, inputs, args)
         except Exception as err:  # noqa: BLE001 - one failing configuration must not stop the bench
-            errors.append(short_error(err))
-        if errors:
-            row["error"] = "; ".join(errors)
+            row["error"] = short_error(err)
+        if spec is PLAIN:
+            plain[name] = row
+        if spec.label == "topk" and row["gmacs"] is not None:
+            drop_gmacs[(mode, keep)] = row["gmacs"]
+        if spec.label == "bat" and row["tokens_per_block"]:
+            row["note"] = f"tokens in last block {row['tokens_per_block'][-1]:.0f} (adds cluster tokens)"
+        if spec is PLAIN_END:
+            row["note"] = "drift check: plain model re-timed after the reducers"
+        add_ratios(row, plain.get(name))
         rows.append(row)
         if on_row is not None:
             on_row(rows)
-        if progress is not None:
-            progress.update(1)
-    if progress is not None:
-        progress.close()
+        progress.update(1)
+    progress.close()
     return rows
 
 
@@ -338,20 +345,29 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def markdown_table(rows: list[dict[str, Any]], batches: list[int]) -> str:
+def markdown_table(rows: list[dict[str, Any]], batches: list[int], kind: str = "inference, eager") -> str:
+    """One measurement kind: per row GMACs, then per batch clips/s, speed-up, efficiency
+    (and peak GPU MiB where measured)."""
+    keys = [str(b) for b in batches]
+    with_memory = any(cell.get("peak_mib") is not None for row in rows for cell in row["runs"].get(kind, {}).values())
+    with_graphs = any(row.get("graphs") for row in rows)
     header = ["model", "reducer", "mode", "keep", "GMACs/view", "GMACs ratio"]
-    header += [f"clips/s @{b}" for b in batches]
-    header += [f"speed-up @{b}" for b in batches]
+    header += [f"clips/s @{b}" for b in batches] + [f"speed-up @{b}" for b in batches]
     header += [f"efficiency @{b}" for b in batches]
+    header += [f"peak MiB @{b}" for b in batches] if with_memory else []
+    header += ["graphs"] if with_graphs else []
     header += ["note"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        keys = [str(b) for b in batches]
-        cells = [row["model"], row["reducer"], row["mode"], f"{row['keep']:g}",
-                 _fmt(row["gmacs"], ".2f"), _fmt(row["gmacs_ratio"], ".2f")]
-        cells += [_fmt(row["clips_per_s"].get(k), ".3g") for k in keys]
-        cells += [_fmt(row["speedup"].get(k), ".2f") for k in keys]
-        cells += [_fmt(row["efficiency"].get(k), ".2f") for k in keys]
+        cells_by_batch = row["runs"].get(kind, {})
+        cells = [row["model"], row["reducer"], row["mode"], f"{row['keep']:g}", _fmt(row["gmacs"], ".2f"),
+                 _fmt(row["gmacs_ratio"], ".2f")]
+        for field_name, fmt in (("clips_per_s", ".3g"), ("speedup", ".2f"), ("efficiency", ".2f")):
+            cells += [_fmt(cells_by_batch.get(k, {}).get(field_name), fmt) for k in keys]
+        if with_memory:
+            cells += [_fmt(cells_by_batch.get(k, {}).get("peak_mib"), ".0f") for k in keys]
+        if with_graphs:
+            cells.append("" if not row.get("graphs") else str(row["graphs"]["graphs"]))
         note = row["note"]
         if row["error"]:
             note = f"ERROR {row['error']}" + (f"; {note}" if note else "")
@@ -368,13 +384,14 @@ def setup_info(args: argparse.Namespace, argv: Optional[list[str]]) -> dict[str,
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device,
+    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "dtype": args.dtype,
             "threads": args.threads, "cores": available_cores(), "cpu": cpu, "torch": torch.__version__,
             "python": platform.python_version(), "batches": args.batches, "warmup": args.warmup,
-            "iters": args.iters, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-            "tome_r": "analytic (ired_video.flops per-layer formulas), matched to topk's measured GMACs at the same keep"}
-    if args.device == "cuda":
-        info["gpu"] = torch.cuda.get_device_name()
+            "iters": args.iters, "measurements": measurements(args),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "tome_r": "the constant r whose info.gmacs come closest to topk's at the same keep"}
+    if args.torch_device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(args.torch_device)
     try:
         info["load_average_start"] = os.getloadavg()
     except OSError:
@@ -382,8 +399,25 @@ def setup_info(args: argparse.Namespace, argv: Optional[list[str]]) -> dict[str,
     return info
 
 
+def drift_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """A line per (model, measurement, batch) whose plain speed drifted by over 15%."""
+    lines = []
+    for row in rows:
+        if row["reducer"] != PLAIN_END.label:
+            continue
+        for kind, by_batch in row["runs"].items():
+            for batch, cell in by_batch.items():
+                drift = cell.get("speedup")
+                if drift is not None and abs(drift - 1) > 0.15:
+                    lines.append(f"warning: {row['model']} {kind} @{batch}: the plain model ran {drift:.2f}x as fast "
+                                 "at the end as at the start; the machine's speed drifted (other load?), so "
+                                 "speed-ups are unreliable.")
+    return lines
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    args = resolve(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = resolve(parser, parser.parse_args(argv))
     setup = setup_info(args, argv)
 
     def write(rows: list[dict[str, Any]]) -> None:
@@ -400,15 +434,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         pass
     setup["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write(rows)
-    print(f"\n{args.device}, {args.threads} threads, torch {torch.__version__}; warm-up {args.warmup}, "
-          f"median of {args.iters}; GMACs per view from info.gmacs; ToMe r matched analytically.\n")
-    print(markdown_table(rows, args.batches))
-    for row in rows:
-        if row["reducer"] == PLAIN_END.label:
-            for key, drift in row["speedup"].items():
-                if abs(drift - 1) > 0.15:
-                    print(f"\nwarning: {row['model']} @{key}: the plain model ran {drift:.2f}x as fast at the end "
-                          "as at the start; the machine's speed drifted (other load?), so speed-ups are unreliable.")
+    print(f"\n{args.device} ({setup.get('gpu', setup['cpu'])}), {args.dtype}, {args.threads} threads, torch "
+          f"{torch.__version__}; warm-up {args.warmup}, median of {args.iters}; GMACs per view from info.gmacs.")
+    for kind in measurements(args):
+        print(f"\n### {kind}\n")
+        print(markdown_table(rows, args.batches, kind))
+    for line in drift_warnings(rows):
+        print("\n" + line)
     failed = [row for row in rows if row["error"]]
     if failed:
         print(f"\n{len(failed)} of {len(rows)} rows had errors (see the note column).")

@@ -1,0 +1,79 @@
+"""Confidence intervals for accuracy over training seeds and test videos.
+
+A benchmark configuration trained with S seeds and evaluated on the same V test videos
+gives a (S, V) matrix of per-video scores (1 = right, 0 = wrong). Its accuracy varies with
+both the seed and the sample of videos, so the interval resamples both: seeds with
+replacement, videos with replacement, the mean of the resampled matrix, ``resamples``
+times; the interval is the percentile range. Resampling both axes of a crossed design
+counts the per-(seed, video) noise twice, so the interval is conservative (it covers at
+least the stated level; docs/statistics.md). Comparisons between two configurations
+trained from the same seeds on the same videos resample the *pairs* (same seed indices,
+same videos for both), which removes the shared variation and is what a claim such as
+"within 0.5 points of the plain model" must be judged on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean and its two-sided confidence interval, in the units of the scores."""
+
+    mean: float
+    low: float
+    high: float
+    level: float = 0.95
+
+    def points(self) -> str:
+        """As percentage points, e.g. ``92.3 [90.1, 94.2]``."""
+        return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+
+def _as_matrix(scores: np.ndarray, name: str) -> np.ndarray:
+    matrix = np.asarray(scores, dtype=np.float64)
+    if matrix.ndim == 1:
+        matrix = matrix[None, :]  # one seed
+    if matrix.ndim != 2 or matrix.size == 0:
+        raise ValueError(f"{name}: expected a (seeds, videos) matrix of scores, got shape {matrix.shape}")
+    return matrix
+
+
+def _resampled_means(matrices: list[np.ndarray], resamples: int, seed: int) -> np.ndarray:
+    """(resamples, len(matrices)) means, each draw using the same seed and video indices
+    for every matrix (all of shape (S, V))."""
+    seeds, videos = matrices[0].shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, seeds, size=(resamples, seeds))  # (R, S)
+    video_draws = rng.integers(0, videos, size=(resamples, videos))  # (R, V)
+    means = np.empty((resamples, len(matrices)))
+    for index, matrix in enumerate(matrices):
+        per_seed = matrix[seed_draws]  # (R, S, V): the resampled seeds' rows
+        means[:, index] = np.take_along_axis(per_seed, video_draws[:, None, :], axis=2).mean(axis=(1, 2))
+    return means
+
+
+def _interval(mean: float, draws: np.ndarray, level: float) -> Interval:
+    tail = (1 - level) / 2
+    low, high = np.quantile(draws, [tail, 1 - tail])
+    return Interval(float(mean), float(low), float(high), level)
+
+
+def accuracy_interval(scores: np.ndarray, level: float = 0.95, resamples: int = 2000, seed: int = 0) -> Interval:
+    """Mean score of a (seeds, videos) matrix with a bootstrap interval over both."""
+    matrix = _as_matrix(scores, "scores")
+    draws = _resampled_means([matrix], resamples, seed)[:, 0]
+    return _interval(matrix.mean(), draws, level)
+
+
+def difference_interval(scores_a: np.ndarray, scores_b: np.ndarray, level: float = 0.95, resamples: int = 2000,
+                        seed: int = 0) -> Interval:
+    """Mean of a - b with a paired bootstrap interval: seed i of ``a`` goes with seed i of
+    ``b`` (e.g. a reducer fine-tuned from plain model i), and video j with video j."""
+    a, b = _as_matrix(scores_a, "scores_a"), _as_matrix(scores_b, "scores_b")
+    if a.shape != b.shape:
+        raise ValueError(f"paired scores need the same (seeds, videos) shape: {a.shape} vs {b.shape}")
+    draws = _resampled_means([a, b], resamples, seed)
+    return _interval(a.mean() - b.mean(), draws[:, 0] - draws[:, 1], level)

@@ -1,0 +1,75 @@
+"""Bootstrap intervals over seeds and videos: coverage, width, pairing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ired_video.stats import accuracy_interval, difference_interval
+
+
+def test_constant_scores_have_a_zero_width_interval():
+    interval = accuracy_interval(np.ones((3, 50)))
+    assert (interval.mean, interval.low, interval.high) == (1.0, 1.0, 1.0)
+    assert interval.points() == "100.0 [100.0, 100.0]"
+
+
+def test_interval_contains_the_mean_and_narrows_with_more_videos():
+    rng = np.random.default_rng(0)
+    small = accuracy_interval(rng.random((3, 100)) < 0.8)
+    large = accuracy_interval(rng.random((3, 2000)) < 0.8)
+    assert small.low < small.mean < small.high
+    assert (large.high - large.low) < 0.5 * (small.high - small.low)
+
+
+def test_binomial_width_is_close_to_the_normal_approximation():
+    rng = np.random.default_rng(1)
+    scores = (rng.random((1, 600)) < 0.9).astype(float)
+    interval = accuracy_interval(scores, resamples=4000)
+    p = scores.mean()
+    half_width = 1.96 * np.sqrt(p * (1 - p) / 600)
+    assert (interval.high - interval.low) / 2 == pytest.approx(half_width, rel=0.15)
+
+
+def test_seed_spread_widens_the_interval():
+    rng = np.random.default_rng(2)
+    videos = rng.random(600)
+    steady = np.stack([videos < 0.85] * 3).astype(float)
+    spread = np.stack([videos < p for p in (0.75, 0.85, 0.95)]).astype(float)  # seeds disagree
+    assert steady.mean() == pytest.approx(spread.mean(), abs=0.02)
+    width = lambda i: i.high - i.low  # noqa: E731
+    assert width(accuracy_interval(spread)) > 1.5 * width(accuracy_interval(steady))
+
+
+def test_coverage_of_the_true_accuracy_is_at_least_nominal():
+    rng = np.random.default_rng(3)
+    hits = 0
+    trials = 200
+    for trial in range(trials):
+        scores = (rng.random((3, 300)) < 0.7).astype(float)
+        interval = accuracy_interval(scores, resamples=500, seed=trial)
+        hits += interval.low <= 0.7 <= interval.high
+    # crossed seeds x videos: resampling both counts the per-(seed, video) noise twice, so
+    # the interval is conservative (Owen's pigeonhole bootstrap): at least 95%, up to ~99%
+    assert hits / trials >= 0.92
+
+
+def test_paired_difference_is_tighter_than_unpaired_intervals():
+    rng = np.random.default_rng(4)
+    hard = rng.random((3, 600)) < 0.9  # videos both configurations get right or wrong together
+    a = hard.astype(float)
+    b = a.copy()
+    flips = rng.random(b.shape) < 0.01  # b differs on about 1% of the videos
+    b[flips] = 1 - b[flips]
+    diff = difference_interval(a, b)
+    assert diff.mean == pytest.approx(a.mean() - b.mean())
+    assert diff.low <= diff.mean <= diff.high
+    single = accuracy_interval(a)
+    assert (diff.high - diff.low) < 0.5 * (single.high - single.low)
+
+
+def test_shapes_are_checked():
+    with pytest.raises(ValueError, match="same"):
+        difference_interval(np.ones((3, 10)), np.ones((2, 10)))
+    with pytest.raises(ValueError, match="matrix"):
+        accuracy_interval(np.ones((2, 2, 2)))
+    assert accuracy_interval(np.array([1, 0, 1, 1])).mean == 0.75  # one seed as a vector

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The prepared GPU run: correctness on the GPU, then TimeSformer-B throughput of every reducer,
+# eager and compiled, bf16, inference and training steps. Sized for one H200 in about 8 minutes;
+# each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
+#
+#   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
+#   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
+#                                           # bench_eager.{md,json}, bench_compiled.{md,json}
+# On a machine with network, the README's install command replaces the wheels step.
+# SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-${OUT:-runs/gpu}}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python=${PYTHON:-python3}
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $python -m pip install -q --no-index --no-deps --no-compile --target /tmp/ired_site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/ired_site"
+fi
+
+{
+    date -u +"%Y-%m-%d %H:%M UTC"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1
+    $python -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__); print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
+} > "$out/environment.txt" 2>&1
+cat "$out/environment.txt"
+device=cuda model=timesformer_base_patch16_224 batches=(8 32) big=32 iters=10 dtype=bf16 keeps=(0.7 0.5)
+if [ "${SMOKE:-0}" = 1 ]; then
+    device=cpu model=timesformer_micro batches=(1 2) big=2 iters=1 keeps=(0.5)
+else
+    $python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+        || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
+fi
+
+stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
+    local seconds=$1 name=$2; shift 2
+    echo "== $name (at most ${seconds}s)"
+    timeout "$seconds" "$@" > "$out/$name.md" 2>&1
+    local code=$?
+    [ $code -eq 124 ] && echo "(cut at ${seconds}s: the rows measured so far are in $name.json)" >> "$out/$name.md"
+    tail -n 40 "$out/$name.md"
+}
+
+# 1. Correctness on the GPU: fused vs explicit attention, reducers' no-op identity,
+#    bf16 vs fp32 logits, compiled vs eager (TimeSformer-T, 4 frames).
+stage 120 checks env IRED_DEVICE=$device $python -m pytest -q -p no:cacheprovider tests/test_device.py
+
+# 2. Eager throughput, bf16: TimeSformer-B 8x224, every reducer at keep 0.7 and 0.5 (tube),
+#    batch 8 and 32, inference and training steps, peak memory.
+stage 200 bench_eager $python -m ired_video.cli bench --device $device --dtype $dtype --train \
+    --models $model --keeps "${keeps[@]}" --batches "${batches[@]}" --warmup 3 --iters $iters \
+    --no-progress --output "$out/bench_eager.json"
+
+# 3. Compiled (torch.compile, static shapes), bf16, batch 32: the plain model and the reducers
+#    users try first, at keep 0.5, inference and training steps; graph counts per row.
+stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
+    --models $model --reducers topk tome --keeps 0.5 --batches $big --warmup 2 \
+    --iters $iters --no-progress --output "$out/bench_compiled.json"
+echo "done: $(ls "$out")"
