@@ -12,39 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from ired_video import ConfigError, create_model
-from ired_video.data.demo import make_demo_dataset
+from ired_video import CheckpointError, ConfigError, create_model
 from ired_video.engine import TrainingError, load_train_config, train
+from tests.training import REPO, TINY, config, settings
 
 train_module = importlib.import_module("ired_video.engine.train")
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.name=timesformer_test", "data.num_workers=0", "train.batch_size=4", "train.epochs=2",
-    "train.log_every=1", "eval.batch_size=6", "data.preprocess.num_frames=4", "data.preprocess.sampling_rate=2",
-    "data.preprocess.crop_size=32", "data.preprocess.train_short_side=[32,40]", "data.preprocess.test_short_side=32",
-    "train.mixup=0.2",
-]
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(root, videos_per_class=4, num_frames=20, width=64, height=48, progress=False)
-    return root
-
-
-def _settings(demo_data: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", f"output={out}",
-            *TINY, *extra]
-
-
-def _config(demo_data: Path, out: Path, *extra: str):
-    return load_train_config(REPO / "configs/train/demo_micro.yaml", _settings(demo_data, out, *extra))
-
 
 def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
-    report = train(_config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
+    report = train(config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
                            "reducer.stages=[1]", "eval.every=1"))
     run = tmp_path / "run"
     assert {"top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video"} <= set(report)
@@ -66,7 +42,7 @@ def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
 
 def test_tensorboard_gets_training_and_validation_scalars(demo_data, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    train(_config(demo_data, tmp_path / "run", "eval.every=1"))
+    train(config(demo_data, tmp_path / "run", "eval.every=1"))
     events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -75,7 +51,7 @@ def test_tensorboard_gets_training_and_validation_scalars(demo_data, tmp_path):
 
 
 def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "run", "reducer.name=tome", "reducer.r=4", "objective.distill=1.0",
+    train(config(demo_data, tmp_path / "run", "reducer.name=tome", "reducer.r=4", "objective.distill=1.0",
                   "objective.distill_tokens=1.0", "train.epochs=1"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert all(row["distill"] >= 0 and row["distill_tokens"] > 0 for row in rows)
@@ -83,8 +59,8 @@ def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data
 
 def test_iared2_stage_one_trains_only_the_interpreters_and_logs_the_reward(demo_data, tmp_path):
     init = tmp_path / "plain"
-    train(_config(demo_data, init, "train.epochs=1"))
-    train(_config(demo_data, tmp_path / "run", "reducer.name=iared2", "reducer.keep=0.5", "reducer.stages=[1]",
+    train(config(demo_data, init, "train.epochs=1"))
+    train(config(demo_data, tmp_path / "run", "reducer.name=iared2", "reducer.keep=0.5", "reducer.stages=[1]",
                   f"init.checkpoint={init / 'last.pth'}", "init.drop_head=false", "objective.ce=0.0",
                   "objective.policy=1.0", "objective.keep_ratio=1.0", "objective.keep_target=0.5",
                   "objective.freeze_backbone=true", "train.mixup=0.0"))
@@ -107,7 +83,7 @@ def _started_as(init: Path, key: str) -> torch.Tensor:
 def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
     """18 clips / batch 4 = 4 batches an epoch; accumulating 2 makes 2 optimizer steps an
     epoch, and the step schedule drops the rate by 10x at epoch 1 (step 2)."""
-    train(_config(demo_data, tmp_path / "run", "optim.name=sgd", "optim.lr=0.01", "schedule.name=step",
+    train(config(demo_data, tmp_path / "run", "optim.name=sgd", "optim.lr=0.01", "schedule.name=step",
                   "schedule.warmup_epochs=0", "schedule.milestones=[1]", "train.grad_accum=2",
                   "train.precision=bf16", "train.clip_grad=1.0"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -118,9 +94,9 @@ def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
 
 
 def test_killed_run_resumes_exactly(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "straight"))
-    train(_config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
-    train(_config(demo_data, tmp_path / "killed"), resume="auto")
+    train(config(demo_data, tmp_path / "straight"))
+    train(config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
+    train(config(demo_data, tmp_path / "killed"), resume="auto")
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["model_state"]
     resumed = torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["model_state"]
     for key in straight:
@@ -130,15 +106,15 @@ def test_killed_run_resumes_exactly(demo_data, tmp_path):
 def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):
     """A fresh run into an earlier run's folder would have --resume auto pick the earlier,
     higher-numbered checkpoints and prune its own: refused unless asked to start over."""
-    train(_config(demo_data, tmp_path / "run"))  # 8 steps
+    train(config(demo_data, tmp_path / "run"))  # 8 steps
     refused = r"already holds a training run \(checkpoints, train_log.jsonl.*--resume auto"
     with pytest.raises(ConfigError, match=refused):
-        train(_config(demo_data, tmp_path / "run", "train.max_steps=3"))
+        train(config(demo_data, tmp_path / "run", "train.max_steps=3"))
     from ired_video import cli
     assert cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"),
-                     *_settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
+                     *settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    train(_config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
+    train(config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
     assert len((tmp_path / "run" / "eval_log.jsonl").read_text().splitlines()) == 1  # the earlier run's is gone
     from ired_video.engine.checkpoints import checkpoint_dirs
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003"]
@@ -147,9 +123,9 @@ def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data
 
 
 def test_resume_with_another_model_says_why(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "run", "train.max_steps=1"))
-    with pytest.raises(RuntimeError, match="cannot resume from this checkpoint"):
-        train(_config(demo_data, tmp_path / "run", "model.depth=3"), resume="auto")
+    train(config(demo_data, tmp_path / "run", "train.max_steps=1"))
+    with pytest.raises(CheckpointError, match="cannot resume from this checkpoint; the configured model differs"):
+        train(config(demo_data, tmp_path / "run", "model.depth=3"), resume="auto")
 
 
 def test_non_finite_loss_stops_with_saved_state(demo_data, tmp_path, monkeypatch):
@@ -161,7 +137,7 @@ def test_non_finite_loss_stops_with_saved_state(demo_data, tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "objective", poisoned)
     with pytest.raises(TrainingError, match="loss became non-finite at epoch 1, batch 0"):
-        train(_config(demo_data, tmp_path / "run"))
+        train(config(demo_data, tmp_path / "run"))
     assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
 
 
@@ -249,6 +225,6 @@ def test_demo_command_end_to_end(tmp_path, capsys):
 
 def test_checkpoint_progress_knows_the_best_score(demo_data, tmp_path):
     from ired_video.engine.checkpoints import latest
-    report = train(_config(demo_data, tmp_path / "run", "train.epochs=1"))
+    report = train(config(demo_data, tmp_path / "run", "train.epochs=1"))
     progress = json.loads((latest(tmp_path / "run") / "progress.json").read_text())
     assert progress["best_top1"] == pytest.approx(report["top1"])

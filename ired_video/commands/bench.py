@@ -130,6 +130,8 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
         args.threads = available_cores()
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("ired-video bench: --device cuda: no CUDA GPU is available here (use --device cpu)")
     for keep in args.keeps:
         if not 0 < keep <= 1:
             raise SystemExit(f"ired-video bench: keep {keep} is not a fraction in (0, 1]")

@@ -12,7 +12,8 @@ from typing import Any, Optional, Union
 
 from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
 from ired_video.models.timesformer import TimeSformer
-from ired_video.models.weights import FORMAT, load_checkpoint, load_weights
+from ired_video.models.weights import (FORMAT, Checkpoint, CheckpointError, check_stored_config, load_checkpoint,
+                                      load_weights)
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a named variant with ``overrides`` applied (types checked)."""
     if name not in VARIANTS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return from_dict(ModelConfig, {**VARIANTS[name].model, **overrides}, prefix=f"{name}.")
+    return from_dict(ModelConfig, {**VARIANTS[name].model, **overrides}, prefix="model.")
 
 
 def data_config(name: str, model: ModelConfig) -> DataConfig:
@@ -83,21 +84,41 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
         if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
             from ired_video.models.cascade import cascade_from_checkpoint
             return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
+    ours = stored is not None and stored.kind == FORMAT
+    reducer = None
+    if ours:
+        _, data, reducer = _stored_configs(stored)  # type: ignore[arg-type]
     if name is None:
-        if stored is None or stored.kind != FORMAT:
+        if not ours:
             raise ConfigError("create_model needs a model name, or an ired_video checkpoint "
                               "that stores its config")
-        config = from_dict(ModelConfig, {**stored.model_config, **overrides})
-        data = from_dict(DataConfig, stored.data_config)
+        config = from_dict(ModelConfig, {**stored.model_config, **overrides}, prefix="model.")  # type: ignore
     else:
         config = model_config(name, **overrides)
-        data = data_config(name, config)
-        if stored is not None and stored.kind == FORMAT and stored.data_config:
-            data = from_dict(DataConfig, stored.data_config)
+        if not ours:
+            data = data_config(name, config)
     model = TimeSformer(config, data)
-    if stored is not None and stored.reducer_config:
+    if reducer is not None:
         from ired_video.reducers import apply_reducer  # reducers import the model package
-        apply_reducer(model, from_dict(ReducerConfig, stored.reducer_config))
+        apply_reducer(model, reducer)
     if stored is not None:
         load_weights(model, stored, drop_head=drop_head)
     return model
+
+
+def _stored_configs(stored: Checkpoint) -> tuple[ModelConfig, DataConfig, Optional[ReducerConfig]]:
+    """Our checkpoint's model, data and reducer configs, each checked, and the model config
+    against the stored weights before anything is built; ``CheckpointError`` names the field."""
+    for key in ("model_config", "data_config"):
+        if not isinstance(getattr(stored, key), dict):
+            raise CheckpointError(f"{stored.path}: no {key} stored (not a complete ired_video checkpoint)")
+    try:
+        config = from_dict(ModelConfig, stored.model_config, prefix="model_config.")  # type: ignore[arg-type]
+        data = from_dict(DataConfig, stored.data_config, prefix="data_config.")  # type: ignore[arg-type]
+        reducer = None
+        if stored.reducer_config is not None:
+            reducer = from_dict(ReducerConfig, stored.reducer_config, prefix="reducer_config.")
+    except ConfigError as err:
+        raise CheckpointError(f"{stored.path}: stored {err}") from None
+    check_stored_config(stored.state_dict, config, stored.path)
+    return config, data, reducer
