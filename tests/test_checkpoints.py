@@ -254,3 +254,56 @@ def test_a_resumed_run_logs_each_step_once(demo_data, tmp_path, monkeypatch, one
     resumed, straight = ([json.loads(line)["loss"] for line in (tmp_path / run / "train_log.jsonl").open()]
                          for run in ("run", "straight"))
     assert resumed == straight
+
+
+def _tiny_state(lr: float = 0.1) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    return model, optimizer, scheduler
+
+
+def _draws() -> tuple[Any, ...]:
+    import random
+
+    import numpy as np
+    return random.random(), random.gauss(0, 1), float(np.random.rand()), float(np.random.randn()), \
+        torch.rand(3).tolist()
+
+
+def test_state_round_trip_restores_weights_schedule_scaler_and_every_generator(tmp_path):
+    from ired_video.engine.accelerator import new_accelerator
+    from ired_video.engine.checkpoints import Progress, load_training_state, save_training_state
+
+    accelerator = new_accelerator(cpu=True)
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)  # as fp16 on a GPU has one
+    model, optimizer, scheduler = _tiny_state()
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    accelerator.step = 1
+    _draws()  # a gauss pair half used: numpy and python keep the second value
+    save_training_state(accelerator, tmp_path, Progress(1, 2, 3, 0.5), 2, model, optimizer, scheduler)
+    expected = _draws()
+
+    other = new_accelerator(cpu=True)
+    other.scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+    model2, optimizer2, scheduler2 = _tiny_state(lr=0.7)
+    progress = load_training_state(other, tmp_path / "checkpoints" / "step_00000003", model2, optimizer2, scheduler2)
+    assert _draws() == expected
+    assert progress == Progress(1, 2, 3, 0.5) and other.step == 1
+    assert other.scaler.get_scale() == 1024.0
+    assert scheduler2.get_last_lr() == scheduler.get_last_lr() == [0.05]
+    assert optimizer2.state_dict()["state"][0]["exp_avg"].equal(optimizer.state_dict()["state"][0]["exp_avg"])
+    assert all(a.equal(b) for a, b in zip(model2.parameters(), model.parameters()))
+
+    plain = new_accelerator(cpu=True)  # no fp16 now: the scaler state has no place to go
+    with pytest.raises(checkpoints.CheckpointError, match="scaler.json: present: the checkpoint was saved with fp16"):
+        load_training_state(plain, tmp_path / "checkpoints" / "step_00000003", *_tiny_state())
+
+
+def test_bf16_on_a_gpu_without_it_is_refused(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    with pytest.raises(train_module.ConfigError, match="this GPU does not support bfloat16"):
+        train_module.check_precision("bf16", torch.device("cuda"))
+    train_module.check_precision("bf16", torch.device("cpu"))  # autocast on the CPU has bf16

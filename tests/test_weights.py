@@ -193,8 +193,8 @@ def _our_checkpoint_edited(tmp_path: Path, **edits) -> Path:
 @pytest.mark.parametrize("edit,message", [
     ({"data_config": lambda c: {**c, "num_frames": 0}}, "stored data_config.num_frames=0: expected at least 1"),
     ({"data_config": lambda c: {**c, "std": [0, 0, 0]}}, r"stored data_config.std=\[0.0, 0.0, 0.0\]: expected numbers > 0"),
-    ({"model_config": None}, "no model_config stored"),
-    ({"data_config": None}, "no data_config stored"),
+    ({"model_config": None}, "stored model_config: missing"),
+    ({"data_config": None}, "stored data_config: missing"),
     ({"model_config": lambda c: {**c, "patch_size": 0}}, "stored model_config.patch_size=0: expected at least 1"),
     ({"model_config": lambda c: {**c, "depht": 2}}, "stored unknown key.*model_config.depht"),
     ({"model_state": None}, "no state dict found"),

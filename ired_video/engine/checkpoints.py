@@ -289,7 +289,7 @@ def check_folder(path: Path, processes: int, fp16: bool) -> None:
     if listed != names - {COMPLETE}:
         raise CheckpointError(f"{path / COMPLETE}: lists {sorted(listed)}, the folder holds "
                               f"{sorted(names - {COMPLETE})}")
-    ranks = sorted(int(RNG.fullmatch(n).group(1)) for n in names if RNG.fullmatch(n))  # type: ignore[union-attr]
+    ranks = sorted(int(match.group(1)) for match in map(RNG.fullmatch, names) if match)
     odd = sorted(set(ranks) ^ set(range(processes)))
     if odd:
         raise CheckpointError(f"{path / f'rng_{odd[0]}.pt'}: {'unexpected' if odd[0] in ranks else 'missing'}: "
@@ -374,8 +374,8 @@ def load_training_state(accelerator: Accelerator, path: Path, model: nn.Module, 
     try:
         optimizer.load_state_dict(state.optimizer)
         scheduler.load_state_dict(state.scheduler)
-        if state.scaler is not None:
-            accelerator.scaler.load_state_dict(state.scaler)  # type: ignore[union-attr]
+        if state.scaler is not None and accelerator.scaler is not None:
+            accelerator.scaler.load_state_dict(state.scaler)
         _restore_rng(state.rng)
         accelerator.step = int(state.rng["accumulation_step"])
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as err:

@@ -35,8 +35,8 @@ from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 from ired_video.engine.accelerator import new_accelerator
-from ired_video.engine.checkpoints import (Progress, clear_run, earlier_run, find_checkpoint, load_training_state,
-                                           recover, save_training_state)
+from ired_video.engine.checkpoints import (Progress, check_folder, clear_run, earlier_run, find_checkpoint,
+                                           load_training_state, recover, save_training_state)
 from ired_video.engine.config import TrainConfig, dump, model_overrides, model_settings, preprocess_config
 from ired_video.engine.evaluate import evaluate
 from ired_video.engine.logger import StepLogger
@@ -179,6 +179,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)])
     check_precision(cfg.train.precision, accelerator.device)
     writable_dir(run_dir, "output=")
+    resume_from = _checkpoint_to_resume(accelerator, run_dir, resume) if resume else None
     if left:
         accelerator.wait_for_everyone()  # every process has looked before the main one deletes
         if accelerator.is_main_process:
@@ -187,10 +188,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     set_seed(cfg.train.seed)
     data = build_datasets(cfg)
     world = accelerator.num_processes
-    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)  # type: ignore[arg-type]
+    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)
     if batches_per_epoch == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {world} processes exceeds the "
-                          f"{len(data.train)} training clips")  # type: ignore[arg-type]
+                          f"{len(data.train)} training clips")
     model = build_model(cfg, data.data_config)
     teacher = _teacher(cfg, model, accelerator)
     if not cfg.cascade:  # a cascade got its reducer when built
@@ -203,11 +204,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         optimizer, lr_multiplier(cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.train.epochs))
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
-    if resume:
-        path = _checkpoint_to_resume(accelerator, run_dir, resume)
-        progress = load_training_state(accelerator, path, model, optimizer, scheduler)
-        accelerator.print(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_in_epoch} batches "
-                          f"into it, step {progress.global_step}")
+    if resume_from is not None:
+        progress = load_training_state(accelerator, resume_from, model, optimizer, scheduler)
+        accelerator.print(f"resumed from {resume_from}: epoch {progress.epoch}, {progress.batches_in_epoch} "
+                          f"batches into it, step {progress.global_step}")
     _write_run_files(accelerator, run_dir, cfg)
     # events under run_dir/tensorboard/; on resume, TensorBoard drops the killed run's later steps
     accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": progress.global_step + 1}}
@@ -219,10 +219,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     report: dict[str, Any] = {}
 
     for epoch in range(progress.epoch, cfg.train.epochs):
-        data.train.set_epoch(epoch)  # type: ignore[union-attr]
+        data.train.set_epoch(epoch)
         loader = accelerator.prepare_data_loader(DataLoader(
             data.train, batch_size=cfg.train.batch_size, sampler=EpochPermutation(len(data.train), cfg.train.seed, epoch),
-            num_workers=cfg.data.num_workers, drop_last=True))  # type: ignore[arg-type]
+            num_workers=cfg.data.num_workers, drop_last=True))
         skipped = progress.batches_in_epoch if progress.epoch == epoch else 0
         if skipped:
             loader = accelerator.skip_first_batches(loader, skipped)
@@ -281,8 +281,7 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ConfigError("train.precision=fp16 needs a GPU (this run is on the CPU, where it would silently "
                           "train in fp32): use train.precision=bf16 or no")
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} does not support "
-                          "bfloat16: use train.precision=fp16 or no")
+        raise ConfigError("train.precision=bf16: this GPU does not support bfloat16: use train.precision=fp16 or no")
 
 
 def step_seed(seed: int, epoch: int, index: int, process: int) -> int:
@@ -291,13 +290,16 @@ def step_seed(seed: int, epoch: int, index: int, process: int) -> int:
 
 
 def _checkpoint_to_resume(accelerator: Accelerator, run_dir: Path, resume: str) -> Path:
-    """``--resume auto``: the main process first finishes or removes what a kill mid-save left."""
+    """The checkpoint folder to resume from, its file names checked (nothing read yet). With
+    ``auto`` the main process first finishes or removes what a kill mid-save left."""
     if resume == "auto":
         if accelerator.is_main_process:
             for line in recover(run_dir):
                 accelerator.print(f"{run_dir / 'checkpoints'}: {line}")
         accelerator.wait_for_everyone()
-    return find_checkpoint(run_dir, resume)
+    path = find_checkpoint(run_dir, resume)
+    check_folder(path, accelerator.num_processes, accelerator.scaler is not None)
+    return path
 
 
 def _report_bad_files(accelerator: Accelerator, bad_files: BadFileTracker, epoch: int) -> None:

@@ -6,9 +6,10 @@ downloads anything, and weights come only from a local ``checkpoint`` path.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
 from ired_video.models.timesformer import TimeSformer
@@ -84,41 +85,43 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
         if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
             from ired_video.models.cascade import cascade_from_checkpoint
             return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
-    ours = stored is not None and stored.kind == FORMAT
-    reducer = None
-    if ours:
-        _, data, reducer = _stored_configs(stored)  # type: ignore[arg-type]
-    if name is None:
-        if not ours:
-            raise ConfigError("create_model needs a model name, or an ired_video checkpoint "
-                              "that stores its config")
-        config = from_dict(ModelConfig, {**stored.model_config, **overrides}, prefix="model.")  # type: ignore
-    else:
+    ours = stored_configs(stored) if stored is not None and stored.kind == FORMAT else None
+    if name is not None:
         config = model_config(name, **overrides)
-        if not ours:
-            data = data_config(name, config)
+        data = ours.data if ours is not None else data_config(name, config)
+    elif ours is not None:
+        config = from_dict(ModelConfig, {**dataclasses.asdict(ours.model), **overrides}, prefix="model.")
+        data = ours.data
+    else:
+        raise ConfigError("create_model needs a model name, or an ired_video checkpoint that stores its config")
     model = TimeSformer(config, data)
-    if reducer is not None:
+    if ours is not None and ours.reducer is not None:
         from ired_video.reducers import apply_reducer  # reducers import the model package
-        apply_reducer(model, reducer)
+        apply_reducer(model, ours.reducer)
     if stored is not None:
         load_weights(model, stored, drop_head=drop_head)
     return model
 
 
-def _stored_configs(stored: Checkpoint) -> tuple[ModelConfig, DataConfig, Optional[ReducerConfig]]:
+class StoredConfigs(NamedTuple):
+    model: ModelConfig
+    data: DataConfig
+    reducer: Optional[ReducerConfig]
+
+
+def stored_configs(stored: Checkpoint) -> StoredConfigs:
     """Our checkpoint's model, data and reducer configs, each checked, and the model config
-    against the stored weights before anything is built; ``CheckpointError`` names the field."""
-    for key in ("model_config", "data_config"):
-        if not isinstance(getattr(stored, key), dict):
-            raise CheckpointError(f"{stored.path}: no {key} stored (not a complete ired_video checkpoint)")
+    against the stored weights, before anything is built; ``CheckpointError`` names the field."""
     try:
-        config = from_dict(ModelConfig, stored.model_config, prefix="model_config.")  # type: ignore[arg-type]
-        data = from_dict(DataConfig, stored.data_config, prefix="data_config.")  # type: ignore[arg-type]
-        reducer = None
-        if stored.reducer_config is not None:
-            reducer = from_dict(ReducerConfig, stored.reducer_config, prefix="reducer_config.")
+        for key in ("model_config", "data_config"):
+            if not isinstance(getattr(stored, key), dict):
+                raise ConfigError(f"{key}: missing (not a complete ired_video checkpoint)")
+        configs = StoredConfigs(
+            from_dict(ModelConfig, dict(stored.model_config or {}), prefix="model_config."),
+            from_dict(DataConfig, dict(stored.data_config or {}), prefix="data_config."),
+            None if stored.reducer_config is None else
+            from_dict(ReducerConfig, stored.reducer_config, prefix="reducer_config."))
     except ConfigError as err:
         raise CheckpointError(f"{stored.path}: stored {err}") from None
-    check_stored_config(stored.state_dict, config, stored.path)
-    return config, data, reducer
+    check_stored_config(stored.state_dict, configs.model, stored.path)
+    return configs
