@@ -104,6 +104,7 @@ def test_hostile_file_in_any_position_is_refused_and_never_run(demo_data, saved_
     assert code == 2 and "Traceback" not in err
     line = err.strip().splitlines()[-1]
     assert line.startswith("ired-video train: error: ") and name in line
+    assert "weights_only" not in line  # not torch's advice to load it unsafely
 
 
 def test_an_accelerate_format_checkpoint_is_refused_by_name(demo_data, saved_run, tmp_path, capsys):

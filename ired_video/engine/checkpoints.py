@@ -31,6 +31,7 @@ import os
 import random
 import re
 import shutil
+import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
@@ -306,10 +307,18 @@ def check_folder(path: Path, processes: int, fp16: bool) -> None:
 
 def _read_tensors(path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a hostile file's pickle protocol first
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # a hostile or damaged file fails inside the unpickler in many ways
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a plain tensor file, refused ({reason[:200]})") from None
+        raise CheckpointError(f"{path}: not a plain tensor file, refused ({_why(err)})") from None
+
+
+def _why(err: Exception) -> str:
+    """The line of torch's (multi-paragraph) load error that says what was found."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (found or lines or [type(err).__name__])[0][:200]
 
 
 def _read_json(path: Path) -> Any:

@@ -186,8 +186,9 @@ def validate(cfg: TrainConfig) -> None:
     model and data overrides together, the reducer's name and mode, combinations."""
     if "name" not in cfg.model:
         raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
+    preprocess = preprocess_config(cfg, model_settings(cfg))
     try:
-        check_data_config(preprocess_config(cfg, model_settings(cfg)))
+        check_data_config(preprocess)
     except ConfigError as err:
         raise ConfigError(f"data.preprocess.{err}") from None
     choose(cfg.reducer.name, "reducer.name", REDUCERS)
