@@ -72,12 +72,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ired-video: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     from ired_video.config import ConfigError
+    from ired_video.data.annotations import AnnotationError
     from ired_video.models.weights import CheckpointError
 
     module = importlib.import_module(COMMANDS[name][0])
     try:
         return int(module.main(rest) or 0)
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, AnnotationError, FileNotFoundError) as err:
         print(f"ired-video {name}: error: {err}", file=sys.stderr)
         return 2
 

@@ -7,6 +7,7 @@ key before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -21,7 +22,18 @@ ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 
 
 class ConfigError(ValueError):
-    """A config key is unknown or its value has the wrong type."""
+    """A config key is unknown or its value has the wrong type or range."""
+
+
+def require(ok: bool, key: str, value: Any, expected: str) -> None:
+    """Range checks of ``__post_init__``: ``ConfigError("key=value: expected ...")`` unless ``ok``
+    (``from_dict`` puts the section in front of ``key``)."""
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: expected {expected}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass
@@ -51,6 +63,13 @@ class ModelConfig:
     window_span: Optional[list[list[int]]] = None
 
     def __post_init__(self) -> None:
+        for key in ("img_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "at least 1")
+        require(self.num_classes >= 0, "num_classes", self.num_classes, "at least 0 (0: no classifier)")
+        require(is_number(self.mlp_ratio) and self.mlp_ratio > 0, "mlp_ratio", self.mlp_ratio, "a number > 0")
+        for key in ("drop_rate", "attn_drop_rate", "drop_path_rate"):
+            value = getattr(self, key)
+            require(is_number(value) and 0 <= value < 1, key, value, "a probability in [0, 1)")
         if self.attention_type not in ATTENTION_TYPES:
             raise ConfigError(
                 f"attention_type={self.attention_type!r}: expected one of {ATTENTION_TYPES}")
@@ -99,6 +118,18 @@ class DataConfig:
     sampling: str = "dense"
     temporal_pad: str = "repeat_last"
 
+    def __post_init__(self) -> None:
+        """Each value on its own; whether crops fit the short sides and the sampler names are
+        checked by ``ired_video.data.dataset.check_data_config``."""
+        for key in ("num_frames", "sampling_rate", "crop_size", "test_short_side"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "at least 1")
+        require(is_number(self.target_fps) and self.target_fps > 0, "target_fps", self.target_fps, "a number > 0")
+        low, high = self.train_short_side
+        require(1 <= low <= high, "train_short_side", list(self.train_short_side), "[low, high] with 1 <= low <= high")
+        require(all(is_number(m) for m in self.mean), "mean", list(self.mean), "finite numbers")
+        require(all(is_number(s) and s > 0 for s in self.std), "std", list(self.std),
+                "numbers > 0 (the pixels are divided by them)")
+
 
 @dataclass
 class ReducerConfig:
@@ -130,6 +161,26 @@ class ReducerConfig:
     interpreter_heads: Optional[int] = None
     interpreter_init: str = "attention"  # iared2: attention (the guarded block's class-token query/key) | random
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        """Ranges only; names, modes and stages against a model are checked by ``apply_reducer``."""
+        if self.keep is not None:
+            require(is_number(self.keep) and 0 < self.keep <= 1, "keep", self.keep, "a fraction in (0, 1]")
+        if self.threshold is not None:
+            require(is_number(self.threshold) and 0 < self.threshold < 1, "threshold", self.threshold,
+                    "a fraction in (0, 1)")
+        counts = self.r if isinstance(self.r, list) else [self.r]
+        require(all(r >= 0 for r in counts), "r", self.r, "tokens merged per block >= 0")
+        require(is_number(self.r_inflection) and -1 <= self.r_inflection <= 1, "r_inflection", self.r_inflection,
+                "a number in [-1, 1]")
+        require(is_number(self.cluster_ratio) and 0 < self.cluster_ratio <= 1, "cluster_ratio",
+                self.cluster_ratio, "a fraction in (0, 1]")
+        require(is_number(self.match_ratio) and 0 <= self.match_ratio <= 0.5, "match_ratio", self.match_ratio,
+                "a fraction in [0, 0.5]")
+        if self.stages is not None:
+            require(all(s >= 0 for s in self.stages), "stages", self.stages, "block indices >= 0")
+        if self.interpreter_heads is not None:
+            require(self.interpreter_heads >= 1, "interpreter_heads", self.interpreter_heads, "at least 1")
 
 
 def _type_name(tp: Any) -> str:
@@ -207,8 +258,8 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in values.items()}
     try:
         return cls(**kwargs)
-    except ConfigError as err:
-        raise ConfigError(f"{prefix.rstrip('.') or cls.__name__}: {err}") from None
+    except ConfigError as err:  # from __post_init__: "key=value: ..." -> "section.key=value: ..."
+        raise ConfigError(f"{prefix or cls.__name__ + '.'}{err}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -65,10 +65,21 @@ class LoadedModel:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU; otherwise ``torch.device(name)``."""
+    """``auto`` -> the GPU when there is one, else the CPU; otherwise ``torch.device(name)``,
+    refused (``ConfigError``) when it names no device or a GPU this machine does not have."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def class_names(model: TimeSformer) -> list[str]:
@@ -86,12 +97,12 @@ def load_model(checkpoint: Optional[PathLike] = None, model_name: Optional[str] 
     name = model_name
     if checkpoint is None and name is None:
         name = DEFAULT_MODEL
+    target = resolve_device(device)  # before building anything
     with torch.random.fork_rng(devices=[]):  # random weights are the same on every run, globally untouched
         torch.manual_seed(0)
         model = create_model(name, checkpoint=checkpoint)
         if reducer is not None:
             apply_reducer(model, reducer)
-    target = resolve_device(device)
     model = model.eval().to(target)
     label = name or Path(checkpoint).name  # type: ignore[arg-type]
     return LoadedModel(model, class_names(model), label, None if checkpoint is None else str(checkpoint), target)

@@ -56,3 +56,12 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory):
     from ired_video.data.demo import make_demo_dataset
     return make_demo_dataset(tmp_path_factory.mktemp("demo"), videos_per_class=2, seed=3,
                              width=64, height=48, num_frames=16, fps=10, progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo dataset the training tests use (4 videos per class, 20 frames of 64x48)."""
+    from ired_video.data.demo import make_demo_dataset
+    root = tmp_path_factory.mktemp("demo_train")
+    make_demo_dataset(root, videos_per_class=4, num_frames=20, width=64, height=48, progress=False)
+    return root

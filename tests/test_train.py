@@ -12,39 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from ired_video import ConfigError, create_model
-from ired_video.data.demo import make_demo_dataset
+from ired_video import CheckpointError, ConfigError, create_model
+from ired_video.data.annotations import load_annotations
 from ired_video.engine import TrainingError, load_train_config, train
+from ired_video.engine.config import dump
+from tests.training import REPO, TINY, config, settings
 
 train_module = importlib.import_module("ired_video.engine.train")
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.name=timesformer_test", "data.num_workers=0", "train.batch_size=4", "train.epochs=2",
-    "train.log_every=1", "eval.batch_size=6", "data.preprocess.num_frames=4", "data.preprocess.sampling_rate=2",
-    "data.preprocess.crop_size=32", "data.preprocess.train_short_side=[32,40]", "data.preprocess.test_short_side=32",
-    "train.mixup=0.2",
-]
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("demo")
-    make_demo_dataset(root, videos_per_class=4, num_frames=20, width=64, height=48, progress=False)
-    return root
-
-
-def _settings(demo_data: Path, out: Path, *extra: str) -> list[str]:
-    return [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", f"output={out}",
-            *TINY, *extra]
-
-
-def _config(demo_data: Path, out: Path, *extra: str):
-    return load_train_config(REPO / "configs/train/demo_micro.yaml", _settings(demo_data, out, *extra))
-
 
 def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
-    report = train(_config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
+    report = train(config(demo_data, tmp_path / "run", "reducer.name=topk", "reducer.keep=0.5",
                            "reducer.stages=[1]", "eval.every=1"))
     run = tmp_path / "run"
     assert {"top1", "top5", "mean_class_accuracy", "gmacs_per_view", "gmacs_per_video"} <= set(report)
@@ -66,7 +44,7 @@ def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
 
 def test_tensorboard_gets_training_and_validation_scalars(demo_data, tmp_path):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    train(_config(demo_data, tmp_path / "run", "eval.every=1"))
+    train(config(demo_data, tmp_path / "run", "eval.every=1"))
     events = event_accumulator.EventAccumulator(str(tmp_path / "run" / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -75,7 +53,7 @@ def test_tensorboard_gets_training_and_validation_scalars(demo_data, tmp_path):
 
 
 def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "run", "reducer.name=tome", "reducer.r=4", "objective.distill=1.0",
+    train(config(demo_data, tmp_path / "run", "reducer.name=tome", "reducer.r=4", "objective.distill=1.0",
                   "objective.distill_tokens=1.0", "train.epochs=1"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
     assert all(row["distill"] >= 0 and row["distill_tokens"] > 0 for row in rows)
@@ -83,8 +61,8 @@ def test_distillation_of_logits_and_merged_tokens_trains_and_is_logged(demo_data
 
 def test_iared2_stage_one_trains_only_the_interpreters_and_logs_the_reward(demo_data, tmp_path):
     init = tmp_path / "plain"
-    train(_config(demo_data, init, "train.epochs=1"))
-    train(_config(demo_data, tmp_path / "run", "reducer.name=iared2", "reducer.keep=0.5", "reducer.stages=[1]",
+    train(config(demo_data, init, "train.epochs=1"))
+    train(config(demo_data, tmp_path / "run", "reducer.name=iared2", "reducer.keep=0.5", "reducer.stages=[1]",
                   f"init.checkpoint={init / 'last.pth'}", "init.drop_head=false", "objective.ce=0.0",
                   "objective.policy=1.0", "objective.keep_ratio=1.0", "objective.keep_target=0.5",
                   "objective.freeze_backbone=true", "train.mixup=0.0"))
@@ -107,7 +85,7 @@ def _started_as(init: Path, key: str) -> torch.Tensor:
 def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
     """18 clips / batch 4 = 4 batches an epoch; accumulating 2 makes 2 optimizer steps an
     epoch, and the step schedule drops the rate by 10x at epoch 1 (step 2)."""
-    train(_config(demo_data, tmp_path / "run", "optim.name=sgd", "optim.lr=0.01", "schedule.name=step",
+    train(config(demo_data, tmp_path / "run", "optim.name=sgd", "optim.lr=0.01", "schedule.name=step",
                   "schedule.warmup_epochs=0", "schedule.milestones=[1]", "train.grad_accum=2",
                   "train.precision=bf16", "train.clip_grad=1.0"))
     rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
@@ -118,9 +96,9 @@ def test_sgd_step_schedule_accumulation_and_bf16(demo_data, tmp_path):
 
 
 def test_killed_run_resumes_exactly(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "straight"))
-    train(_config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
-    train(_config(demo_data, tmp_path / "killed"), resume="auto")
+    train(config(demo_data, tmp_path / "straight"))
+    train(config(demo_data, tmp_path / "killed", "train.max_steps=5"))  # stops inside epoch 2
+    train(config(demo_data, tmp_path / "killed"), resume="auto")
     straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["model_state"]
     resumed = torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["model_state"]
     for key in straight:
@@ -130,15 +108,15 @@ def test_killed_run_resumes_exactly(demo_data, tmp_path):
 def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):
     """A fresh run into an earlier run's folder would have --resume auto pick the earlier,
     higher-numbered checkpoints and prune its own: refused unless asked to start over."""
-    train(_config(demo_data, tmp_path / "run"))  # 8 steps
+    train(config(demo_data, tmp_path / "run"))  # 8 steps
     refused = r"already holds a training run \(checkpoints, train_log.jsonl.*--resume auto"
     with pytest.raises(ConfigError, match=refused):
-        train(_config(demo_data, tmp_path / "run", "train.max_steps=3"))
+        train(config(demo_data, tmp_path / "run", "train.max_steps=3"))
     from ired_video import cli
     assert cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"),
-                     *_settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
+                     *settings(demo_data, tmp_path / "run"), "train.max_steps=3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    train(_config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
+    train(config(demo_data, tmp_path / "run", "train.max_steps=3"), overwrite=True)
     assert len((tmp_path / "run" / "eval_log.jsonl").read_text().splitlines()) == 1  # the earlier run's is gone
     from ired_video.engine.checkpoints import checkpoint_dirs
     assert [p.name for p in checkpoint_dirs(tmp_path / "run")] == ["step_00000003"]
@@ -147,9 +125,9 @@ def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data
 
 
 def test_resume_with_another_model_says_why(demo_data, tmp_path):
-    train(_config(demo_data, tmp_path / "run", "train.max_steps=1"))
-    with pytest.raises(RuntimeError, match="cannot resume from this checkpoint"):
-        train(_config(demo_data, tmp_path / "run", "model.depth=3"), resume="auto")
+    train(config(demo_data, tmp_path / "run", "train.max_steps=1"))
+    with pytest.raises(CheckpointError, match="cannot resume from this checkpoint; the configured model differs"):
+        train(config(demo_data, tmp_path / "run", "model.depth=3"), resume="auto")
 
 
 def test_non_finite_loss_stops_with_saved_state(demo_data, tmp_path, monkeypatch):
@@ -161,35 +139,56 @@ def test_non_finite_loss_stops_with_saved_state(demo_data, tmp_path, monkeypatch
 
     monkeypatch.setattr(train_module, "objective", poisoned)
     with pytest.raises(TrainingError, match="loss became non-finite at epoch 1, batch 0"):
-        train(_config(demo_data, tmp_path / "run"))
+        train(config(demo_data, tmp_path / "run"))
     assert list((tmp_path / "run" / "checkpoints").glob("step_*"))
 
 
-def test_two_processes_train_and_evaluate_like_one(demo_data, tmp_path):
-    """gloo on the CPU: a 2-process run trains, and evaluating one checkpoint with 1 or 2
-    processes gives the same metrics (no video lost or counted twice)."""
-    overrides = [f"data.train={demo_data / 'train.csv'}", f"data.val={demo_data / 'val.csv'}", *TINY,
-                 "train.cpu=true", "train.epochs=1", "train.batch_size=2"]
+def test_two_processes_train_resume_and_evaluate_like_one(demo_data, tmp_path, capsys):
+    """gloo on the CPU: a 2-process run logs the loss over both processes' clips (as one process
+    with their batch), reports a bad file only process 1 met, resumes bit for bit after being
+    stopped; evaluating one checkpoint with 1 or 2 processes gives the same metrics."""
+    records = load_annotations(demo_data / "train.csv").records
+    order = torch.randperm(len(records), generator=torch.Generator().manual_seed(0)).tolist()  # epoch 0, seed 0
+    bad = tmp_path / "broken.mp4"  # process 1's first item (process 0 takes batches 0, 2, ...; 1 takes 1, 3, ...)
+    bad.write_bytes(b"not a video" * 50)
+    (tmp_path / "train.txt").write_text("".join(f"{bad if i == order[2] else r.path} {r.label}\n"
+                                                for i, r in enumerate(records)))
+    overrides = [f"data.train={tmp_path / 'train.txt'}", f"data.val={demo_data / 'val.csv'}", *TINY,
+                 "train.cpu=true", "train.epochs=1", "train.mixup=0.0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
-    done = subprocess.run([*run, str(REPO / "tools/train.py"), "--config", str(REPO / "configs/train/demo_micro.yaml"),
-                           *overrides, f"output={tmp_path / 'ddp'}"], capture_output=True, text=True, env=env,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
+
+    def launch(*args: str) -> str:
+        done = subprocess.run([*run, str(REPO / "tools/train.py"), "--config", str(REPO / "configs/train/demo_micro.yaml"),
+                               *overrides, "train.batch_size=2", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    out = launch(f"output={tmp_path / 'ddp'}")
+    assert f"epoch 1: bad files: 1 (1 items replaced): {bad}" in out
     ddp_report = json.loads((tmp_path / "ddp" / "eval_report.json").read_text())
     assert ddp_report["videos"] == 6
     # 18 clips / (2 clips x 2 processes) = 4 steps, all warm-up: the schedule is not stepped
     # once per process (a prepared scheduler would reach the cosine's end, lr 0, at step 2)
     rows = [json.loads(line) for line in (tmp_path / "ddp" / "train_log.jsonl").read_text().splitlines()]
     assert [row["lr"] for row in rows] == pytest.approx([0.001 * m for m in (0.5, 0.75, 1.0, 1.0)])
+    train(load_train_config(REPO / "configs/train/demo_micro.yaml",
+                            [*overrides, "train.batch_size=4", f"output={tmp_path / 'one'}"]))
+    single = [json.loads(line) for line in (tmp_path / "one" / "train_log.jsonl").read_text().splitlines()]
+    assert [row["loss"] for row in rows] == pytest.approx([row["loss"] for row in single], rel=1e-4)
 
-    evaluate = ["-m", "ired_video.cli", "eval", "--checkpoint", str(tmp_path / "ddp" / "best.pth"),
-                "--data", str(demo_data / "val.csv"), "--views", "2x3", "--cpu", "--workers", "0",
-                "--batch-size", "5"]
-    single = subprocess.run([sys.executable, *evaluate, "--output", str(tmp_path / "one.json")],
-                            capture_output=True, text=True, env=env, timeout=300)
-    assert single.returncode == 0, single.stderr[-3000:]
-    double = subprocess.run([*run, *evaluate, "--output", str(tmp_path / "two.json")],
+    launch(f"output={tmp_path / 'killed'}", "train.max_steps=2")
+    launch(f"output={tmp_path / 'killed'}", "--resume", "auto")
+    straight = torch.load(tmp_path / "ddp" / "last.pth", weights_only=True)["model_state"]
+    resumed = torch.load(tmp_path / "killed" / "last.pth", weights_only=True)["model_state"]
+    assert all(torch.equal(resumed[key], value) for key, value in straight.items())
+
+    evaluate = ["eval", "--checkpoint", str(tmp_path / "ddp" / "best.pth"), "--data", str(demo_data / "val.csv"),
+                "--views", "2x3", "--cpu", "--workers", "0", "--batch-size", "5"]
+    from ired_video import cli
+    assert cli.main([*evaluate, "--output", str(tmp_path / "one.json")]) == 0
+    double = subprocess.run([*run, "-m", "ired_video.cli", *evaluate, "--output", str(tmp_path / "two.json")],
                             capture_output=True, text=True, env=env, timeout=300)
     assert double.returncode == 0, double.stderr[-3000:]
     one, two = (json.loads((tmp_path / name).read_text()) for name in ("one.json", "two.json"))
@@ -198,6 +197,26 @@ def test_two_processes_train_and_evaluate_like_one(demo_data, tmp_path):
         assert one[key] == pytest.approx(two[key], abs=1e-6), key
     lines = (tmp_path / "two_views.jsonl").read_text().splitlines()
     assert len(lines) == 36
+
+
+def test_eval_views_name_the_bad_file_not_its_replacement(demo_data, tmp_path):
+    from ired_video import cli, save_checkpoint
+    save_checkpoint(tmp_path / "model.pth", create_model("timesformer_test"))
+    records = load_annotations(demo_data / "val.csv").records
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"not a video" * 50)
+    (tmp_path / "val.txt").write_text("".join(f"{bad if i == 2 else r.path} {r.label}\n"
+                                              for i, r in enumerate(records)))
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "model.pth"), "--data", str(tmp_path / "val.txt"),
+                     "--cpu", "--workers", "0", "--output", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["bad_files"] == [str(bad)] and report["bad_views"] == 1 and report["videos"] == 5
+    views = [json.loads(line) for line in (tmp_path / "report_views.jsonl").read_text().splitlines()]
+    assert [v["video"] for v in views] == [str(bad) if i == 2 else r.path for i, r in enumerate(records)]
+    row = views[2]
+    assert row["bad_file"] and row["video_index"] == 2 and row["label"] == records[2].label
+    assert row["replaced_by"] in {r.path for r in records} - {records[2].path}
+    assert all(v["replaced_by"] is None and not v["bad_file"] for i, v in enumerate(views) if i != 2)
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs/train").glob("*.yaml")), ids=lambda p: p.stem)
@@ -209,18 +228,80 @@ def test_every_train_config_parses_and_builds_its_model(path):
     apply_reducer(model, cfg.reducer)
 
 
-@pytest.mark.parametrize("override,message", [
+MISTAKES = [
     ("train.epoch=3", "unknown key.*train.epoch"),
     ("train.epochs=three", "train.epochs: expected an integer"),
     ("optim.name=adam", "optim.name='adam'"),
-    ("model.embed_dmi=4", "embed_dmi"),
-    ("objective.policy=1.0", "reducer.name=iared2"),
+    ("model.embed_dmi=4", "unknown key.*model.embed_dmi"),
+    ("objective.policy=1.0", "objective.policy trains IA-RED.*set reducer.name=iared2"),
     ("objective.distill_tokens=true", "objective.distill_tokens: expected a number"),
-    ("data.preprocess.crop=3", "data.preprocess.crop"),
-])
+    ("data.preprocess.crop=3", r"unknown key\(s\) data.preprocess.crop;"),
+    # accepted before, with a wrong or no effect (issue 16, 3)
+    ("train.clip_grad=-1", r"train.clip_grad=-1.0: expected a gradient norm > 0"),
+    ("train.label_smoothing=2", r"train.label_smoothing=2.0: expected a number in \[0, 1\)"),
+    ("reducer.r=-5", r"reducer.r=-5: expected tokens merged per block >= 0"),
+    ("train.ckpt_every=-1", r"train.ckpt_every=-1: expected at least 0"),
+    ("eval.every=-1", r"eval.every=-1: expected at least 0"),
+    ("train.mixup=-1", r"train.mixup=-1.0: expected a Beta\(a, a\) parameter >= 0"),
+    ("train.max_steps=-3", r"train.max_steps=-3: expected at least 0"),
+    ("schedule.warmup_epochs=-2", r"schedule.warmup_epochs=-2.0: expected a number >= 0"),
+    ("train.precision=fp32", r"train.precision='fp32': expected one of \('no', 'bf16', 'fp16'\)"),
+    # failed only after work had started (issue 16, 4)
+    ("eval.batch_size=0", r"eval.batch_size=0: expected at least 1"),
+    ("train.log_every=0", r"train.log_every=0: expected at least 1"),
+    ("model.depth=0", r"model.depth=0: expected at least 1"),
+    ("data.num_workers=-1", r"data.num_workers=-1: expected at least 0"),
+    ("data.preprocess.std=[0,0,0]", r"data.preprocess.std=\[0.0, 0.0, 0.0\]: expected numbers > 0"),
+    ("data.preprocess.crop_size=72", r"data.preprocess.train_short_side=\[64, 80\]: must satisfy crop_size \(72\)"),
+    ("data.preprocess.temporal_pad=mirror", r"data.preprocess.temporal_pad='mirror': expected one of"),
+    ("data.preprocess.sampling=random", r"data.preprocess.sampling='random': expected 'dense' or 'uniform'"),
+    ("reducer.name=tomee", r"reducer.name='tomee': expected one of"),
+    ("model.num_heads=0", r"model.num_heads=0: expected at least 1"),
+]
+
+
+@pytest.mark.parametrize("override,message", MISTAKES)
 def test_config_mistakes_are_caught_before_work(override, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=f"^{REPO / 'configs/train/demo_micro.yaml'}: {message}"):
         load_train_config(REPO / "configs/train/demo_micro.yaml", [override])
+
+
+@pytest.mark.parametrize("override", [override for override, _ in MISTAKES])
+def test_config_mistakes_exit_2_with_one_line(override, capsys, tmp_path):
+    from ired_video import cli
+    code = cli.main(["train", "--config", str(REPO / "configs/train/demo_micro.yaml"), f"output={tmp_path}",
+                     override])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("ired-video train: error: ") and err.count("\n") == 1, err
+    assert not any(tmp_path.iterdir())  # nothing was started
+
+
+def test_precision_no_as_yaml_reads_it(tmp_path):
+    """YAML reads a bare ``no`` as false: the documented train.precision=no is accepted and
+    written back as the string."""
+    path = tmp_path / "c.yaml"
+    path.write_text(f"_base_: {REPO / 'configs/train/demo_micro.yaml'}\ntrain:\n  precision: no\n")
+    for cfg in (load_train_config(path), load_train_config(None, ["train.precision=no"])):
+        assert cfg.train.precision == "no"
+        assert dump(cfg)["train"]["precision"] == "no"
+    with pytest.raises(ConfigError, match="train.precision=True"):
+        load_train_config(None, ["train.precision=yes"])
+
+
+def test_fp16_on_a_cpu_is_refused_before_work(demo_data, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(train_module, "build_datasets", no_work)
+    with pytest.raises(ConfigError, match="train.precision=fp16 needs a GPU"):
+        train(config(demo_data, tmp_path / "run", "train.precision=fp16", "train.cpu=true"))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_work(demo_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "build_datasets", lambda *a, **k: pytest.fail("work started"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match=r"output=.*file/run: cannot write there"):
+        train(config(demo_data, tmp_path / "file" / "run"))
 
 
 def test_demo_recipe_matches_its_yaml(tmp_path):
@@ -249,6 +330,6 @@ def test_demo_command_end_to_end(tmp_path, capsys):
 
 def test_checkpoint_progress_knows_the_best_score(demo_data, tmp_path):
     from ired_video.engine.checkpoints import latest
-    report = train(_config(demo_data, tmp_path / "run", "train.epochs=1"))
+    report = train(config(demo_data, tmp_path / "run", "train.epochs=1"))
     progress = json.loads((latest(tmp_path / "run") / "progress.json").read_text())
     assert progress["best_top1"] == pytest.approx(report["top1"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+from pathlib import Path
 
 import pytest
 import timm
@@ -173,3 +174,51 @@ def test_divided_checkpoint_into_joint_model_is_refused(tmp_path):
     torch.save({"model_state": state}, path)
     with pytest.raises(CheckpointError, match="unexpected keys: blocks.0.temporal_attn"):
         create_model("timesformer_test", attention_type="joint_space_time", checkpoint=path)
+
+
+def _our_checkpoint_edited(tmp_path: Path, **edits) -> Path:
+    """One of our checkpoints whose stored entries are replaced (a value of None deletes)."""
+    path = tmp_path / "ours.pth"
+    save_checkpoint(path, create_model("timesformer_test"))
+    payload = torch.load(path, weights_only=True)
+    for key, value in edits.items():
+        if value is None:
+            del payload[key]
+        else:
+            payload[key] = value(payload[key])
+    torch.save(payload, path)
+    return path
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"data_config": lambda c: {**c, "num_frames": 0}}, "stored data_config.num_frames=0: expected at least 1"),
+    ({"data_config": lambda c: {**c, "std": [0, 0, 0]}}, r"stored data_config.std=\[0.0, 0.0, 0.0\]: expected numbers > 0"),
+    ({"model_config": None}, "stored model_config: missing"),
+    ({"data_config": None}, "stored data_config: missing"),
+    ({"model_config": lambda c: {**c, "patch_size": 0}}, "stored model_config.patch_size=0: expected at least 1"),
+    ({"model_config": lambda c: {**c, "depht": 2}}, "stored unknown key.*model_config.depht"),
+    ({"model_state": None}, "no state dict found"),
+    ({"model_config": lambda c: {**c, "embed_dim": 64}}, r"embed_dim=64, but the weights' cls_token is \(1, 1, 32\)"),
+])
+def test_a_broken_stored_config_is_a_checkpoint_error_naming_the_field(tmp_path, edit, message):
+    path = _our_checkpoint_edited(tmp_path, **edit)
+    with pytest.raises(CheckpointError, match=f"ours.pth: .*{message}"):
+        create_model(checkpoint=path)
+
+
+def test_a_stored_config_is_checked_against_the_weights_before_building(tmp_path, monkeypatch):
+    """depth=400 over 2 stored blocks is refused before 400 blocks are built."""
+    from ired_video.models import registry
+    path = _our_checkpoint_edited(tmp_path, model_config=lambda c: {**c, "depth": 400})
+    monkeypatch.setattr(registry, "TimeSformer", lambda *a, **k: pytest.fail("the model was built"))
+    with pytest.raises(CheckpointError, match="stored model_config.depth=400, but the weights hold 2 blocks"):
+        create_model(checkpoint=path)
+
+
+def test_a_broken_checkpoint_is_a_one_line_error_of_every_command(tmp_path, capsys):
+    from ired_video import cli
+    path = _our_checkpoint_edited(tmp_path, data_config=lambda c: {**c, "num_frames": 0})
+    for argv in (["infer", "x.mp4", "--checkpoint", str(path)], ["smoke", "--checkpoint", str(path)]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "stored data_config.num_frames=0" in err, err

@@ -1,7 +1,8 @@
-"""Script entry for launchers that want a file: ``torchrun ... tools/train.py --config ...``."""
+"""Script entry for launchers that want a file: ``torchrun ... tools/train.py --config ...``
+(the ``ired-video train`` command: bad settings exit 2 with a one-line error)."""
 import sys
 
-from ired_video.commands.train import main
+from ired_video.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -6,7 +6,10 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Optional
+
+from ired_video.paths import writable_file, write_atomically
 
 EPILOG = """\
 PATH can be a Kinetics CSV (label,youtube_id,time_start,time_end,split[,...]), a list
@@ -63,6 +66,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from ired_video.data.annotations import AnnotationError
     from ired_video.data.checking import check_annotations, write_clean_annotations
 
+    writable_file(args.output, "--output")  # before decoding anything
+    if args.clean_output:
+        writable_file(args.clean_output, "--clean-output")
     try:
         ann, report = check_annotations(args.path, args.video_root, args.split,
                                         jobs=args.jobs, timeout=args.timeout,
@@ -71,8 +77,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (AnnotationError, FileNotFoundError) as err:
         print(f"check-videos: {err}", file=sys.stderr)
         return 2
-    with open(args.output, "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=1)
+    write_atomically(Path(args.output), json.dumps(report, indent=1))
     bad = [r for r in report if not r["ok"]]
     print(f"{len(report)} files, {len(report) - len(bad)} ok, {len(bad)} bad; "
           f"report: {args.output}")

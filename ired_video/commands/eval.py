@@ -8,6 +8,7 @@ from typing import Optional
 from ired_video.commands.common import add_annotation_arguments, add_reducer_argument, reducer_from_args
 from ired_video.inference import parse_views
 from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.paths import writable_file
 
 EPILOG = """examples:
   ired-video eval --checkpoint runs/demo_micro/best.pth --data data/demo/val.csv
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     clips, crops = parse_views(args.views)
-    output = Path(args.output)
+    output = writable_file(args.output, "--output")  # before evaluating anything
     report = evaluate_checkpoint(Path(args.checkpoint), args.data, reducer=reducer_from_args(args.reducer),
                                  root=args.root, split=args.split, clips=clips, crops=crops,
                                  batch_size=args.batch_size, workers=args.workers, cpu=args.cpu, output=output,

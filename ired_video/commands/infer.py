@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
-from pathlib import Path
 from typing import Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.inference import (DEFAULT_MODEL, RANDOM_WEIGHTS_WARNING, LoadedModel, collect_videos,
                                   infer_paths, load_model, parse_views, report, summary_table)
 from ired_video.models import list_models
+from ired_video.paths import writable_file, write_atomically
 
 EPILOG = """examples:
   ired-video infer clip.mp4 --checkpoint runs/k400/best.pth
@@ -29,7 +28,8 @@ model_ms, and views [clip_index, crop_index, frame_indices, padded, top_k, gmacs
 tokens_per_block, stages [{reducer, block, mode, tokens, kept_fraction}], latency_ms,
 exit_stage]; plus model, data_config, views, batch_size, top_k, seconds and summary.
 A video's prediction is the mean of its views' softmax probabilities; latency_ms is the
-model time of a view's batch shared among its views.
+model time of a view's batch shared among its views. Exit status: 0 when at least one
+input was read, 2 when none was (the report is still written) or on a bad setting.
 """
 
 
@@ -86,6 +86,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     num_clips, num_crops = parse_views(args.views)
     if args.batch_size < 1 or args.top_k < 1:
         raise SystemExit("ired-video infer: --batch-size and --top-k must be at least 1")
+    out = None if args.output is None else writable_file(args.output, "--output")
     paths = collect_videos(args.inputs)
     if not paths:
         print(f"ired-video infer: no video files in {', '.join(args.inputs)}", file=sys.stderr)
@@ -110,11 +111,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     for r in results:
         if r.status != "ok":
             print(f"unreadable: {r.path}: {r.error}", file=sys.stderr)
-    if args.output:
-        out = Path(args.output)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(doc, indent=1) + "\n")
-        os.replace(tmp, out)
+    if out is not None:
+        write_atomically(out, json.dumps(doc, indent=1) + "\n")
         print(f"wrote {out}")
-    return 0  # unreadable files are results (listed above and in the JSON), not a failure of the run
+    if not s["ok"]:
+        print(f"ired-video infer: error: none of the {s['videos']} inputs could be read", file=sys.stderr)
+        return 2
+    return 0  # some unreadable files are results (listed above and in the JSON), not a failure of the run

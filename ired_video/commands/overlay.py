@@ -14,6 +14,7 @@ from PIL import Image
 from ired_video.commands.infer import add_model_arguments, load_from_args
 from ired_video.data.video_io import write_video
 from ired_video.inference import LoadedModel, decode_views, top_k, unreduced_gmacs
+from ired_video.paths import writable_file
 from ired_video.viz.attention import capture_class_attention
 from ired_video.viz.draw import denormalize
 from ired_video.viz.masks import StageMasks, stage_masks_from_info
@@ -111,6 +112,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     clip_index, num_clips = parse_clip(args.clip)
     if args.scale is not None and args.scale < 1 or args.fps <= 0:
         raise SystemExit("ired-video overlay: --scale must be >= 1 and --fps > 0")
+    out = writable_file(args.output, "--output")  # before rendering anything
+    png = None if args.png is None else writable_file(args.png, "--png")
     loaded = load_from_args(args)
     from ired_video.data.decoding import DecodeError
 
@@ -119,14 +122,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except DecodeError as err:
         print(f"ired-video overlay: error: cannot read {err}", file=sys.stderr)
         return 2
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_video(out, result.frames, args.fps, crf=18)
     print(f"wrote {out}: {result.frames.shape[0]} frames of {result.frames.shape[2]}x{result.frames.shape[1]} "
           f"(padded to even) at {args.fps:g} fps")
-    if args.png:
-        png = Path(args.png)
-        png.parent.mkdir(parents=True, exist_ok=True)
+    if png is not None:
         Image.fromarray(result.grid).save(png, optimize=True)
         print(f"wrote {png}: {result.grid.shape[1]}x{result.grid.shape[0]}")
     stages = ", ".join(f"{s.label} {s.kept_fraction:.0%}" for s in result.stages) or "no reducer stages"

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ired_video.config import DataConfig
+from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.decoding import DecodeError, read_clip
-from ired_video.data.sampling import ClipSample, make_sampler
+from ired_video.data.sampling import PAD_MODES, ClipSample, make_sampler
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
@@ -38,15 +38,20 @@ MODES = ("train", "val", "test")
 
 
 def check_data_config(cfg: DataConfig) -> None:
-    """Reject configs whose crops cannot fit or whose sampling is unknown."""
+    """Refuse, naming the key, what a DataConfig cannot check value by value: crops that do
+    not fit the short sides, unknown sampling or pad names."""
     lo, hi = cfg.train_short_side
     if not cfg.crop_size <= lo <= hi:
-        raise ValueError(f"train_short_side={cfg.train_short_side} must satisfy "
-                         f"crop_size ({cfg.crop_size}) <= lo <= hi")
+        raise ConfigError(f"train_short_side={list(cfg.train_short_side)}: must satisfy "
+                          f"crop_size ({cfg.crop_size}) <= low <= high")
     if cfg.test_short_side < cfg.crop_size:
-        raise ValueError(f"test_short_side={cfg.test_short_side} < crop_size={cfg.crop_size}")
-    make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps,
-                 cfg.temporal_pad)
+        raise ConfigError(f"test_short_side={cfg.test_short_side}: below crop_size={cfg.crop_size}")
+    if cfg.temporal_pad not in PAD_MODES:
+        raise ConfigError(f"temporal_pad={cfg.temporal_pad!r}: expected one of {PAD_MODES}")
+    try:
+        make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps, cfg.temporal_pad)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 class VideoDataset(Dataset):
@@ -179,7 +184,8 @@ class BadFileTracker:
     """Counts the bad files reported by batches, in the main process (works with workers).
 
     Call :meth:`update` with every collated batch, :meth:`summary` at the end of an epoch,
-    then :meth:`reset`.
+    then :meth:`reset`. Under several processes each sees its own share: gather the
+    ``paths``/``replaced_items`` of all and :meth:`merge` them for the epoch's summary.
     """
 
     def __init__(self) -> None:
@@ -195,6 +201,11 @@ class BadFileTracker:
             if entry:
                 self.replaced_items += 1
                 self.paths.update(entry.split("\n"))
+
+    def merge(self, paths: Iterable[str], replaced_items: int) -> None:
+        """Add another tracker's findings (another process's share of the epoch)."""
+        self.paths.update(paths)
+        self.replaced_items += replaced_items
 
     @property
     def count(self) -> int:

@@ -8,17 +8,23 @@
     data:      {train: ..., val: ..., root: null, preprocess: {...}}
     optim / schedule / train / objective / eval / output
 
-Everything is checked before any work starts (``validate``): unknown keys, wrong types,
-unknown model fields and impossible combinations are errors naming the key.
+Everything is checked before any work starts: unknown keys and wrong types (``from_dict``),
+each section's ranges (its ``__post_init__``), then the model and data overrides together and
+impossible combinations (``validate``); every error names the key.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ired_video.config import (ConfigError, DataConfig, ReducerConfig, apply_overrides, from_dict, load_yaml,
-                               to_dict)
+from ired_video.config import (ConfigError, DataConfig, ModelConfig, ReducerConfig, apply_overrides, from_dict,
+                               is_number, load_yaml, require, to_dict)
+from ired_video.data.dataset import check_data_config
+from ired_video.models.registry import data_config, model_config
+from ired_video.reducers import REDUCERS
+from ired_video.reducers.base import MODES
 
 
 @dataclass
@@ -38,6 +44,10 @@ class DataSection:
     num_workers: int = 2
     preprocess: dict[str, Any] = field(default_factory=dict)  # DataConfig overrides
 
+    def __post_init__(self) -> None:
+        choose(self.backend, "backend", ("auto", "decord", "pyav"))
+        require(self.num_workers >= 0, "num_workers", self.num_workers, "at least 0 (0: load in the main process)")
+
 
 @dataclass
 class OptimSection:
@@ -46,6 +56,15 @@ class OptimSection:
     weight_decay: float = 0.05
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
+
+    def __post_init__(self) -> None:
+        choose(self.name, "name", ("adamw", "sgd"))
+        require(is_number(self.lr) and self.lr > 0, "lr", self.lr, "a number > 0")
+        require(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+                "a number >= 0")
+        require(is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", self.momentum, "a number in [0, 1)")
+        require(all(is_number(b) and 0 <= b < 1 for b in self.betas), "betas", list(self.betas),
+                "two numbers in [0, 1)")
 
 
 @dataclass
@@ -56,14 +75,23 @@ class ScheduleSection:
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
 
+    def __post_init__(self) -> None:
+        choose(self.name, "name", ("cosine", "step", "constant"))
+        require(is_number(self.warmup_epochs) and self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs,
+                "a number >= 0")
+        require(all(m >= 0 for m in self.milestones), "milestones", self.milestones, "epochs >= 0")
+        require(is_number(self.gamma) and self.gamma > 0, "gamma", self.gamma, "a number > 0")
+        require(is_number(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio,
+                "a fraction in [0, 1]")
+
 
 @dataclass
 class TrainSection:
     epochs: int = 10
     batch_size: int = 8  # clips per process per step
     grad_accum: int = 1
-    clip_grad: Optional[float] = None
-    precision: str = "no"  # no | bf16 | fp16
+    clip_grad: Optional[float] = None  # max gradient norm; null = no clipping
+    precision: Union[str, bool] = "no"  # no | bf16 | fp16 (YAML reads a bare no as false: the same)
     label_smoothing: float = 0.0
     mixup: float = 0.0  # Beta(a, a) mixup; 0 = off
     cutmix: float = 0.0  # Beta(a, a) cutmix (same box in every frame); 0 = off
@@ -73,6 +101,23 @@ class TrainSection:
     keep_last: int = 2  # resumable checkpoints kept
     cpu: bool = False  # force the CPU even where a GPU is
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit; for tests)
+
+    def __post_init__(self) -> None:
+        if self.precision is False:
+            self.precision = "no"
+        choose(self.precision, "precision", ("no", "bf16", "fp16"))
+        for key in ("epochs", "batch_size", "grad_accum", "log_every", "keep_last"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "at least 1")
+        for key in ("seed", "ckpt_every", "max_steps"):
+            require(getattr(self, key) >= 0, key, getattr(self, key), "at least 0")
+        if self.clip_grad is not None:
+            require(is_number(self.clip_grad) and self.clip_grad > 0, "clip_grad", self.clip_grad,
+                    "a gradient norm > 0, or null for no clipping")
+        require(is_number(self.label_smoothing) and 0 <= self.label_smoothing < 1, "label_smoothing",
+                self.label_smoothing, "a number in [0, 1)")
+        for key in ("mixup", "cutmix"):
+            value = getattr(self, key)
+            require(is_number(value) and value >= 0, key, value, "a Beta(a, a) parameter >= 0 (0: off)")
 
 
 @dataclass
@@ -91,6 +136,15 @@ class ObjectiveSection:
     wrong_penalty: float = -1.0
     freeze_backbone: bool = False  # train only the reducer's parameters (IA-RED² stage 1)
 
+    def __post_init__(self) -> None:
+        for key in ("ce", "distill", "distill_tokens", "keep_ratio", "policy"):
+            value = getattr(self, key)
+            require(is_number(value) and value >= 0, key, value, "a loss weight >= 0")
+        require(is_number(self.temperature) and self.temperature > 0, "temperature", self.temperature, "a number > 0")
+        require(is_number(self.keep_target) and 0 < self.keep_target <= 1, "keep_target", self.keep_target,
+                "a fraction in (0, 1]")
+        require(is_number(self.wrong_penalty), "wrong_penalty", self.wrong_penalty, "a finite number")
+
 
 @dataclass
 class EvalSection:
@@ -98,6 +152,16 @@ class EvalSection:
     crops: int = 1
     every: int = 1  # epochs; 0 = only at the end
     batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        for key in ("clips", "batch_size"):
+            require(getattr(self, key) >= 1, key, getattr(self, key), "at least 1")
+        require(self.crops in (1, 3), "crops", self.crops, "1 (centre) or 3 (along the long side)")
+        require(self.every >= 0, "every", self.every, "at least 0 (0: only at the end)")
+
+
+def choose(value: Any, key: str, allowed: tuple[str, ...]) -> None:
+    require(value in allowed, key, value, f"one of {allowed}")
 
 
 @dataclass
@@ -117,24 +181,18 @@ class TrainConfig:
     cascade: dict[str, Any] = field(default_factory=dict)
 
 
-CHOICES = {"optim.name": ("adamw", "sgd"), "schedule.name": ("cosine", "step", "constant"),
-           "train.precision": ("no", "bf16", "fp16"), "data.backend": ("auto", "decord", "pyav")}
-
-
 def validate(cfg: TrainConfig) -> None:
-    """Check what the dataclasses cannot: names, ranges, the model and data overrides."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r}: expected one of {allowed}")
+    """Check what each section cannot alone (each checks its own values when built): the
+    model and data overrides together, the reducer's name and mode, combinations."""
     if "name" not in cfg.model:
         raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
-    from ired_video.models.registry import model_config
-    model_config(cfg.model["name"], **model_overrides(cfg.model))
-    from_dict(DataConfig, dict(cfg.data.preprocess), prefix="data.preprocess.")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum < 1:
-        raise ConfigError("train.epochs, train.batch_size and train.grad_accum must be >= 1")
+    preprocess = preprocess_config(cfg, model_settings(cfg))
+    try:
+        check_data_config(preprocess)
+    except ConfigError as err:
+        raise ConfigError(f"data.preprocess.{err}") from None
+    choose(cfg.reducer.name, "reducer.name", REDUCERS)
+    choose(cfg.reducer.mode, "reducer.mode", MODES)
     if cfg.objective.policy and cfg.reducer.name != "iared2":
         raise ConfigError("objective.policy trains IA-RED² interpreters: set reducer.name=iared2")
     if cfg.cascade:
@@ -144,16 +202,24 @@ def validate(cfg: TrainConfig) -> None:
                           "only iared2 has any")
 
 
-def _validate_cascade(cfg: TrainConfig) -> None:
-    import dataclasses
+def model_settings(cfg: TrainConfig) -> ModelConfig:
+    """The ``model`` section as a checked ModelConfig (the variant with its overrides)."""
+    return model_config(cfg.model["name"], **model_overrides(cfg.model))
 
+
+def preprocess_config(cfg: TrainConfig, model: ModelConfig) -> DataConfig:
+    """The variant's recipe (frames and crop following ``model``) with ``data.preprocess`` on top."""
+    variant = data_config(cfg.model["name"], model)
+    return from_dict(DataConfig, {**dataclasses.asdict(variant), **cfg.data.preprocess}, prefix="data.preprocess.")
+
+
+def _validate_cascade(cfg: TrainConfig) -> None:
     from ired_video.models.cascade import check_config, load_cascade_config
-    from ired_video.models.registry import model_config
 
     cascade = load_cascade_config(cfg.cascade)
     if cfg.reducer.name != "none":
         cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
-    check_config(model_config(cfg.model["name"], **model_overrides(cfg.model)), cascade)
+    check_config(model_settings(cfg), cascade)
     if (cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio
             or cfg.objective.distill_tokens):
         raise ConfigError("cascade: objective.policy, keep_ratio, distill_tokens and freeze_backbone are for "
@@ -164,8 +230,6 @@ def model_overrides(model: dict[str, Any]) -> dict[str, Any]:
     """ModelConfig overrides of the ``model`` section: every key but ``name``, with
     ``responsive_fields: FILE`` (written by ``ired-video fields``) replaced by the
     ``window_radius``/``window_span`` it holds, checked against the model it would restrict."""
-    from ired_video.models.registry import model_config
-
     overrides = {k: v for k, v in model.items() if k not in ("name", "responsive_fields")}
     path = model.get("responsive_fields")
     if path is None:

@@ -4,8 +4,9 @@ Every view (clip x crop) of every video is one dataset item. Processes evaluate 
 shard; ``gather_for_metrics`` collects logits, labels, video indices and compute records
 without duplicates (map-style dataset), and the main process averages softmax scores per
 video. Views whose file could not be read (the dataset replaced them with another video)
-are excluded and counted. GMACs per view are what each view's forward really spent;
-GMACs per video add up its views.
+are excluded and counted; the report lists those files (``bad_files``) and their rows in
+the per-view JSONL name the bad file (``replaced_by``: the video decoded instead). GMACs
+per view are what each view's forward really spent; GMACs per video add up its views.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Acceler
         logits, info = model(batch["video"], return_info=True)
         latency = torch.full_like(info.gmacs, (time.perf_counter() - start) / len(logits))
         view = {"logits": logits.float(), "label": batch["label"], "video_index": batch["video_index"],
+                "index": batch["index"],
                 "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
                 "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
                 "latency": latency}
@@ -80,8 +82,15 @@ def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str
         "gmacs_per_video": float(video_gmacs[evaluated].mean()) if evaluated.any() else 0.0,
         "tokens_per_block": views["tokens"][ok].float().mean(dim=0).tolist(),
         "latency_ms_per_view": 1000 * float(views["latency"].mean()),
+        "bad_files": sorted({dataset.records[requested].path for requested in _requested(views, dataset)[~ok].tolist()}),
         **_exit_shares(views, ok),
     }
+
+
+def _requested(views: dict[str, torch.Tensor], dataset: VideoDataset) -> torch.Tensor:
+    """(V,) the video each view was asked for (``video_index`` is the one decoded: a replacement
+    when the file was bad)."""
+    return torch.tensor([dataset.view(int(i))[0] for i in views["index"]], dtype=torch.long)
 
 
 def _exit_shares(views: dict[str, torch.Tensor], ok: torch.Tensor) -> dict[str, Any]:
@@ -98,20 +107,22 @@ def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDatase
     names = dataset.cfg.class_names
     probs = views["logits"].softmax(dim=-1)
     confidence, prediction = probs.max(dim=-1)
+    requested = _requested(views, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for i in range(len(prediction)):
-            video = int(views["video_index"][i])
+            video, decoded = int(requested[i]), int(views["video_index"][i])
             pred = int(prediction[i])
             f.write(json.dumps({
                 "video": dataset.records[video].path, "video_index": video,
                 "view": [int(views["clip_index"][i]), int(views["crop_index"][i])],
-                "label": int(views["label"][i]), "prediction": pred,
+                "label": int(dataset.records[video].label), "prediction": pred,
                 "prediction_name": names[pred] if pred < len(names) else None,
                 "confidence": float(confidence[i]), "gmacs": float(views["gmacs"][i]),
                 "tokens_per_block": views["tokens"][i].tolist(),
                 "exit_stage": int(views["exit_stage"][i]) + 1 if "exit_stage" in views else None,
                 "latency_ms": 1000 * float(views["latency"][i]), "bad_file": bool(views["failed"][i]),
+                "replaced_by": dataset.records[decoded].path if decoded != video else None,
             }) + "\n")
 
 

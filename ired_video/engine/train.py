@@ -7,7 +7,9 @@
 Run it directly or under ``accelerate launch`` / ``torchrun``; every process runs this
 same code. The LR scheduler steps once per optimizer step and is not prepared (see
 ``schedule.py``); the data order and augmentation are functions of (seed, epoch, index),
-so a resumed run continues exactly as an uninterrupted one.
+and torch's generators are reseeded from (seed, epoch, batch, process) before every batch
+(drop path, dropout), so a resumed run continues exactly as an uninterrupted one. Logged
+losses and the per-epoch bad-file summary cover all processes.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
@@ -33,16 +35,17 @@ from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 from ired_video.engine.accelerator import new_accelerator
-from ired_video.engine.checkpoints import (Progress, clear_run, earlier_run, find_checkpoint, load_training_state,
-                                           save_training_state)
-from ired_video.engine.config import TrainConfig, dump, model_overrides
+from ired_video.engine.checkpoints import (Progress, check_folder, clear_run, earlier_run, find_checkpoint,
+                                           load_training_state, recover, save_training_state)
+from ired_video.engine.config import TrainConfig, dump, model_overrides, model_settings, preprocess_config
 from ired_video.engine.evaluate import evaluate
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
 from ired_video.engine.schedule import lr_multiplier
-from ired_video.models.registry import create_model, data_config, model_config
+from ired_video.models.registry import create_model, model_config
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import save_checkpoint
+from ired_video.paths import writable_dir
 from ired_video.reducers import apply_reducer
 
 log = logging.getLogger(__name__)
@@ -76,9 +79,7 @@ class Datasets:
 def build_datasets(cfg: TrainConfig) -> Datasets:
     """Annotations -> train/val datasets; class names from the training annotations
     (else the validation ones, else the preprocess settings)."""
-    overrides = model_overrides(cfg.model)
-    variant = data_config(cfg.model["name"], model_config(cfg.model["name"], **overrides))  # recipe defaults
-    base = {**dataclasses.asdict(variant), **cfg.data.preprocess}
+    base = dataclasses.asdict(preprocess_config(cfg, model_settings(cfg)))  # recipe defaults + preprocess
     class_names: list[str] = list(base.get("class_names") or [])
     train_ann = val_ann = None
     if cfg.data.train:
@@ -144,13 +145,15 @@ def _freeze_backbone(model: TimeSformer) -> None:
         param.requires_grad = name.startswith("reducers.")
 
 
-def _step_row(epoch: int, step: int, loss: float, parts: dict[str, float], info: Any, lr: float,
-              clips_per_s: float) -> dict[str, Any]:
+def _step_row(accelerator: Accelerator, epoch: int, step: int, loss: torch.Tensor, parts: dict[str, float],
+              info: Any, lr: float, clips_per_s: float) -> dict[str, Any]:
+    """The logged row: loss, its parts, tokens kept and GMACs as means over every process's batch."""
     state = info.state
     kept = state.real_tokens().float() / (state.num_frames_in * state.num_patches)  # after the last reducer
-    return {"epoch": epoch, "step": step, "loss": loss, **parts, "lr": lr,
-            "tokens_kept": float(kept.mean()),
-            "gmacs_per_clip": float(info.gmacs.mean()), "clips_per_s": clips_per_s}
+    local = [float(loss.detach()), *parts.values(), float(kept.mean()), float(info.gmacs.mean())]
+    means = accelerator.reduce(torch.tensor(local, dtype=torch.float64, device=accelerator.device), "mean").tolist()
+    return {"epoch": epoch, "step": step, "loss": means[0], **dict(zip(parts, means[1:-2])), "lr": lr,
+            "tokens_kept": means[-2], "gmacs_per_clip": means[-1], "clips_per_s": clips_per_s}
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
@@ -159,17 +162,24 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     A new run (no ``resume``) refuses a folder holding an earlier run's checkpoints or logs,
     whose newer step numbers ``--resume auto`` would otherwise pick and whose pruning would
     delete the new run's checkpoints; ``overwrite=True`` removes those outputs first.
+    Everything that can be checked before training is (the output folder, the precision on
+    this device, the checkpoint to resume from); errors are ``ConfigError``/``CheckpointError``.
     """
     run_dir = Path(cfg.output)
     left = [] if resume else earlier_run(run_dir)
     if left and not overwrite:
         raise ConfigError(f"{run_dir} already holds a training run ({', '.join(left)}): continue it with "
                           "--resume auto, start over with --overwrite, or set output= to another folder")
+    if cfg.data.train is None:
+        raise ConfigError("data.train is required for training")
     needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone
     accelerator = new_accelerator(
         cpu=cfg.train.cpu, mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=_trackers(), project_dir=str(run_dir),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=needs_unused)])
+    check_precision(cfg.train.precision, accelerator.device)
+    writable_dir(run_dir, "output=")
+    resume_from = _checkpoint_to_resume(accelerator, run_dir, resume) if resume else None
     if left:
         accelerator.wait_for_everyone()  # every process has looked before the main one deletes
         if accelerator.is_main_process:
@@ -177,8 +187,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
     data = build_datasets(cfg)
-    if data.train is None:
-        raise ConfigError("data.train is required for training")
+    world = accelerator.num_processes
+    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)
+    if batches_per_epoch == 0:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {world} processes exceeds the "
+                          f"{len(data.train)} training clips")
     model = build_model(cfg, data.data_config)
     teacher = _teacher(cfg, model, accelerator)
     if not cfg.cascade:  # a cascade got its reducer when built
@@ -186,25 +199,22 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     if cfg.objective.freeze_backbone:
         _freeze_backbone(model)
     optimizer = build_optimizer(cfg, model)
-    world = accelerator.num_processes
-    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)
-    if batches_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {world} processes exceeds the "
-                          f"{len(data.train)} training clips")
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(cfg.schedule, steps_per_epoch, steps_per_epoch * cfg.train.epochs))
-    accelerator.register_for_checkpointing(scheduler)
     model, optimizer = accelerator.prepare(model, optimizer)
     progress = Progress()
-    if resume:
-        path = find_checkpoint(run_dir, resume)
-        progress = load_training_state(accelerator, path)
-        accelerator.print(f"resumed from {path}: epoch {progress.epoch}, {progress.batches_in_epoch} batches "
-                          f"into it, step {progress.global_step}")
+    if resume_from is not None:
+        progress = load_training_state(accelerator, resume_from, model, optimizer, scheduler)
+        accelerator.print(f"resumed from {resume_from}: epoch {progress.epoch}, {progress.batches_in_epoch} "
+                          f"batches into it, step {progress.global_step}")
     _write_run_files(accelerator, run_dir, cfg)
-    accelerator.init_trackers("tensorboard")  # events under run_dir/tensorboard/
+    # events under run_dir/tensorboard/; on resume, TensorBoard drops the killed run's later steps
+    accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": progress.global_step + 1}}
+                              if resume else {})
     logger = StepLogger(accelerator, run_dir)
+    if resume:
+        logger.resume_at(progress.global_step, progress.epoch)  # rows of steps after the checkpoint go
     bad_files = BadFileTracker()
     report: dict[str, Any] = {}
 
@@ -222,10 +232,11 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         tick = time.perf_counter()
         for index, batch in enumerate(bar, start=skipped):
             bad_files.update(batch)
+            torch.manual_seed(step_seed(cfg.train.seed, epoch, index, accelerator.process_index))
             with accelerator.accumulate(model):
                 loss, parts, info = _train_step(cfg, model, teacher, batch, epoch, index, accelerator)
                 if not math.isfinite(float(loss.detach())):
-                    _stop_on_nan(accelerator, run_dir, cfg, progress, epoch, index, parts)
+                    _stop_on_nan(accelerator, run_dir, cfg, progress, epoch, index, parts, (model, optimizer, scheduler))
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.train.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
@@ -238,19 +249,18 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             progress.global_step += 1
             if progress.global_step % cfg.train.log_every == 0 or index + 1 == batches_per_epoch:
                 seconds = time.perf_counter() - tick
-                row = _step_row(epoch, progress.global_step, float(loss.detach()), parts, info, scheduler.get_last_lr()[0],
+                row = _step_row(accelerator, epoch, progress.global_step, loss, parts, info,
+                                scheduler.get_last_lr()[0],
                                 cfg.train.batch_size * world * cfg.train.log_every / max(seconds, 1e-9))
                 logger.log(row, progress.global_step)
                 bar.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['tokens_kept']:.2f}",
                                 gmacs=f"{row['gmacs_per_clip']:.3f}")
                 tick = time.perf_counter()
             if cfg.train.ckpt_every and progress.global_step % cfg.train.ckpt_every == 0:
-                save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
+                save_training_state(accelerator, run_dir, progress, cfg.train.keep_last, model, optimizer, scheduler)
             if cfg.train.max_steps and progress.global_step >= cfg.train.max_steps:
                 break
-        if bad_files.count:
-            accelerator.print(f"epoch {epoch + 1}: {bad_files.summary()}")
-        bad_files.reset()
+        _report_bad_files(accelerator, bad_files, epoch)
         stopped = bool(cfg.train.max_steps and progress.global_step >= cfg.train.max_steps)
         last_epoch = epoch + 1 == cfg.train.epochs or stopped
         if not stopped or progress.batches_in_epoch == batches_per_epoch:
@@ -258,11 +268,48 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         if data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
             # before saving the state, so a resumed run knows the best score so far
             report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch, logger)
-        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last)
+        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last, model, optimizer, scheduler)
         if stopped:
             break
     accelerator.end_training()
     return report
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    """Refuse a mixed precision this device would silently run in fp32 (accelerate does)."""
+    if precision == "fp16" and device.type == "cpu":
+        raise ConfigError("train.precision=fp16 needs a GPU (this run is on the CPU, where it would silently "
+                          "train in fp32): use train.precision=bf16 or no")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision=bf16: this GPU does not support bfloat16: use train.precision=fp16 or no")
+
+
+def step_seed(seed: int, epoch: int, index: int, process: int) -> int:
+    """The seed of torch's generators for one batch of one process: a function of these alone."""
+    return int(np.random.SeedSequence([seed, epoch, index, process]).generate_state(1, np.uint64)[0])
+
+
+def _checkpoint_to_resume(accelerator: Accelerator, run_dir: Path, resume: str) -> Path:
+    """The checkpoint folder to resume from, its file names checked (nothing read yet). With
+    ``auto`` the main process first finishes or removes what a kill mid-save left."""
+    if resume == "auto":
+        if accelerator.is_main_process:
+            for line in recover(run_dir):
+                accelerator.print(f"{run_dir / 'checkpoints'}: {line}")
+        accelerator.wait_for_everyone()
+    path = find_checkpoint(run_dir, resume)
+    check_folder(path, accelerator.num_processes, accelerator.scaler is not None)
+    return path
+
+
+def _report_bad_files(accelerator: Accelerator, bad_files: BadFileTracker, epoch: int) -> None:
+    """The epoch's bad files seen by every process, printed once; then the tracker is reset."""
+    every = BadFileTracker()
+    for paths, replaced in gather_object([(sorted(bad_files.paths), bad_files.replaced_items)]):
+        every.merge(paths, replaced)
+    if every.count:
+        accelerator.print(f"epoch {epoch + 1}: {every.summary()}")
+    bad_files.reset()
 
 
 def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module], batch: dict[str, Any],
@@ -312,10 +359,10 @@ def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: n
 
 
 def _stop_on_nan(accelerator: Accelerator, run_dir: Path, cfg: TrainConfig, progress: Progress, epoch: int,
-                 index: int, parts: dict[str, float]) -> None:
+                 index: int, parts: dict[str, float], state: tuple[nn.Module, Any, Any]) -> None:
     """The loss is not finite before backward: the weights are still good, so save them."""
     progress.batches_in_epoch = index
-    saved = save_training_state(accelerator, run_dir, progress, cfg.train.keep_last + 1)
+    saved = save_training_state(accelerator, run_dir, progress, cfg.train.keep_last + 1, *state)
     raise TrainingError(f"loss became non-finite at epoch {epoch + 1}, batch {index} ({parts}); the state "
                         f"before this batch is saved in {saved}. Lower optim.lr, set train.clip_grad, or "
                         "check the data; resume with --resume auto.")

@@ -6,13 +6,15 @@ downloads anything, and weights come only from a local ``checkpoint`` path.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, NamedTuple, Optional, Union
 
 from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
 from ired_video.models.timesformer import TimeSformer
-from ired_video.models.weights import FORMAT, load_checkpoint, load_weights
+from ired_video.models.weights import (FORMAT, Checkpoint, CheckpointError, check_stored_config, load_checkpoint,
+                                      load_weights)
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ def model_config(name: str, **overrides: Any) -> ModelConfig:
     """The ModelConfig of a named variant with ``overrides`` applied (types checked)."""
     if name not in VARIANTS:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    return from_dict(ModelConfig, {**VARIANTS[name].model, **overrides}, prefix=f"{name}.")
+    return from_dict(ModelConfig, {**VARIANTS[name].model, **overrides}, prefix="model.")
 
 
 def data_config(name: str, model: ModelConfig) -> DataConfig:
@@ -83,21 +85,44 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
         if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
             from ired_video.models.cascade import cascade_from_checkpoint
             return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
-    if name is None:
-        if stored is None or stored.model_config is None:
-            raise ConfigError("create_model needs a model name, or a checkpoint that states its config "
-                              "(ours, a transformers snapshot folder, mmaction2)")
-        config = from_dict(ModelConfig, {**stored.model_config, **overrides})
-        data = from_dict(DataConfig, stored.data_config)
-    else:
+    ours = stored_configs(stored) if stored is not None and stored.model_config is not None else None
+    if name is not None:
         config = model_config(name, **overrides)
-        data = data_config(name, config)
-        if stored is not None and stored.data_config:
-            data = from_dict(DataConfig, stored.data_config)
+        data = ours.data if ours is not None else data_config(name, config)
+    elif ours is not None:
+        config = from_dict(ModelConfig, {**dataclasses.asdict(ours.model), **overrides}, prefix="model.")
+        data = ours.data
+    else:
+        raise ConfigError("create_model needs a model name, or a checkpoint that states its config "
+                          "(ours, a transformers snapshot folder, mmaction2)")
     model = TimeSformer(config, data)
-    if stored is not None and stored.reducer_config:
+    if ours is not None and ours.reducer is not None:
         from ired_video.reducers import apply_reducer  # reducers import the model package
-        apply_reducer(model, from_dict(ReducerConfig, stored.reducer_config))
+        apply_reducer(model, ours.reducer)
     if stored is not None:
         load_weights(model, stored, drop_head=drop_head)
     return model
+
+
+class StoredConfigs(NamedTuple):
+    model: ModelConfig
+    data: DataConfig
+    reducer: Optional[ReducerConfig]
+
+
+def stored_configs(stored: Checkpoint) -> StoredConfigs:
+    """Our checkpoint's model, data and reducer configs, each checked, and the model config
+    against the stored weights, before anything is built; ``CheckpointError`` names the field."""
+    try:
+        for key in ("model_config", "data_config"):
+            if not isinstance(getattr(stored, key), dict):
+                raise ConfigError(f"{key}: missing (not a complete ired_video checkpoint)")
+        configs = StoredConfigs(
+            from_dict(ModelConfig, dict(stored.model_config or {}), prefix="model_config."),
+            from_dict(DataConfig, dict(stored.data_config or {}), prefix="data_config."),
+            None if stored.reducer_config is None else
+            from_dict(ReducerConfig, stored.reducer_config, prefix="reducer_config."))
+    except ConfigError as err:
+        raise CheckpointError(f"{stored.path}: stored {err}") from None
+    check_stored_config(stored.state_dict, configs.model, stored.path)
+    return configs

@@ -53,7 +53,7 @@ def parse_checkpoint(obj: dict[str, Any], path: PathLike) -> Checkpoint:
     """Find the state dict in a loaded file and tell which kind of checkpoint it is."""
     path = Path(path)
     if obj.get("format") == FORMAT:
-        return Checkpoint(path, FORMAT, tensors_only(obj["model_state"], path),
+        return Checkpoint(path, FORMAT, tensors_only(obj.get("model_state"), path),
                           obj.get("model_config"), obj.get("data_config"),
                           {k: v for k, v in obj.items() if k not in ("model_state",)},
                           obj.get("reducer_config"))
@@ -151,6 +151,24 @@ def check_fits(state: dict[str, Tensor], model: nn.Module, source: PathLike,
                 shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
                 parts.append(f"{label} keys: {shown}")
         raise CheckpointError("\n  ".join(parts))
+
+
+def check_stored_config(state: dict[str, Tensor], config: Any, source: PathLike) -> None:
+    """Our checkpoint's model config against its own weights, before a model is built (a
+    ``depth`` of 400 over 4 stored blocks is refused here, not after building 400)."""
+    stored_depth = len({key.split(".")[1] for key in state if key.startswith("blocks.")})
+    if stored_depth != config.depth:
+        raise CheckpointError(f"{source}: stored model_config.depth={config.depth}, but the weights hold "
+                              f"{stored_depth} blocks")
+    cls, pos = state.get("cls_token"), state.get("pos_embed")
+    if cls is not None and tuple(cls.shape) != (1, 1, config.embed_dim):
+        raise CheckpointError(f"{source}: stored model_config.embed_dim={config.embed_dim}, but the weights' "
+                              f"cls_token is {tuple(cls.shape)}")
+    positions = (config.img_size // config.patch_size) ** 2 + 1
+    if pos is not None and tuple(pos.shape) != (1, positions, config.embed_dim):
+        raise CheckpointError(f"{source}: stored model_config.img_size={config.img_size}, patch_size="
+                              f"{config.patch_size} make {positions} positions; the weights' pos_embed is "
+                              f"{tuple(pos.shape)}")
 
 
 def load_checkpoint(path: PathLike) -> Checkpoint:
