@@ -31,7 +31,6 @@ import os
 import random
 import re
 import shutil
-import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Optional
@@ -42,6 +41,7 @@ from accelerate import Accelerator
 from torch import nn
 
 from ired_video.config import is_number
+from ired_video.models.checkpoint_file import load_plain
 from ired_video.models.weights import CheckpointError, check_fits
 
 PROGRESS = "progress.json"
@@ -305,22 +305,6 @@ def check_folder(path: Path, processes: int, fp16: bool) -> None:
                               "train.precision it was saved with")
 
 
-def _read_tensors(path: Path) -> Any:
-    try:
-        with warnings.catch_warnings():  # torch warns about a hostile file's pickle protocol first
-            warnings.simplefilter("ignore", UserWarning)
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a hostile or damaged file fails inside the unpickler in many ways
-        raise CheckpointError(f"{path}: not a plain tensor file, refused ({_why(err)})") from None
-
-
-def _why(err: Exception) -> str:
-    """The line of torch's (multi-paragraph) load error that says what was found."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
-    return (found or lines or [type(err).__name__])[0][:200]
-
-
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -338,12 +322,12 @@ def _mapping(value: Any, path: Path, keys: Optional[set[str]] = None) -> dict[st
 def read_training_state(path: Path, rank: int, processes: int, fp16: bool) -> TrainingState:
     """Check the folder, then read every file it holds for process ``rank``, never unpickling code."""
     check_folder(path, processes, fp16)
-    model = _mapping(_read_tensors(path / MODEL), path / MODEL)
+    model = _mapping(load_plain(path / MODEL), path / MODEL)
     bad = [k for k, v in model.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise CheckpointError(f"{path / MODEL}: not a state dict; non-tensor entries: {', '.join(map(str, bad[:5]))}")
-    optimizer = _mapping(_read_tensors(path / OPTIMIZER), path / OPTIMIZER, {"state", "param_groups"})
-    rng = _mapping(_read_tensors(path / f"rng_{rank}.pt"), path / f"rng_{rank}.pt",
+    optimizer = _mapping(load_plain(path / OPTIMIZER), path / OPTIMIZER, {"state", "param_groups"})
+    rng = _mapping(load_plain(path / f"rng_{rank}.pt"), path / f"rng_{rank}.pt",
                    {"python", "numpy", "torch", "cuda", "accumulation_step"})
     scheduler = _mapping(_read_json(path / SCHEDULER), path / SCHEDULER)
     scaler = _mapping(_read_json(path / SCALER), path / SCALER) if fp16 else None

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+import warnings
+
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
@@ -54,14 +56,30 @@ def read_file(path: PathLike) -> dict[str, Any]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:
             raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt bytes make the unpickler fail in arbitrary ways
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+    obj = load_plain(path, "not a readable PyTorch checkpoint")
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of weights, found a {type(obj).__name__}")
     return obj
+
+
+def load_plain(path: PathLike, problem: str = "not a plain tensor file, refused") -> Any:
+    """``torch.load(weights_only=True)``: tensors, numbers, strings and containers only. A file
+    holding anything else (code to run on unpickling) or damaged bytes is a one-line
+    ``CheckpointError``: ``path: problem (what the unpickler found)``."""
+    try:
+        with warnings.catch_warnings():  # torch warns about a hostile file's pickle protocol first
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a hostile or damaged file fails inside the unpickler in many ways
+        raise CheckpointError(f"{path}: {problem} ({_unpickler_reason(err)})") from None
+
+
+def _unpickler_reason(err: Exception) -> str:
+    """The line of torch's multi-paragraph load error that says what was found (never its
+    advice to load with ``weights_only=False``)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (found or lines or [type(err).__name__])[0][:200]
 
 
 def tensors_only(state: Any, path: Path) -> dict[str, Tensor]:

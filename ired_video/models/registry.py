@@ -6,7 +6,6 @@ downloads anything, and weights come only from a local ``checkpoint`` path.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional, Union
@@ -85,13 +84,13 @@ def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Pat
         if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
             from ired_video.models.cascade import cascade_from_checkpoint
             return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
-    ours = stored_configs(stored) if stored is not None and stored.model_config is not None else None
+    states_config = stored is not None and (stored.kind == FORMAT or stored.model_config is not None)
+    ours = stored_configs(stored, overrides) if states_config else None
     if name is not None:
         config = model_config(name, **overrides)
         data = ours.data if ours is not None else data_config(name, config)
     elif ours is not None:
-        config = from_dict(ModelConfig, {**dataclasses.asdict(ours.model), **overrides}, prefix="model.")
-        data = ours.data
+        config, data = ours.model, ours.data
     else:
         raise ConfigError("create_model needs a model name, or a checkpoint that states its config "
                           "(ours, a transformers snapshot folder, mmaction2)")
@@ -110,15 +109,16 @@ class StoredConfigs(NamedTuple):
     reducer: Optional[ReducerConfig]
 
 
-def stored_configs(stored: Checkpoint) -> StoredConfigs:
-    """Our checkpoint's model, data and reducer configs, each checked, and the model config
-    against the stored weights, before anything is built; ``CheckpointError`` names the field."""
+def stored_configs(stored: Checkpoint, overrides: Optional[dict[str, Any]] = None) -> StoredConfigs:
+    """A checkpoint's model (with ``overrides``), data and reducer configs, each checked, and
+    the model config against the stored weights, before anything is built;
+    ``CheckpointError`` names the field."""
     try:
         for key in ("model_config", "data_config"):
             if not isinstance(getattr(stored, key), dict):
                 raise ConfigError(f"{key}: missing (not a complete ired_video checkpoint)")
         configs = StoredConfigs(
-            from_dict(ModelConfig, dict(stored.model_config or {}), prefix="model_config."),
+            from_dict(ModelConfig, {**(stored.model_config or {}), **(overrides or {})}, prefix="model_config."),
             from_dict(DataConfig, dict(stored.data_config or {}), prefix="data_config."),
             None if stored.reducer_config is None else
             from_dict(ReducerConfig, stored.reducer_config, prefix="reducer_config."))
