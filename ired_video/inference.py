@@ -24,6 +24,7 @@ from torch import Tensor
 
 from ired_video.config import ConfigError, DataConfig, ReducerConfig, to_dict
 from ired_video.data.annotations import is_video_file
+from ired_video.devices import resolve_device
 from ired_video.data.decoding import DecodeError, read_clip
 from ired_video.data.sampling import make_sampler
 from ired_video.data.transforms import eval_transform, to_tchw
@@ -62,24 +63,6 @@ class LoadedModel:
                 "attention_type": model.config.attention_type, "num_classes": len(self.class_names),
                 "reducer": to_dict(reducer) if reducer is not None else None,
                 "unreduced_gmacs_per_view": unreduced_gmacs(model), "device": str(self.device)}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> the GPU when there is one, else the CPU; otherwise ``torch.device(name)``,
-    refused (``ConfigError``) when it names no device or a GPU this machine does not have."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError(f"--device {name!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            raise ConfigError(f"--device {name}: no CUDA GPU is available here (use --device cpu or auto)")
-        if device.index is not None and device.index >= count:
-            raise ConfigError(f"--device {name}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
-    return device
 
 
 def class_names(model: TimeSformer) -> list[str]:

@@ -39,16 +39,6 @@ class GraphReport:
     reasons: list[str]
 
 
-def check_device(name: str) -> torch.device:
-    """``cpu`` or ``cuda[:i]`` as a device, refusing CUDA where there is none (one line)."""
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r}: no CUDA GPU is visible to PyTorch on this machine; use --device cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {name!r}: expected cpu or cuda")
-    return device
-
-
 def check_dtype(name: str, device: torch.device) -> torch.dtype:
     """The compute dtype by name; fp16 needs a GPU (CPU autocast to fp16 is not a fast path)."""
     if name not in DTYPES:

@@ -11,7 +11,6 @@ import torch
 from ired_video import create_model
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
 from ired_video.commands import bench
-from ired_video.reducers import apply_reducer
 
 KEEPS = (0.9, 0.7, 0.5)
 LABELS = [spec.label for spec in bench.SPECS]
@@ -149,7 +148,7 @@ def test_a_failing_reducer_is_reported_and_the_rest_runs(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--device", "cuda"], "no CUDA GPU"),
+    (["--device", "cuda"], "no CUDA GPU is available here"),
     (["--dtype", "fp16", "--device", "cpu"], "fp16 runs on a GPU only"),
     (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--keeps", "1.5"], "not a fraction"),

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from ired_video import speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
+from ired_video.devices import resolve_device
 from ired_video.models import create_model, list_models
 from ired_video.reducers import apply_reducer
 
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compute precision: fp32, or bf16/fp16 under autocast (fp16: GPU only; default fp32)")
     parser.add_argument("--threads", type=int, default=None,
                         help=f"torch.set_num_threads (default: all cores, here {available_cores()})")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available, else cpu)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto: cuda if available)")
     parser.add_argument("--img-size", type=int, default=None, help="override the models' img_size")
     parser.add_argument("--frames", type=int, default=None, help="override the models' num_frames")
     parser.add_argument("--seed", type=int, default=0, help="seed for the weights and the input clips")
@@ -133,10 +134,8 @@ def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argpar
         args.iters = 1 if quick else 5
     if args.threads is None:
         args.threads = available_cores()
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        args.torch_device = speed.check_device(args.device)
+        args.torch_device = resolve_device(args.device)
         args.torch_dtype = speed.check_dtype(args.dtype, args.torch_device)
     except ValueError as err:
         parser.error(str(err))
@@ -384,7 +383,7 @@ def setup_info(args: argparse.Namespace, argv: Optional[list[str]]) -> dict[str,
         cpu = names[0] if names else cpu
     except OSError:
         pass
-    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": args.device, "dtype": args.dtype,
+    info = {"argv": list(sys.argv[1:] if argv is None else argv), "device": str(args.torch_device), "dtype": args.dtype,
             "threads": args.threads, "cores": available_cores(), "cpu": cpu, "torch": torch.__version__,
             "python": platform.python_version(), "batches": args.batches, "warmup": args.warmup,
             "iters": args.iters, "measurements": measurements(args),
@@ -434,7 +433,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         pass
     setup["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     write(rows)
-    print(f"\n{args.device} ({setup.get('gpu', setup['cpu'])}), {args.dtype}, {args.threads} threads, torch "
+    print(f"\n{setup['device']} ({setup.get('gpu', setup['cpu'])}), {args.dtype}, {args.threads} threads, torch "
           f"{torch.__version__}; warm-up {args.warmup}, median of {args.iters}; GMACs per view from info.gmacs.")
     for kind in measurements(args):
         print(f"\n### {kind}\n")
