@@ -19,6 +19,7 @@ from typing import Any, Optional, Union
 
 from ired_video.config import (ConfigError, DataConfig, ReducerConfig, apply_overrides, from_dict, load_yaml,
                                to_dict)
+from ired_video.data.decoding import BACKENDS
 
 
 @dataclass
@@ -34,7 +35,7 @@ class DataSection:
     root: Optional[str] = None  # where CSV rows' videos live (default: next to the CSV)
     train_split: Optional[str] = None  # CSV 'split' column value to keep (e.g. train)
     val_split: Optional[str] = None
-    backend: str = "auto"  # auto (decord, PyAV fallback) | decord | pyav
+    backend: str = "auto"  # auto (PyAV, decord fallback) | pyav | decord | torchcodec
     num_workers: int = 2
     preprocess: dict[str, Any] = field(default_factory=dict)  # DataConfig overrides
 
@@ -118,7 +119,7 @@ class TrainConfig:
 
 
 CHOICES = {"optim.name": ("adamw", "sgd"), "schedule.name": ("cosine", "step", "constant"),
-           "train.precision": ("no", "bf16", "fp16"), "data.backend": ("auto", "decord", "pyav")}
+           "train.precision": ("no", "bf16", "fp16"), "data.backend": BACKENDS}
 
 
 def validate(cfg: TrainConfig) -> None:
