@@ -45,7 +45,10 @@ def check_video(path: PathLike, backend: str = "auto", full: bool = False) -> di
         return [num - 1] if full else sorted({0, num // 4, num // 2, (3 * num) // 4, num - 1})
 
     try:
-        clip = read_clip_pyav(path, spread, seek=False) if full else read_clip(path, spread, backend)
+        if full:  # from frame 0, every frame: the count that really decodes
+            clip = read_clip_pyav(path, spread, seek=False)
+        else:
+            clip = read_clip(path, spread, backend)
     except DecodeError as err:
         return _entry(path, error=err.reason)
     except Exception as err:  # noqa: BLE001 -- a report, not a crash, whatever happens

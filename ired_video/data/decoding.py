@@ -1,4 +1,4 @@
-"""Decoding the sampled frames of one video: PyAV first, decord as the fallback, torchcodec on request.
+"""Decoding the sampled frames of one video: PyAV, decord as the fallback, torchcodec on request.
 
 :func:`read_clip` opens a reader *per call* (never shared, never made in the parent
 process), asks a chooser for the frame indices given the frame count and fps the backend
@@ -8,7 +8,8 @@ decode, frame by frame).
 
 * **PyAV** (the default; ``thread_type="SLICE"``: frame threading hangs in DataLoader
   workers). One demux pass (no decoding) counts the video packets (the header may lie or
-  be absent) and records their timestamps and keyframes. When the timestamps are
+  be absent; packets an edit list discards are not frames) and records their timestamps
+  and keyframes. When the timestamps are
   trustworthy (present, unique), it seeks to the last keyframe at or before the first
   needed frame and decodes forward, and for H.264 it tells the decoder to skip
   *non-reference* pictures that are not needed (nothing else refers to them, so the
@@ -262,7 +263,7 @@ def index_packets(path: PathLike) -> PacketIndex:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream)
-                   if packet.size]
+                   if packet.size and not packet.is_discard]  # discarded: never output
         codec = stream.codec_context.name
     stamps = [pts for pts, _ in packets]
     if None in stamps or len(set(stamps)) != len(stamps):
