@@ -8,6 +8,8 @@ import pytest
 
 from ired_video.config import DataConfig
 from ired_video.data import decoding
+from ired_video.data.annotations import VideoRecord
+from ired_video.data.dataset import VideoDataset
 from ired_video.data.decoding import (DECODERS, DecodeError, _decode_seeking, auto_order,
                                       index_packets, read_clip, read_clip_pyav)
 from ired_video.data.sampling import DenseSampler
@@ -209,6 +211,10 @@ def test_unusable_torchcodec_is_a_decode_error_with_the_reason(bitpattern_video,
     with pytest.raises(DecodeError, match="no FFmpeg libraries") as info:
         read_clip(path, pick(0), "torchcodec")
     assert str(path) in str(info.value)
+    with pytest.raises(ValueError, match="backend='torchcodec' cannot be used here: no FFmpeg"):
+        VideoDataset([VideoRecord(str(path), 0)], DataConfig(), backend="torchcodec")
+    with pytest.raises(ValueError, match="expected one of"):
+        VideoDataset([VideoRecord(str(path), 0)], DataConfig(), backend="ffmpeg")
 
 
 def test_truncated_file_is_an_error_or_a_noted_partial_decode(tmp_path, bitpattern_video):

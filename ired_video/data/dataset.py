@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ired_video.config import DataConfig
 from ired_video.data.annotations import VideoRecord
-from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.decoding import DecodeError, check_backend, read_clip
 from ired_video.data.sampling import ClipSample, make_sampler
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
@@ -79,6 +79,7 @@ class VideoDataset(Dataset):
         if num_clips < 1 or num_crops < 1:
             raise ValueError(f"num_clips and num_crops must be >= 1, got {num_clips}, {num_crops}")
         check_data_config(data_config)
+        check_backend(backend)  # before any item: an unusable decoder fails every one
         self.records = list(records)
         self.cfg, self.mode, self.backend = data_config, mode, backend
         self.num_clips, self.num_crops = num_clips, num_crops

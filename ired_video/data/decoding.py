@@ -155,6 +155,15 @@ def available_backends() -> dict[str, str]:
             "torchcodec": _torchcodec_decoder()[1]}
 
 
+def check_backend(backend: str) -> None:
+    """Raise ``ValueError`` naming the reason if ``backend`` is unknown or unusable here."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: expected one of {BACKENDS}")
+    why = "" if backend == "auto" else available_backends()[backend]
+    if why:
+        raise ValueError(f"backend={backend!r} cannot be used here: {why}")
+
+
 def read_clip_decord(path: PathLike, choose: IndexChooser,
                      short_side: Optional[int] = None,
                      max_frames: Optional[int] = None) -> DecodedClip:
