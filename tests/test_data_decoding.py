@@ -58,7 +58,8 @@ def test_pyav_fast_path_seeks_and_skips_on_h264(bitpattern_video):
     assert index.codec == "h264" and index.count == 200 and index.pts is not None
     assert index.keyframes[0] == 0 and len(index.keyframes) >= 8
     wanted = [index.keyframes[-3] + 1, index.keyframes[-2] - 1, 199]  # after a mid-file seek
-    frames = _decode_seeking(path, index, set(wanted), None)
+    with av.open(str(path)) as container:
+        frames = _decode_seeking(container, index, set(wanted), None)
     assert frames is not None and sorted(frames) == wanted  # the fast path, not the fallback
     assert read_bitpattern(np.stack([frames[i] for i in wanted])) == wanted
 
@@ -258,7 +259,8 @@ def test_real_clips_load_identically_with_every_backend(shared_videos_dir, name,
 
 def test_pyav_fast_path_falls_back_on_avi_packed_b_frames(shared_videos_dir):
     path = shared_videos_dir / "mpeg4_320x240_25fps_audio.avi"
-    assert _decode_seeking(path, index_packets(path), {0, 40, 80}, None) is None
+    with av.open(str(path)) as container:
+        assert _decode_seeking(container, index_packets(path), {0, 40, 80}, None) is None
 
 
 def test_real_clip_8x32_indices_by_hand(shared_videos_dir):
