@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ired_video.data.decoding import BACKENDS
 from ired_video.paths import writable_file, write_atomically
 
 EPILOG = """\
@@ -17,8 +18,8 @@ file ("path label" per line), a folder with one subfolder per class, or a single
 
 The report is a JSON list with one object per file:
   {"path": ..., "ok": true, "frames": 300, "error": null, "fps": 30.0, ...}
-"frames" counts the frames that decode (decord's index checked by decoding the last one;
-with --full every frame is decoded with PyAV). Each file is decoded in its own process and
+"frames" counts the frames that decode (the packet count checked by decoding the last
+frame; with --full every frame is decoded with PyAV, in order). Each file is decoded in its own process and
 killed after --timeout seconds, so a file that hangs the decoder is reported, not waited on.
 
 examples:
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="files checked in parallel (default: CPU count)")
     parser.add_argument("--timeout", type=float, default=60.0,
                         help="seconds before a file's decoder is killed (default 60)")
-    parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto",
-                        help="decoder to check with (default auto: decord, PyAV if it fails)")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
+                        help="decoder to check with (default auto: PyAV, decord if it fails)")
     parser.add_argument("--full", action="store_true",
                         help="decode every frame with PyAV to count them exactly (slower)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")

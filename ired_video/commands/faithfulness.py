@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from ired_video.commands.common import reducer_from_args
+from ired_video.data.decoding import BACKENDS
 from ired_video.explain.methods import METHODS
 from ired_video.explain.table import build_table, demo_items
 from ired_video.inference import load_model
@@ -48,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="use the first N videos only")
     parser.add_argument("--out", default=None, help="folder for faithfulness.md and .json")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"])
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     return parser
 
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ired_video.commands.common import add_annotation_arguments
 from ired_video.config import ConfigError
+from ired_video.data.decoding import BACKENDS
 from ired_video.explain.field_summary import format_summary, summarize
 from ired_video.explain.fields import accumulate_fields
 from ired_video.inference import LoadedModel, load_model
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=4, help="clips per forward/backward (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=0, help="data loader processes (default: %(default)s)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"])
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
     parser.add_argument("--out", required=True, help="JSON file to write")
     return parser
 

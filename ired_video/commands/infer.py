@@ -8,6 +8,7 @@ import time
 from typing import Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
+from ired_video.data.decoding import BACKENDS
 from ired_video.inference import (DEFAULT_MODEL, RANDOM_WEIGHTS_WARNING, LoadedModel, collect_videos,
                                   infer_paths, load_model, parse_views, report, summary_table)
 from ired_video.models import list_models
@@ -45,8 +46,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     add_reducer_argument(parser)
     parser.add_argument("--device", default="auto", help="auto (GPU if any), cpu, cuda, cuda:1 ... "
                                                          "(default: %(default)s)")
-    parser.add_argument("--backend", default="auto", choices=["auto", "decord", "pyav"],
-                        help="video decoder (default: %(default)s: decord, PyAV if it fails)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="video decoder (default: %(default)s: PyAV, decord if it fails)")
 
 
 def load_from_args(args: argparse.Namespace) -> LoadedModel:

@@ -5,8 +5,8 @@ it takes longer than ``timeout`` seconds: decord can spin forever inside C++ whi
 the GIL, and only killing the process recovers (see ``decoding``). A fork costs ~10 ms,
 small next to decoding a file, which is why this pass (and not every training item) pays
 for isolation. The default check decodes 5 frames spread over the file (first and last
-included) with the training decoder (decord, then PyAV); ``full=True`` decodes every frame
-with PyAV to count exactly the frames that decode.
+included) with the training decoder (PyAV, then decord); ``full=True`` decodes every frame
+with PyAV, sequentially (no seeking), to count exactly the frames that decode.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from ired_video.data.annotations import (Annotations, VideoRecord, is_kinetics_csv,
                                          load_annotations)
-from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.decoding import DecodeError, read_clip, read_clip_pyav
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,8 +35,9 @@ def _entry(path: str, ok: bool = False, frames: Optional[int] = None,
 def check_video(path: PathLike, backend: str = "auto", full: bool = False) -> dict[str, Any]:
     """Report on one file, in this process: ``path``, ``ok``, ``frames``, ``error``, ...
 
-    ``frames`` is the count that decodes: decord's packet index verified by decoding the
-    last frame (PyAV's decodable prefix on fallback), or every frame counted with ``full``.
+    ``frames`` is the count that decodes: the backend's packet count verified by decoding
+    the last frame (PyAV's decodable prefix if that fails), or every frame counted with
+    ``full``.
     """
     path = os.fspath(path)
 
@@ -44,7 +45,10 @@ def check_video(path: PathLike, backend: str = "auto", full: bool = False) -> di
         return [num - 1] if full else sorted({0, num // 4, num // 2, (3 * num) // 4, num - 1})
 
     try:
-        clip = read_clip(path, spread, "pyav" if full else backend)
+        if full:  # from frame 0, every frame: the count that really decodes
+            clip = read_clip_pyav(path, spread, seek=False)
+        else:
+            clip = read_clip(path, spread, backend)
     except DecodeError as err:
         return _entry(path, error=err.reason)
     except Exception as err:  # noqa: BLE001 -- a report, not a crash, whatever happens

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
-from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.decoding import DecodeError, check_backend, read_clip
 from ired_video.data.sampling import PAD_MODES, ClipSample, make_sampler
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
@@ -60,14 +60,17 @@ class VideoDataset(Dataset):
     Each item is a dict: ``video`` float ``(C, T, H, W)`` normalised; ``label``,
     ``video_index``, ``clip_index``, ``crop_index``, ``index`` (ints); ``path`` (the file
     decoded); ``frame_indices`` long ``(T,)`` (the frames used, after the pad rule);
-    ``padded`` (bool: the video was shorter than the window); ``backend`` (``"decord"`` or
-    ``"pyav"``); ``note`` (why a fallback or partial decode happened, else ``""``);
+    ``padded`` (bool: the video was shorter than the window); ``backend`` (the decoder
+    used: ``"pyav"``, ``"decord"`` or ``"torchcodec"``); ``note`` (why a fallback or
+    partial decode happened, else ``""``);
     ``failed_paths`` (str) and ``num_failed`` (int): files replaced to make this item.
 
     ``mode``: ``"train"`` (random clip, scale jitter, random crop, flip) or ``"val"``/
     ``"test"`` (clips spread and centred, short side ``test_short_side``, crop
     ``crop_index`` of ``num_crops``: 1 = centre, 3 = along the long side).
     ``frame_counts``: verified frame counts by path (from a check-videos report) to clamp to.
+    ``backend``: ``"auto"`` (PyAV, decord if it fails), ``"pyav"``, ``"decord"`` or
+    ``"torchcodec"`` (see ``ired_video.data.decoding``).
     """
 
     def __init__(self, records: Sequence[VideoRecord], data_config: DataConfig,
@@ -81,6 +84,7 @@ class VideoDataset(Dataset):
         if num_clips < 1 or num_crops < 1:
             raise ValueError(f"num_clips and num_crops must be >= 1, got {num_clips}, {num_crops}")
         check_data_config(data_config)
+        check_backend(backend)  # before any item: an unusable decoder fails every one
         self.records = list(records)
         self.cfg, self.mode, self.backend = data_config, mode, backend
         self.num_clips, self.num_crops = num_clips, num_crops

@@ -25,6 +25,7 @@ from ired_video.data.dataset import check_data_config
 from ired_video.models.registry import data_config, model_config
 from ired_video.reducers import REDUCERS
 from ired_video.reducers.base import MODES
+from ired_video.data.decoding import BACKENDS
 
 
 @dataclass
@@ -40,12 +41,12 @@ class DataSection:
     root: Optional[str] = None  # where CSV rows' videos live (default: next to the CSV)
     train_split: Optional[str] = None  # CSV 'split' column value to keep (e.g. train)
     val_split: Optional[str] = None
-    backend: str = "auto"  # auto (decord, PyAV fallback) | decord | pyav
+    backend: str = "auto"  # auto (PyAV, decord fallback) | pyav | decord | torchcodec
     num_workers: int = 2
     preprocess: dict[str, Any] = field(default_factory=dict)  # DataConfig overrides
 
     def __post_init__(self) -> None:
-        choose(self.backend, "backend", ("auto", "decord", "pyav"))
+        choose(self.backend, "backend", BACKENDS)
         require(self.num_workers >= 0, "num_workers", self.num_workers, "at least 0 (0: load in the main process)")
 
 
