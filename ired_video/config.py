@@ -103,16 +103,24 @@ class DataConfig:
 class ReducerConfig:
     """Which token reducer a model runs, and its knobs (see ``ired_video.reducers``).
 
-    name: none | random | topk | interaction | bat | tome | iared2.
+    name: none | random | topk | attention_received | interaction | bat | tome | iared2.
     stages: blocks the reducer acts at (default: a quarter, half and three quarters of
         the depth); ToMe acts at every block its ``r`` schedule gives tokens to.
-    keep: fraction of tokens kept at each stage (iared2: or ``threshold`` for adaptive).
-    r: ToMe's tokens merged per block: an int, or a per-block list; with
+    keep: fraction of tokens kept at each stage, in (0, 1] (iared2: or ``threshold``
+        for adaptive).
+    r: ToMe's tokens merged per block: an int >= 0, or a per-block list; with
         ``r_inflection`` (-1..1) an int r becomes a linear ramp with mean r (-1: from 2r
         down to 0), as ToMe's schedules.
+    prop_attn: merged tokens (ToMe, BAT) add log(size) to the attention logits.
+    score: how ``interaction`` ranks patches: ``predictor`` (a per-token head fitted to
+        the indicator, cheap) or ``indicator`` (the first-order patch-interaction
+        indicator itself: a backward pass through the later blocks at every stage).
     interpreter_init: how IA-RED² interpreters start: ``attention`` copies the query and
         key projections of the block each one guards (its class attention, EViT's
         ranking), ``random`` a fresh initialisation.
+
+    Values that cannot be right whatever the model (negative r, keep outside (0, 1]) are
+    refused here; r larger than the model's tokens when the reducer is applied.
     """
 
     name: str = "none"
@@ -126,9 +134,35 @@ class ReducerConfig:
     cluster_ratio: float = 0.25
     match_ratio: float = 0.1
     prop_attn: bool = True
+    score: str = "predictor"
     interpreter_heads: Optional[int] = None
     interpreter_init: str = "attention"  # iared2: attention (the guarded block's class-token query/key) | random
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        problem = _reducer_problem(self)
+        if problem:
+            raise ConfigError(problem)
+
+
+def _reducer_problem(cfg: ReducerConfig) -> Optional[str]:
+    """The first knob of ``cfg`` no model could accept, described, or None."""
+    for key in ("keep", "cluster_ratio"):
+        value = getattr(cfg, key)
+        if value is not None and not 0 < value <= 1:  # NaN fails too
+            return f"{key}={value}: expected a fraction in (0, 1]"
+    if cfg.threshold is not None and not 0 < cfg.threshold < 1:
+        return f"threshold={cfg.threshold}: expected a probability in (0, 1)"
+    if not 0 <= cfg.match_ratio <= 0.5:
+        return f"match_ratio={cfg.match_ratio}: expected a fraction in [0, 0.5]"
+    r_values = cfg.r if isinstance(cfg.r, list) else [cfg.r]
+    if any(v < 0 for v in r_values):
+        return f"r={cfg.r}: tokens to merge per block cannot be negative"
+    if not -1 <= cfg.r_inflection <= 1:
+        return f"r_inflection={cfg.r_inflection}: expected a value in [-1, 1]"
+    if cfg.score not in ("predictor", "indicator"):
+        return f"score={cfg.score!r}: expected 'predictor' or 'indicator'"
+    return None
 
 
 def _type_name(tp: Any) -> str:

@@ -207,39 +207,6 @@ def test_gradients_reach_the_backbone_through_a_drop():
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
-def _tome_by_the_equations(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):
-    """ToMe's rule written out with loops: A = even tokens, B = odd; each A picks its most
-    similar B (cosine); the r A tokens with the highest such similarity merge into their B
-    by size-weighted mean; output: unmerged A by decreasing similarity, then B."""
-    a_idx = list(range(0, len(x), 2))
-    b_idx = list(range(1, len(x), 2))
-    cos = lambda i, j: float(metric[i] @ metric[j] / (metric[i].norm() * metric[j].norm()))  # noqa: E731
-    best = {i: max(b_idx, key=lambda j: cos(i, j)) for i in a_idx}
-    order = sorted(a_idx, key=lambda i: -cos(i, best[i]))
-    merged, unmerged = order[:r], order[r:]
-    out, sizes = [x[i] for i in unmerged], [size[i] for i in unmerged]
-    for j in b_idx:
-        group = [j] + [i for i in merged if best[i] == j]
-        total = sum(size[i] for i in group)
-        out.append(sum(x[i] * size[i] for i in group) / total)
-        sizes.append(total)
-    return torch.stack(out), torch.stack(sizes)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_tome_matching_equals_the_written_out_rule(seed):
-    g = torch.Generator().manual_seed(seed)
-    metric, x = torch.randn(1, 11, 6, generator=g), torch.randn(1, 11, 4, generator=g)
-    size = torch.randint(1, 4, (1, 11), generator=g).float()
-    assign, representative = bipartite_soft_matching(metric, r=4)
-    summed = torch.zeros(1, 7, 4).index_add_(1, assign[0], x * size[..., None])
-    sizes = torch.zeros(1, 7).index_add_(1, assign[0], size)
-    expected_x, expected_size = _tome_by_the_equations(metric[0], x[0], size[0], r=4)
-    torch.testing.assert_close(summed[0] / sizes[0, :, None], expected_x)
-    torch.testing.assert_close(sizes[0], expected_size)
-    assert representative.shape == (1, 7)
-
-
 def test_tome_caps_r_at_half_and_parses_schedules():
     assign, representative = bipartite_soft_matching(torch.randn(2, 6, 3), r=10)
     assert representative.shape == (2, 3)
@@ -269,6 +236,15 @@ def test_dpc_knn_finds_separated_clusters():
     ({"name": "random", "keep": "half"}, "keep"),
     ({"name": "iared2", "keep": 0.5, "interpreter_init": "zeros"}, "interpreter_init='zeros'"),
     ({"name": "iared2", "keep": 0.5, "interpreter_heads": 1}, "needs the block's 2 heads"),
+    ({"name": "topk", "keep": 0.0}, r"keep=0.0: expected a fraction in \(0, 1\]"),
+    ({"name": "bat", "keep": -0.5}, r"keep=-0.5: expected a fraction"),
+    ({"name": "iared2", "threshold": 1.0}, r"threshold=1.0: expected a probability"),
+    ({"name": "tome", "r": -1}, r"r=-1: tokens to merge per block cannot be negative"),
+    ({"name": "tome", "r": [2, -1]}, "cannot be negative"),
+    ({"name": "tome", "r": 2, "r_inflection": 2.0}, r"r_inflection=2.0: expected a value in \[-1, 1\]"),
+    ({"name": "tome", "r": 17}, "more tokens in one block than the 16 patch tokens per frame"),
+    ({"name": "tome", "r": 10, "r_inflection": -1.0}, r"schedule \[20, 13, 6, 0\] asks to merge more tokens"),
+    ({"name": "interaction", "keep": 0.5, "score": "oracle"}, "score='oracle': expected"),
 ])
 def test_bad_reducer_configs_are_explained(kwargs, message):
     with pytest.raises(ConfigError, match=message):

@@ -70,6 +70,11 @@ def _build_tome(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
         raise ConfigError("r_inflection applies to a constant r, not to a per-block list")
     r = (cfg.r, cfg.r_inflection) if cfg.r_inflection else cfg.r
     schedule = parse_r(len(model.blocks), r)
+    patches = model.patch_grid[0] * model.patch_grid[1]
+    tokens, unit = (model.config.num_frames * patches, "clip") if cfg.mode == "flat" else (patches, "frame")
+    if max(schedule) > tokens:
+        raise ConfigError(f"r schedule {schedule} asks to merge more tokens in one block than the {tokens} patch "
+                          f"tokens per {unit} of this model (at most half of them merge per block)")
     return {block: ToMe(block, count, cfg.mode, cfg.prop_attn) for block, count in enumerate(schedule) if count > 0}
 
 

@@ -96,7 +96,7 @@ class BAT(Reducer):
             return values.reshape(batch * units, *values.shape[2:])  # (B, U, ...) -> (B*U, ...)
 
         top_features = flat(features).gather(1, flat(top)[..., None].expand(-1, -1, dim))
-        match_assign, match_rep = bipartite_soft_matching(top_features, pairs)  # over attentive slots
+        match_assign, match_rep = bipartite_soft_matching(top_features, pairs, class_token=False)  # attentive slots
         kept = attentive - pairs
         assign = torch.empty(batch * units, slots, dtype=torch.long, device=state.x.device)
         assign.scatter_(1, flat(top), match_assign)
