@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ired_video import flops
 from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
-from ired_video.tokens import TokenState
+from ired_video.tokens import TokenState, pool_to_slots
 
 
 @dataclass
@@ -247,13 +247,16 @@ class DividedSpaceTimeBlock(Block):
                              f"the clip has {frames}")
         return self.temporal_window[location]
 
-    def temporal_residual(self, state: TokenState) -> tuple[Tensor, Tensor]:
-        """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed."""
-        if state.aligned:
-            return self._temporal_by_slot(state)
-        return self._temporal_by_location(state)
+    def temporal_residual(self, state: TokenState, probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
+        """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed.
 
-    def _temporal_by_slot(self, state: TokenState) -> tuple[Tensor, Tensor]:
+        ``probe`` receives this attention's maps: per slot (B*K groups of F) while the state
+        is aligned, per patch location (B*N groups of F) once frames hold different tokens."""
+        if state.aligned:
+            return self._temporal_by_slot(state, probe)
+        return self._temporal_by_location(state, probe)
+
+    def _temporal_by_slot(self, state: TokenState, probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
         """Slot k is the same location in every frame: attend over the frames of each slot."""
         batch, frames, slots, dim = state.x.shape
         tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, F, D)
@@ -261,7 +264,7 @@ class DividedSpaceTimeBlock(Block):
         size = None
         if state.prop_attn and state.size is not None:
             size = state.size.transpose(1, 2).reshape(batch * slots, frames)
-        extra, probe = self._reuse_attention(state, "temporal", None)
+        extra, probe = self._reuse_attention(state, "temporal", probe)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
         if allowed is not None:
@@ -272,39 +275,40 @@ class DividedSpaceTimeBlock(Block):
         present = state.valid_mask().sum(dim=1).double()  # (B, K) frames each slot is real in
         return self.temporal_fc(res), (present * present).sum(dim=-1)
 
-    def _temporal_by_location(self, state: TokenState) -> tuple[Tensor, Tensor]:
-        """Frames kept different tokens: scatter each token to its spatial location, attend
-        over the frames where that location survives (masked), gather back.
+    def _temporal_by_location(self, state: TokenState, probe: Optional[AttentionProbe] = None
+                              ) -> tuple[Tensor, Tensor]:
+        """Frames hold different tokens: attend per original patch location, over the frames
+        where some token holds that location (masked).
 
-        Equals the unreduced model's temporal attention restricted to the kept tokens.
-        Tokens are projected (qkv, proj) only where they exist; the attention itself runs
-        on the dense (B*N, F) grid, and is billed for it.
+        Tokens are "unmerged" to the dense (B, F, N) grid through ``slot_of``: each patch of
+        each frame gets the q, k, v of the token holding it. Attention runs per location over
+        the frames, and each token's output is the mean of its outputs over the patches it
+        holds: a merged token attends in time through every location it covers, weighted by
+        the patches it holds there. A token holding one patch gets the unreduced model's
+        temporal attention restricted to the surviving tokens; in tube mode this equals
+        attention by slot. Projections run per token; the attention runs on the dense
+        (B*N, F) grid and is billed for it.
         """
         batch, frames, slots, dim = state.x.shape
         num_patches = state.num_patches
         attn = self.temporal_attn
-        location = state.pos % num_patches  # (B, F, K) spatial index
         qkv = attn.qkv(self.temporal_norm1(state.x))  # (B, F, K, 3D)
-        grid = qkv.new_zeros(batch, frames, num_patches, 3 * dim)
-        grid.scatter_(2, location[..., None].expand(-1, -1, -1, 3 * dim), qkv)  # (B, F, N, 3D)
-        present = torch.zeros(batch, frames, num_patches, dtype=torch.bool, device=qkv.device)
-        present.scatter_(2, location, state.valid_mask())  # (B, F, N)
+        holder = state.slot_of.clamp(min=0)  # (B, F, N)
+        alive = (state.slot_of >= 0) & state.valid_mask().gather(2, holder)  # (B, F, N): held by a real token
+        grid = qkv.gather(2, holder[..., None].expand(-1, -1, -1, 3 * dim))  # (B, F, N, 3D)
         grid = grid.transpose(1, 2).reshape(batch * num_patches, frames, 3 * dim)  # (B*N, F, 3D)
-        present = present.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
-        size = None
-        if state.prop_attn and state.size is not None:
-            size_grid = torch.ones(batch, frames, num_patches, dtype=qkv.dtype, device=qkv.device)
-            size_grid.scatter_(2, location, state.size.to(qkv.dtype))
-            size = size_grid.transpose(1, 2).reshape(batch * num_patches, frames)
+        present = alive.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
         q, k, v = attn.split_qkv(grid)
-        bias = _bias(present, size, qkv.dtype)
+        bias = _bias(present, None, qkv.dtype)  # one patch per grid cell: no size term
         allowed = self._temporal_allowed(torch.arange(num_patches, device=qkv.device).repeat(batch), frames)
         if allowed is not None:
             bias = windows.add_window(bias, allowed, qkv.dtype)
-        out = attn.core(q, k, v, bias)  # (B*N, heads, F, head_dim)
+        out = attn.attend(q, k, v, bias, probe)  # (B*N, heads, F, head_dim)
         out = out.transpose(1, 2).reshape(batch, num_patches, frames, dim).transpose(1, 2)  # (B, F, N, D)
-        out = out.gather(2, location[..., None].expand(-1, -1, -1, dim))  # (B, F, K, D)
-        res = self.drop_path(attn.proj_drop(attn.proj(out)))
+        per_token, _ = pool_to_slots(state, out)  # (B, F, K, D) mean over each token's patches
+        res = attn.proj_drop(attn.proj(per_token))
+        res = self.drop_path(res.transpose(1, 2).reshape(batch * slots, frames, dim))  # per slot, as by slot
+        res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, F, K, D)
         pairs = torch.full((batch,), float(num_patches * frames * frames), dtype=torch.float64, device=qkv.device)
         return self.temporal_fc(res), pairs
 

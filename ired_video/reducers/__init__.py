@@ -45,7 +45,8 @@ def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
         "random": lambda b: RandomDrop(b, _need_keep(cfg), cfg.mode, cfg.seed),
         "topk": lambda b: ClassAttentionTopK(b, _need_keep(cfg), cfg.mode, cfg.fuse),
         "interaction": lambda b: InteractionDrop(b, _need_keep(cfg), cfg.mode),
-        "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio),
+        "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio,
+                            prop_attn=cfg.prop_attn),
         "iared2": lambda b: _interpreter(cfg, model, b),
     }
     return {stage: makers[cfg.name](stage) for stage in stages}
