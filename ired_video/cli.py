@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                      "deletion/insertion AUC and localisation scores of every explanation method, side by side"),
     "fields": ("ired_video.commands.fields",
                "measure per-patch responsive fields on data; JSON for window-free attention (model.responsive_fields)"),
+    "fit-interaction": ("ired_video.commands.fit_interaction",
+                        "fit the interaction reducer's predictor to the patch-interaction indicator"),
     "bench": ("ired_video.commands.bench",
               "measure GMACs and clips/s of every token reducer against the plain model"),
 }

@@ -14,8 +14,9 @@ drop at the same keep (top-k acts where ToMe does, inside the block after attent
 random drop and IA-RED² act before the block, so they bill a little less at the same
 keep); the row then shows ToMe's measured GMACs. BAT adds cluster tokens,
 so its count differs from keep: its measured GMACs are reported as they are. IA-RED² runs
-in ratio mode (``keep=``) in eval mode with an untrained (random) interpreter: only its
-speed means anything, not its choice of tokens.
+in ratio mode (``keep=``) in eval mode with an untrained (random) interpreter, and the
+interaction reducer with a predictor fitted for 20 steps on one random clip: only their
+speed means anything, not their choice of tokens.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ import torch
 from ired_video import flops
 from ired_video.models import create_model, list_models
 from ired_video.reducers import apply_reducer
+from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224")
 QUICK_MODEL = "timesformer_micro"
@@ -53,6 +55,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("random", "random"),
     Spec("topk", "topk"),
     Spec("topk+fuse", "topk", {"fuse": True}),
+    Spec("attention_received", "attention_received"),
     Spec("interaction", "interaction"),
     Spec("bat", "bat"),
     Spec("tome", "tome"),
@@ -63,7 +66,7 @@ SPEC_BY_LABEL = {spec.label: spec for spec in SPECS}
 # machine the speed drifts, and this row's "speed-up" (ideally 1.00) shows by how much.
 PLAIN_END = Spec("plain (end)", "none")
 # Reducers whose token count is exactly the keep ratio (GMACs fall with keep).
-DROP_REDUCERS = ("random", "topk", "interaction", "iared2")
+DROP_REDUCERS = ("random", "topk", "attention_received", "interaction", "iared2")
 
 EPILOG = """Efficiency = (measured speed-up over the plain model) / (GMACs ratio plain / reduced).
 Timing is wall clock around model(video) with the device synchronised; the median of --iters.
@@ -290,6 +293,9 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
                 apply_reducer(model, spec.reducer, **kwargs)
                 if spec.reducer == "iared2":
                     row["note"] = "untrained interpreter: speed only"
+                elif spec.reducer == "interaction":
+                    fit_interaction_predictors(model, [videos[min(videos)][:1]], steps=20)
+                    row["note"] = "predictor fitted on one random clip: speed only"
             model.eval()
             for batch in args.batches:
                 try:

@@ -7,7 +7,8 @@ from typing import Optional
 
 from ired_video.config import ReducerConfig, apply_overrides, from_dict, load_yaml
 
-REDUCER_HELP = ("token reducer: a name (random, topk, interaction, bat, tome, iared2) or a YAML file "
+REDUCER_HELP = ("token reducer: a name (random, topk, attention_received, interaction, bat, tome, iared2) or "
+                "a YAML file "
                 "from configs/reducers/, then key=value settings, e.g. "
                 "'--reducer tome r=8' or '--reducer topk keep=0.7 mode=frame'")
 

@@ -20,7 +20,7 @@ for temporal attention, per frame for spatial attention, per clip for the MLP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from timm.layers import DropPath, Mlp
@@ -32,6 +32,9 @@ from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
 from ired_video.tokens import TokenState, pool_to_slots
 
 
+Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
+
+
 @dataclass
 class AttentionMaps:
     """This block's attention, in state layout, for a reducer inside the block.
@@ -41,11 +44,17 @@ class AttentionMaps:
     keys: (B, F, K, C) head-mean keys, ToMe's similarity metric.
     probs: full probabilities over [CLS, patches]: (B*F, heads, 1+K, 1+K) for divided and
         space-only blocks, (B, heads, 1+F*K, 1+F*K) for joint blocks.
+    state_in: the block's input state (reducers that need "input").
+    tail: ``tail(state_in, probe, temporal_probe) -> (logits, macs)``: the rest of the model from
+        this block's input, without reducers, with probes on this block's attention
+        (reducers that need "tail"; given by the model).
     """
 
     cls_attn: Optional[Tensor] = None
     keys: Optional[Tensor] = None
     probs: Optional[Tensor] = None
+    state_in: Optional[TokenState] = None
+    tail: Optional[Tail] = None
 
 
 class InnerReducer(Protocol):
@@ -87,13 +96,15 @@ def _probe_for(inner: Optional[InnerReducer]) -> Optional[AttentionProbe]:
                           want_probs="probs" in inner.needs)
 
 
-def _maps(probe: Optional[AttentionProbe], batch: int, frames: int, slots: int) -> Optional[AttentionMaps]:
+def _maps(probe: Optional[AttentionProbe], batch: int, frames: int, slots: int,
+          state_in: Optional[TokenState] = None, tail: Optional[Tail] = None) -> Optional[AttentionMaps]:
     """Probe over (G, 1 + L) sequences -> maps in (B, F, K) layout, class token removed."""
-    if probe is None:
+    if probe is None and state_in is None and tail is None:
         return None
+    probe = probe if probe is not None else AttentionProbe()
     cls_attn = None if probe.cls_attn is None else probe.cls_attn[:, 1:].reshape(batch, frames, slots)
     keys = None if probe.keys is None else probe.keys[:, 1:].reshape(batch, frames, slots, -1)
-    return AttentionMaps(cls_attn=cls_attn, keys=keys, probs=probe.probs)
+    return AttentionMaps(cls_attn=cls_attn, keys=keys, probs=probe.probs, state_in=state_in, tail=tail)
 
 
 class Block(nn.Module):
@@ -111,12 +122,14 @@ class Block(nn.Module):
         self.norm2 = _layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, state: TokenState, inner: Optional[InnerReducer] = None) -> TokenState:
+    def forward(self, state: TokenState, inner: Optional[InnerReducer] = None, tail: Optional[Tail] = None
+                ) -> TokenState:
+        state_in = state if inner is not None and "input" in inner.needs else None
         state.tokens.append(state.real_tokens())
         probe = _probe_for(inner)
         state = self.attend(state, probe)
         if inner is not None:
-            state = inner(state, _maps(probe, *self._map_layout(state)))
+            state = inner(state, _maps(probe, *self._map_layout(state), state_in, tail))
         return self.feed_forward(state)
 
     def _mlp(self, tokens: Tensor, state: TokenState) -> Tensor:
@@ -144,7 +157,10 @@ class Block(nn.Module):
     def _map_layout(self, state: TokenState) -> tuple[int, int, int]:
         return state.batch_size, state.num_frames, state.num_slots
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
+        """The attention residual(s); ``probe`` gets the spatial (or joint) attention's maps,
+        ``temporal_probe`` the temporal attention's (divided blocks only)."""
         raise NotImplementedError
 
     def _attention_residual(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor],
@@ -174,7 +190,8 @@ class Block(nn.Module):
 class JointSpaceTimeBlock(Block):
     """One attention over the class token and every patch token of every frame."""
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, 1+F*K, D)
         size = state.size if state.prop_attn else None
@@ -192,7 +209,8 @@ def _frames_as_batch(per_token: Optional[Tensor]) -> Optional[Tensor]:
 class SpaceOnlyBlock(Block):
     """Each frame attends within itself, with its own class token; frames never meet."""
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
                             state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
@@ -312,9 +330,10 @@ class DividedSpaceTimeBlock(Block):
         pairs = torch.full((batch,), float(num_patches * frames * frames), dtype=torch.float64, device=qkv.device)
         return self.temporal_fc(res), pairs
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
-        temporal, pairs = self.temporal_residual(state)
+        temporal, pairs = self.temporal_residual(state, temporal_probe)
         xt = state.x + temporal  # (B, F, K, D)
 
         cls_copies = state.cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)
