@@ -2,12 +2,14 @@
 fitted to it); attention received is its own reducer."""
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import replace
 
 import pytest
 import torch
 
-from ired_video import apply_reducer, create_model, save_checkpoint
+from ired_video import apply_reducer, cli, create_model, save_checkpoint
 from ired_video.explain.interaction import interaction_indicator
 from ired_video.flops import count_flops
 from ired_video.reducers.interaction import block_indicator
@@ -139,3 +141,26 @@ def test_attention_received_is_its_own_reducer():
     record = info.records[0]
     assert record["reducer"] == "attention_received" and record["scores"].shape == (2, 1, 16)
     assert isinstance(info.state, TokenState) and info.state.x.shape[2] == 8
+
+
+def test_fit_interaction_command_writes_a_fitted_checkpoint(small_demo, tmp_path, capsys):
+    model = create_model("timesformer_test", num_classes=len(small_demo.class_names))
+    model.data_config = dataclasses.replace(small_demo.data_config, num_frames=4, crop_size=32,
+                                            test_short_side=32, train_short_side=(32, 40))
+    save_checkpoint(tmp_path / "plain.pth", model)
+    out = tmp_path / "fit"
+    code = cli.main(["fit-interaction", "--checkpoint", str(tmp_path / "plain.pth"), "--data",
+                     str(small_demo.train_list), "--val", str(small_demo.val_list), "--reducer", "interaction",
+                     "keep=0.5", "stages=[1]", "--steps", "5", "--batch-size", "4", "--out", str(out)])
+    assert code == 0
+    report = json.loads((out / "fit.json").read_text())
+    assert set(report["agreement_after"]) == {"1"}
+    assert report["train_clips"] == len(small_demo.train_list.read_text().splitlines())
+    assert -1 <= report["agreement_after"]["1"]["spearman_frame"] <= 1
+    fitted = create_model(checkpoint=out / "interaction.pth")
+    assert fitted.reducers["1"].fitted and fitted.reducer_config.score == "predictor"
+    assert "| 1 |" in capsys.readouterr().out
+    code = cli.main(["fit-interaction", "--checkpoint", str(tmp_path / "plain.pth"), "--data",
+                     str(small_demo.train_list), "--val", str(small_demo.val_list), "--reducer", "topk",
+                     "keep=0.5", "--out", str(out)])
+    assert code == 2

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ired_video import ConfigError, apply_reducer, create_model
+from ired_video.commands.common import reducer_from_args
 from ired_video.flops import count_flops
 from ired_video.models.blocks import DividedSpaceTimeBlock
 from ired_video.reducers import bipartite_soft_matching, parse_r
@@ -379,12 +380,20 @@ def test_bad_reducer_configs_are_explained(kwargs, message):
         apply_reducer(_model(), **kwargs)
 
 
+@pytest.mark.parametrize("text,message", [("name: tome\nr: -2\n", "r=-2: tokens to merge per block cannot be negative"),
+                                          ("name: topk\nkeep: 0\n", r"keep=0.0: expected a fraction in \(0, 1\]")])
+def test_bad_reducer_yaml_is_refused_when_read(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{path}: reducer: {message}"):
+        reducer_from_args([str(path)])
+
+
 CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "reducers").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_reducer_config_builds_on_the_base_model(path):
-    from ired_video.commands.common import reducer_from_args
     cfg = reducer_from_args([str(path)])
     model = apply_reducer(create_model("timesformer_base_patch16_224", depth=12), cfg)
     assert len(model.reducers) > 0 and model.reducer_config.name == cfg.name

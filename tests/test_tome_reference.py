@@ -132,6 +132,8 @@ def test_one_frame_tome_equals_the_official_rules_on_the_vit(vit_and_weights, at
             apply_reducer(model, "tome", mode=mode, prop_attn=prop_attn, **kwargs)
             ours = model(images[:, :, None])  # (B, C, T=1, H, W)
             expected = official_tome_vit(vit, images, r, prop_attn)
+            print(f"{attention_type} {mode} r={r} prop_attn={prop_attn}: "  # shown with pytest -s
+                  f"max |logit difference| {(ours - expected).abs().max():.1e}")
             torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0, msg=f"r={r} prop_attn={prop_attn}")
             if r != 0:  # the setting does merge: the outputs moved away from the plain ViT's
                 assert (ours - plain).abs().max() > 1e-3, r
