@@ -88,12 +88,15 @@ def log_indicator(indicator: Tensor) -> Tensor:
 
 def agreement(model: nn.Module, videos: Iterable[Tensor]) -> dict[int, dict[str, float]]:
     """Per stage: mean Spearman correlation of predictor and indicator per frame and per
-    clip (tube scores), and the number of rows each mean is over."""
+    clip (tube scores), the same for class attention alone (the predictor's last input:
+    what the head adds), and the number of rows each mean is over."""
     out = {}
     for block, data in collect(model, videos).items():
         frame = spearman(data["predicted"], data["indicator"])
         tube = spearman(data["tube_predicted"], data["tube_indicator"])
+        cls_attention = spearman(data["features"][..., -1], data["indicator"])
         out[block] = {"spearman_frame": float(frame.mean()), "spearman_tube": float(tube.mean()),
+                      "spearman_frame_cls_attention": float(cls_attention.mean()),
                       "frames": len(frame), "clips": len(tube)}
     return out
 
