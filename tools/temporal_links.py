@@ -11,8 +11,8 @@ own included) under two rules:
 - ``representative``: through its own position only (the rule before issue 14): a frame
   counts if some token of it sits at that position.
 
-Printed: per reducer, the mean frames reached and the share of tokens with no temporal
-partner, averaged over tokens and blocks.
+Printed: per reducer, the mean frames reached (over tokens and blocks, and in the last
+block alone) and the share of tokens with no temporal partner.
 
     python tools/temporal_links.py --checkpoint runs/demo/plain/best.pth --data runs/demo/data/val.csv
 """
@@ -51,31 +51,39 @@ def frames_reached(state: TokenState) -> tuple[Tensor, Tensor, Tensor]:
     return holding, representative, valid
 
 
-def measure(model: torch.nn.Module, clips: list[Tensor]) -> dict[str, float]:
+def measure(model: torch.nn.Module, clips: list[Tensor]) -> dict[str, Any]:
+    """Means over the real tokens of every block input whose frames hold different tokens,
+    overall and per block (``blocks``: block index -> the same means there)."""
     states: list[TokenState] = []
     hooks = [block.register_forward_pre_hook(lambda _, args: states.append(args[0])) for block in model.blocks]
-    sums = {"holding": 0.0, "representative": 0.0, "holding_alone": 0.0, "representative_alone": 0.0, "tokens": 0}
+    keys = ("holding", "representative", "holding_alone", "representative_alone", "tokens")
+    sums: dict[int, dict[str, float]] = {}
     try:
         with torch.no_grad():
             for video in clips:
                 states.clear()
                 model(video)
-                for state in states:
+                for index, state in enumerate(states):
                     if state.aligned:
                         continue
                     holding, representative, valid = frames_reached(state)
-                    sums["holding"] += float(holding[valid].sum())
-                    sums["representative"] += float(representative[valid].sum())
-                    sums["holding_alone"] += float((holding[valid] == 1).sum())
-                    sums["representative_alone"] += float((representative[valid] == 1).sum())
-                    sums["tokens"] += int(valid.sum())
+                    block = sums.setdefault(index, dict.fromkeys(keys, 0.0))
+                    block["holding"] += float(holding[valid].sum())
+                    block["representative"] += float(representative[valid].sum())
+                    block["holding_alone"] += float((holding[valid] == 1).sum())
+                    block["representative_alone"] += float((representative[valid] == 1).sum())
+                    block["tokens"] += int(valid.sum())
     finally:
         for hook in hooks:
             hook.remove()
-    tokens = max(sums["tokens"], 1)
-    return {"frames_holding": sums["holding"] / tokens, "frames_representative": sums["representative"] / tokens,
-            "alone_holding": sums["holding_alone"] / tokens,
-            "alone_representative": sums["representative_alone"] / tokens, "tokens": sums["tokens"]}
+
+    def means(part: dict[str, float]) -> dict[str, float]:
+        tokens = max(part["tokens"], 1)
+        return {"frames_holding": part["holding"] / tokens, "frames_representative": part["representative"] / tokens,
+                "alone_holding": part["holding_alone"] / tokens,
+                "alone_representative": part["representative_alone"] / tokens, "tokens": part["tokens"]}
+    total = {key: sum(part[key] for part in sums.values()) for key in keys}
+    return {**means(total), "blocks": {index: means(part) for index, part in sums.items()}}
 
 
 def main() -> int:
@@ -100,7 +108,9 @@ def main() -> int:
         apply_reducer(model, name, mode="frame", **kwargs)
         row = {"reducer": spec, **measure(model, clips)}
         rows.append(row)
+        last = row["blocks"][max(row["blocks"])] if row["blocks"] else row
         print(f"| {spec} | {row['frames_representative']:.2f} -> {row['frames_holding']:.2f} "
+              f"(last block {last['frames_representative']:.2f} -> {last['frames_holding']:.2f}) "
               f"| {100 * row['alone_representative']:.1f}% -> {100 * row['alone_holding']:.1f}% |", flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(rows, indent=1))
