@@ -40,6 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "measure per-patch responsive fields on data; JSON for window-free attention (model.responsive_fields)"),
     "export": ("ired_video.commands.export",
                "write a model as a transformers snapshot (or as our checkpoint), from any weights we load"),
+    "fit-interaction": ("ired_video.commands.fit_interaction",
+                        "fit the interaction reducer's predictor to the patch-interaction indicator"),
     "bench": ("ired_video.commands.bench",
               "measure GMACs and clips/s of every token reducer against the plain model"),
 }

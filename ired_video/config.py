@@ -135,16 +135,24 @@ class DataConfig:
 class ReducerConfig:
     """Which token reducer a model runs, and its knobs (see ``ired_video.reducers``).
 
-    name: none | random | topk | interaction | bat | tome | iared2.
+    name: none | random | topk | attention_received | interaction | bat | tome | iared2.
     stages: blocks the reducer acts at (default: a quarter, half and three quarters of
         the depth); ToMe acts at every block its ``r`` schedule gives tokens to.
-    keep: fraction of tokens kept at each stage (iared2: or ``threshold`` for adaptive).
-    r: ToMe's tokens merged per block: an int, or a per-block list; with
+    keep: fraction of tokens kept at each stage, in (0, 1] (iared2: or ``threshold``
+        for adaptive).
+    r: ToMe's tokens merged per block: an int >= 0, or a per-block list; with
         ``r_inflection`` (-1..1) an int r becomes a linear ramp with mean r (-1: from 2r
         down to 0), as ToMe's schedules.
+    prop_attn: merged tokens (ToMe, BAT) add log(size) to the attention logits.
+    score: how ``interaction`` ranks patches: ``predictor`` (a per-token head fitted to
+        the indicator, cheap) or ``indicator`` (the first-order patch-interaction
+        indicator itself: a backward pass through the later blocks at every stage).
     interpreter_init: how IA-RED² interpreters start: ``attention`` copies the query and
         key projections of the block each one guards (its class attention, EViT's
         ranking), ``random`` a fresh initialisation.
+
+    Values that cannot be right whatever the model (negative r, keep outside (0, 1]) are
+    refused here; r larger than the model's tokens when the reducer is applied.
     """
 
     name: str = "none"
@@ -158,6 +166,7 @@ class ReducerConfig:
     cluster_ratio: float = 0.25
     match_ratio: float = 0.1
     prop_attn: bool = True
+    score: str = "predictor"
     interpreter_heads: Optional[int] = None
     interpreter_init: str = "attention"  # iared2: attention (the guarded block's class-token query/key) | random
     seed: int = 0
@@ -181,6 +190,7 @@ class ReducerConfig:
             require(all(s >= 0 for s in self.stages), "stages", self.stages, "block indices >= 0")
         if self.interpreter_heads is not None:
             require(self.interpreter_heads >= 1, "interpreter_heads", self.interpreter_heads, "at least 1")
+        require(self.score in ("predictor", "indicator"), "score", self.score, "'predictor' or 'indicator'")
 
 
 def _type_name(tp: Any) -> str:

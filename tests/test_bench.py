@@ -15,7 +15,7 @@ from ired_video.commands import bench
 KEEPS = (0.9, 0.7, 0.5)
 LABELS = [spec.label for spec in bench.SPECS]
 # Reducers that keep exactly ceil(keep * K) tokens: fewer kept, fewer GMACs.
-DROPPING = ("random", "topk", "topk+fuse", "interaction", "iared2")
+DROPPING = ("random", "topk", "topk+fuse", "attention_received", "interaction", "iared2")
 EAGER = "inference, eager"
 
 

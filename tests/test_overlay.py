@@ -18,7 +18,8 @@ from ired_video.viz.masks import StageMasks, stage_masks_from_info
 from ired_video.viz.overlay import overlay_frames, overlay_grid, stage_tile
 
 REDUCERS = [("random", dict(keep=0.5)), ("topk", dict(keep=0.5)), ("topk", dict(keep=0.5, fuse=True)),
-            ("interaction", dict(keep=0.6)), ("bat", dict(keep=0.5)), ("tome", dict(r=3)),
+            ("attention_received", dict(keep=0.6)), ("interaction", dict(keep=0.6, score="indicator")),
+            ("bat", dict(keep=0.5)), ("tome", dict(r=3)),
             ("iared2", dict(keep=0.5)), ("iared2", dict(threshold=0.5))]
 
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from ired_video import ConfigError, apply_reducer, create_model
+from ired_video.commands.common import reducer_from_args
 from ired_video.flops import count_flops
 from ired_video.models.blocks import DividedSpaceTimeBlock
 from ired_video.reducers import bipartite_soft_matching, parse_r
 from ired_video.reducers.bat import dpc_knn
 from ired_video.reducers.objectives import policy_gradient_loss
-from ired_video.tokens import TokenState, keep_slots
+from ired_video.tokens import TokenState, keep_slots, merge_slots
 
 ATTENTION_TYPES = ["divided_space_time", "joint_space_time", "space_only"]
 # name, kwargs at keep 0.5 / r 4, kwargs that remove nothing
@@ -20,7 +21,8 @@ REDUCERS = [
     ("random", {"keep": 0.5}, {"keep": 1.0}),
     ("topk", {"keep": 0.5}, {"keep": 1.0}),
     ("topk", {"keep": 0.5, "fuse": True}, {"keep": 1.0, "fuse": True}),
-    ("interaction", {"keep": 0.5}, {"keep": 1.0}),
+    ("attention_received", {"keep": 0.5}, {"keep": 1.0}),
+    ("interaction", {"keep": 0.5, "score": "indicator"}, {"keep": 1.0, "score": "indicator"}),
     ("bat", {"keep": 0.5}, {"keep": 1.0, "match_ratio": 0.0}),
     ("tome", {"r": 4}, {"r": 0}),
     ("iared2", {"keep": 0.5}, {"keep": 1.0}),
@@ -71,7 +73,10 @@ def test_counts_provenance_and_batch_independence(attention_type, name, kwargs, 
             assert torch.isfinite(logits).all()
             assert (info.tokens[:, 0] == 64).all() and (info.tokens[:, -1] < 64).all(), mode
             assert (info.tokens[:, 1:] <= info.tokens[:, :-1]).all()  # hierarchical: never grows
-            assert (info.gmacs < model.static_gmacs()).all()
+            if kwargs.get("score") == "indicator":  # its own backward pass is billed: it costs more than it saves
+                assert (info.gmacs > model.static_gmacs()).all()
+            else:
+                assert (info.gmacs < model.static_gmacs()).all()
             _check_provenance(state)
             if name != "random":  # random draws per batch row; its own test covers determinism
                 single = torch.cat([model(video[i:i + 1]) for i in range(3)])
@@ -163,6 +168,88 @@ def test_frame_mode_temporal_attention_is_the_masked_full_attention():
     assert not torch.allclose(slot_order, expected, atol=1e-3)
 
 
+def _merged_per_frame(seed: int, aligned: bool = False, drop: bool = True) -> TokenState:
+    """A (2, 5, 16 -> 9, 32) state whose frames merged (and dropped) different patches."""
+    g = torch.Generator().manual_seed(seed)
+    batch, frames, patches, slots = 2, 5, 16, 9
+    full = TokenState.from_patches(torch.randn(batch, 1, 32, generator=g),
+                                   torch.randn(batch, frames, patches, 32, generator=g), grid=(4, 4))
+    assign = torch.empty(batch, frames, patches, dtype=torch.long)
+    representative = torch.empty(batch, frames, slots, dtype=torch.long)
+    for b in range(batch):
+        for f in range(frames):
+            if aligned and f > 0:
+                assign[b, f], representative[b, f] = assign[b, 0], representative[b, 0]
+                continue
+            reps = torch.randperm(patches, generator=g)[:slots].sort().values
+            assign[b, f] = torch.randint(-1 if drop else 0, slots, (patches,), generator=g)
+            assign[b, f, reps] = torch.arange(slots)
+            representative[b, f] = reps
+    state = merge_slots(full, assign, representative, aligned=aligned)
+    state.prop_attn = True
+    return state
+
+
+def _temporal_by_brute_force(block: DividedSpaceTimeBlock, state: TokenState) -> torch.Tensor:
+    """The definition, with loops: each token attends, from every patch it holds, over the
+    frames where that patch's location is held (keys and values: the tokens holding it);
+    its output is the mean over its patches, then the projections."""
+    attn, dim = block.temporal_attn, state.x.shape[-1]
+    heads, head_dim = attn.num_heads, dim // attn.num_heads
+    qkv = attn.qkv(block.temporal_norm1(state.x))  # (B, F, K, 3D)
+    q, k, v = (qkv[..., i * dim:(i + 1) * dim].reshape(*qkv.shape[:3], heads, head_dim) for i in range(3))
+    batch, frames, slots = state.x.shape[:3]
+    out = torch.zeros(batch, frames, slots, dim)
+    slot_of = state.slot_of
+    for b in range(batch):
+        for f in range(frames):
+            for s in range(slots):
+                outputs = []
+                for n in torch.nonzero(slot_of[b, f] == s).flatten().tolist():
+                    partners = [(t, int(slot_of[b, t, n])) for t in range(frames) if slot_of[b, t, n] >= 0]
+                    logits = torch.stack([(q[b, f, s] * k[b, t, j]).sum(-1) * attn.scale for t, j in partners])
+                    weights = logits.softmax(dim=0)  # (partners, heads)
+                    values = torch.stack([v[b, t, j] for t, j in partners])  # (partners, heads, head_dim)
+                    outputs.append((weights[..., None] * values).sum(dim=0).reshape(dim))
+                if outputs:
+                    out[b, f, s] = attn.proj(torch.stack(outputs).mean(dim=0))
+    return block.temporal_fc(out)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_frame_mode_merged_temporal_attention_is_its_brute_force_definition(seed):
+    torch.manual_seed(seed)
+    block = DividedSpaceTimeBlock(32, num_heads=2).eval()
+    torch.nn.init.normal_(block.temporal_fc.weight, std=0.3)
+    state = _merged_per_frame(seed)
+    assert not state.aligned and (state.sizes() > 1).any() and (state.slot_of < 0).any()
+    with torch.no_grad():
+        ours, _ = block.temporal_residual(state)
+        torch.testing.assert_close(ours, _temporal_by_brute_force(block, state), atol=1e-5, rtol=0)
+        # the representative-only rule (a merged token attends through its own position only) differs
+        representative_only = replace(state, slot_of=_own_position_only(state))
+        assert not torch.allclose(block.temporal_residual(representative_only)[0], ours, atol=1e-3)
+
+
+def _own_position_only(state: TokenState) -> torch.Tensor:
+    """slot_of where every token holds only the patch at its position."""
+    slot_of = torch.full_like(state.slot_of, -1)
+    slots = torch.arange(state.x.shape[2]).expand_as(state.pos)
+    return slot_of.scatter_(2, state.pos % state.num_patches, slots)
+
+
+def test_tube_mode_merges_attend_by_location_as_by_slot():
+    """Same merges in every frame: the by-location definition is attention by slot."""
+    torch.manual_seed(0)
+    block = DividedSpaceTimeBlock(32, num_heads=2).eval()
+    torch.nn.init.normal_(block.temporal_fc.weight, std=0.3)
+    state = _merged_per_frame(0, aligned=True, drop=False)
+    assert state.aligned and (state.sizes() > 1).any()
+    with torch.no_grad():
+        torch.testing.assert_close(block._temporal_by_location(state)[0], block._temporal_by_slot(state)[0],
+                                   atol=1e-5, rtol=0)
+
+
 def test_adaptive_threshold_pads_and_bills_each_clip():
     model = apply_reducer(_model(), "iared2", threshold=0.5)
     for reducer in model.reducers.values():  # spread the keep probabilities around 0.5
@@ -207,45 +294,54 @@ def test_gradients_reach_the_backbone_through_a_drop():
     assert model.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
-def _tome_by_the_equations(metric: torch.Tensor, x: torch.Tensor, size: torch.Tensor, r: int):
-    """ToMe's rule written out with loops: A = even tokens, B = odd; each A picks its most
-    similar B (cosine); the r A tokens with the highest such similarity merge into their B
-    by size-weighted mean; output: unmerged A by decreasing similarity, then B."""
-    a_idx = list(range(0, len(x), 2))
-    b_idx = list(range(1, len(x), 2))
-    cos = lambda i, j: float(metric[i] @ metric[j] / (metric[i].norm() * metric[j].norm()))  # noqa: E731
-    best = {i: max(b_idx, key=lambda j: cos(i, j)) for i in a_idx}
-    order = sorted(a_idx, key=lambda i: -cos(i, best[i]))
-    merged, unmerged = order[:r], order[r:]
-    out, sizes = [x[i] for i in unmerged], [size[i] for i in unmerged]
-    for j in b_idx:
-        group = [j] + [i for i in merged if best[i] == j]
-        total = sum(size[i] for i in group)
-        out.append(sum(x[i] * size[i] for i in group) / total)
-        sizes.append(total)
-    return torch.stack(out), torch.stack(sizes)
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_tome_matching_equals_the_written_out_rule(seed):
-    g = torch.Generator().manual_seed(seed)
-    metric, x = torch.randn(1, 11, 6, generator=g), torch.randn(1, 11, 4, generator=g)
-    size = torch.randint(1, 4, (1, 11), generator=g).float()
-    assign, representative = bipartite_soft_matching(metric, r=4)
-    summed = torch.zeros(1, 7, 4).index_add_(1, assign[0], x * size[..., None])
-    sizes = torch.zeros(1, 7).index_add_(1, assign[0], size)
-    expected_x, expected_size = _tome_by_the_equations(metric[0], x[0], size[0], r=4)
-    torch.testing.assert_close(summed[0] / sizes[0, :, None], expected_x)
-    torch.testing.assert_close(sizes[0], expected_size)
-    assert representative.shape == (1, 7)
-
-
 def test_tome_caps_r_at_half_and_parses_schedules():
     assign, representative = bipartite_soft_matching(torch.randn(2, 6, 3), r=10)
     assert representative.shape == (2, 3)
     assert parse_r(4, 3) == [3, 3, 3, 3]
     assert parse_r(4, [5, 2]) == [5, 2, 0, 0]
     assert parse_r(3, (4, -1.0)) == [8, 4, 0]  # decreasing schedule: mean 4
+
+
+def _space_only_block_by_loops(block, cls_tokens: torch.Tensor, x: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """A space-only block on (B, F, 1, D) class tokens and (B, F, K, D) tokens of (B, F, K)
+    sizes, written out: each query's logit to key j is q . k_j / sqrt(d) + log(size_j)
+    (the class token has size 1), softmax over the keys, then the MLP."""
+    attn, dim = block.attn, x.shape[-1]
+    heads, head_dim = attn.num_heads, dim // attn.num_heads
+    out = torch.empty(*x.shape[:2], 1 + x.shape[2], dim)
+    for b in range(x.shape[0]):
+        for f in range(x.shape[1]):
+            tokens = torch.cat([cls_tokens[b, f], x[b, f]])  # (1 + K, D)
+            sizes = torch.cat([torch.ones(1), size[b, f]])
+            q, k, v = attn.qkv(block.norm1(tokens)).reshape(len(tokens), 3, heads, head_dim).unbind(1)
+            mixed = torch.empty(len(tokens), heads, head_dim)
+            for i in range(len(tokens)):
+                for h in range(heads):
+                    logits = torch.stack([q[i, h] @ k[j, h] * attn.scale + sizes[j].log() for j in range(len(tokens))])
+                    mixed[i, h] = (logits.softmax(dim=0)[:, None] * v[:, h]).sum(dim=0)
+            tokens = tokens + attn.proj(mixed.reshape(len(tokens), dim))
+            out[b, f] = tokens + block.mlp(block.norm2(tokens))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["tube", "frame"])
+def test_bat_merged_tokens_get_proportional_attention(mode):
+    """The block after BAT, on the merged tokens and their sizes, equals the loop-written
+    attention with log(size) on the logits; switched off, outputs change."""
+    model = apply_reducer(_model("space_only"), "bat", keep=0.5, stages=[1], mode=mode)
+    assert model.reducers["1"].prop_attn  # on by default
+    seen = {}
+    model.blocks[2].register_forward_pre_hook(lambda _, args: seen.update(state=replace(args[0])))
+    model.blocks[2].register_forward_hook(lambda _, args, out: seen.update(out=out))
+    with torch.no_grad():
+        logits = model(_video())
+        state, out = seen["state"], seen["out"]
+        assert state.prop_attn and (state.size > 1).any()
+        expected = _space_only_block_by_loops(model.blocks[2], state.cls[:, :, None], state.x, state.size)
+        torch.testing.assert_close(out.cls, expected[:, :, 0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.x, expected[:, :, 1:], atol=1e-5, rtol=0)
+        apply_reducer(model, "bat", keep=0.5, stages=[1], mode=mode, prop_attn=False)
+        assert not torch.allclose(model(_video()), logits, atol=1e-4)
 
 
 def test_dpc_knn_finds_separated_clusters():
@@ -269,10 +365,28 @@ def test_dpc_knn_finds_separated_clusters():
     ({"name": "random", "keep": "half"}, "keep"),
     ({"name": "iared2", "keep": 0.5, "interpreter_init": "zeros"}, "interpreter_init='zeros'"),
     ({"name": "iared2", "keep": 0.5, "interpreter_heads": 1}, "needs the block's 2 heads"),
+    ({"name": "topk", "keep": 0.0}, r"keep=0.0: expected a fraction in \(0, 1\]"),
+    ({"name": "bat", "keep": -0.5}, r"keep=-0.5: expected a fraction"),
+    ({"name": "iared2", "threshold": 1.0}, r"threshold=1.0: expected a probability"),
+    ({"name": "tome", "r": -1}, r"r=-1: tokens to merge per block cannot be negative"),
+    ({"name": "tome", "r": [2, -1]}, "cannot be negative"),
+    ({"name": "tome", "r": 2, "r_inflection": 2.0}, r"r_inflection=2.0: expected a value in \[-1, 1\]"),
+    ({"name": "tome", "r": 17}, "more tokens in one block than the 16 patch tokens per frame"),
+    ({"name": "tome", "r": 10, "r_inflection": -1.0}, r"schedule \[20, 13, 6, 0\] asks to merge more tokens"),
+    ({"name": "interaction", "keep": 0.5, "score": "oracle"}, "score='oracle': expected"),
 ])
 def test_bad_reducer_configs_are_explained(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         apply_reducer(_model(), **kwargs)
+
+
+@pytest.mark.parametrize("text,message", [("name: tome\nr: -2\n", "r=-2: tokens to merge per block cannot be negative"),
+                                          ("name: topk\nkeep: 0\n", r"keep=0.0: expected a fraction in \(0, 1\]")])
+def test_bad_reducer_yaml_is_refused_when_read(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=f"{path}: reducer: {message}"):
+        reducer_from_args([str(path)])
 
 
 CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "reducers").glob("*.yaml"))
@@ -280,7 +394,6 @@ CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "c
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_every_reducer_config_builds_on_the_base_model(path):
-    from ired_video.commands.common import reducer_from_args
     cfg = reducer_from_args([str(path)])
     model = apply_reducer(create_model("timesformer_base_patch16_224", depth=12), cfg)
     assert len(model.reducers) > 0 and model.reducer_config.name == cfg.name

@@ -6,7 +6,9 @@ recipe (the demo's, for ``--epochs`` epochs at ``--lr``, cross-entropy; with ``-
 also distillation from the frozen plain model, logits (KL) and final tokens (MSE), each
 weighted W) and evaluated on ``--test`` (default: the validation split). IA-RED²'s
 interpreters learn only through their own objective, so its run adds the REINFORCE policy
-term and the keep-ratio target (keep per stage, compounded over the stages). ToMe's ``r``
+term and the keep-ratio target (keep per stage, compounded over the stages); the interaction
+reducer's predictor is first fitted to the indicator on the plain model (training clips;
+``ired-video fit-interaction``), and both its rows start from that checkpoint. ToMe's ``r``
 is chosen so its GMACs match top-k's at the same keep. Writes a Markdown table (stdout and
 ``--out``/table.md), the rows as JSON and an SVG plot (``--replot`` redraws them).
 
@@ -26,6 +28,7 @@ from typing import Any
 
 from ired_video.budget import tome_r_for_gmacs
 from ired_video.commands.demo import demo_config, reducer_settings
+from ired_video.commands.fit_interaction import reducer_start
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.train import train
@@ -33,7 +36,8 @@ from ired_video.models.registry import create_model
 from ired_video.reducers import default_stages, reducer_config
 
 REDUCERS = {"random": ("random", {}), "topk": ("topk", {}), "topk+fuse": ("topk", {"fuse": True}),
-            "interaction": ("interaction", {}), "bat": ("bat", {}), "iared2": ("iared2", {}), "tome": ("tome", {})}
+            "attention_received": ("attention_received", {}), "interaction": ("interaction", {}),
+            "bat": ("bat", {}), "iared2": ("iared2", {}), "tome": ("tome", {})}
 
 
 def tome_r_for(plain: Path, target_gmacs: float) -> int:
@@ -174,11 +178,15 @@ def main() -> int:
             knobs = {"r": tome_r_for(args.plain, topk_gmacs)} if name == "tome" else {"keep": keep}
             cfg = reducer_config(name, **extra, **knobs)
             label = f"{key} {keep}"
-            free = evaluate_checkpoint(args.plain, test, reducer=cfg)
-            rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
             run = args.out / label.replace(" ", "_")
-            train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe),
-                  overwrite=True)
+            start, free_reducer, fit = reducer_start(args.plain, cfg, args.data, run / "fit")
+            if fit is not None:
+                print(f"{label}: predictor fitted, Spearman per frame on val "
+                      f"{ {b: round(a['spearman_frame'], 3) for b, a in fit['agreement_after'].items()} }", flush=True)
+            free = evaluate_checkpoint(start, test, reducer=free_reducer)
+            rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
+            train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe,
+                              f"init.checkpoint={start}"), overwrite=True)
             tuned = evaluate_checkpoint(run / "last.pth", test)
             rows.append({"name": label, "trained": True, "reducer": to_dict(cfg), **tuned})
             if key == "topk":

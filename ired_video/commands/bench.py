@@ -8,6 +8,8 @@ GMACs ratio plain / reduced, and for each measurement and batch size: clips/s (m
 Measurements: inference (always), training steps (``--train``: forward, backward,
 optimizer step), each eager and, with ``--compile``, under ``torch.compile``; peak GPU
 memory on CUDA. ToMe's ``r`` is the one whose GMACs match top-k's at the same keep.
+IA-RED²'s interpreters are untrained and the interaction reducer's predictor is fitted for
+20 steps on one random clip: only their speed means anything, not their choice of tokens.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
 from ired_video.devices import resolve_device
 from ired_video.models import create_model, list_models
 from ired_video.reducers import apply_reducer
+from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224")
 QUICK_MODEL = "timesformer_micro"
@@ -48,6 +51,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("random", "random"),
     Spec("topk", "topk"),
     Spec("topk+fuse", "topk", {"fuse": True}),
+    Spec("attention_received", "attention_received"),
     Spec("interaction", "interaction"),
     Spec("bat", "bat"),
     Spec("tome", "tome"),
@@ -186,8 +190,9 @@ def make_inputs(model: torch.nn.Module, batches: list[int], seed: int, device: t
 
 
 def configure(model: torch.nn.Module, spec: Spec, mode: str, keep: float, row: dict[str, Any],
-              drop_gmacs: dict[tuple[str, float], float]) -> None:
-    """Put the row's reducer into ``model``; ToMe's r is matched to top-k's GMACs at this keep."""
+              drop_gmacs: dict[tuple[str, float], float], inputs: Inputs) -> None:
+    """Put the row's reducer into ``model``; ToMe's r is matched to top-k's GMACs at this keep,
+    the interaction predictor fitted briefly (speed only)."""
     if spec.reducer == "none":
         apply_reducer(model, "none")
         return
@@ -205,6 +210,9 @@ def configure(model: torch.nn.Module, spec: Spec, mode: str, keep: float, row: d
     apply_reducer(model, spec.reducer, **kwargs)
     if spec.reducer == "iared2":
         row["note"] = "untrained interpreter: speed only"
+    elif spec.reducer == "interaction":
+        fit_interaction_predictors(model, [inputs.videos[min(inputs.videos)][:1]], steps=20)
+        row["note"] = "predictor fitted on one random clip: speed only"
 
 
 def time_kind(kind: str, model: torch.nn.Module, inputs: Inputs, batch: int, args: argparse.Namespace
@@ -318,7 +326,7 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
                 model = create_model(name, **overrides).eval().to(args.torch_device)
                 inputs = make_inputs(model, args.batches, args.seed, args.torch_device)
                 current, drop_gmacs = name, {}
-            configure(model, spec, mode, keep, row, drop_gmacs)
+            configure(model, spec, mode, keep, row, drop_gmacs, inputs)
             measure_row(model, row, inputs, args)
         except Exception as err:  # noqa: BLE001 - one failing configuration must not stop the bench
             row["error"] = short_error(err)

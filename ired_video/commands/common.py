@@ -5,9 +5,10 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from ired_video.config import ReducerConfig, apply_overrides, from_dict, load_yaml
+from ired_video.config import ConfigError, ReducerConfig, apply_overrides, from_dict, load_yaml
 
-REDUCER_HELP = ("token reducer: a name (random, topk, interaction, bat, tome, iared2) or a YAML file "
+REDUCER_HELP = ("token reducer: a name (random, topk, attention_received, interaction, bat, tome, iared2) or "
+                "a YAML file "
                 "from configs/reducers/, then key=value settings, e.g. "
                 "'--reducer tome r=8' or '--reducer topk keep=0.7 mode=frame'")
 
@@ -29,5 +30,9 @@ def reducer_from_args(spec: Optional[list[str]]) -> Optional[ReducerConfig]:
     if not spec:
         return None
     head, overrides = spec[0], spec[1:]
-    values = load_yaml(head) if head.endswith((".yaml", ".yml")) or Path(head).is_file() else {"name": head}
-    return from_dict(ReducerConfig, apply_overrides(values, overrides), prefix="reducer.")
+    from_file = head.endswith((".yaml", ".yml")) or Path(head).is_file()
+    values = load_yaml(head) if from_file else {"name": head}
+    try:
+        return from_dict(ReducerConfig, apply_overrides(values, overrides), prefix="reducer.")
+    except ConfigError as err:
+        raise ConfigError(f"{head}: {err}" if from_file else str(err)) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
+from ired_video.commands.fit_interaction import reducer_start
 from ired_video.commands.overlay import main as overlay_main
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.data.demo import make_demo_dataset
@@ -95,10 +96,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     plain_best = out / "plain" / "best.pth"
     tag = reducer.name
     print(f"[3/5] {tag}: evaluating training-free, then fine-tuning {args.finetune_epochs} epochs -> {out / tag}")
-    as_is = evaluate_checkpoint(out / "plain" / "best.pth", str(data_dir / "val.csv"), reducer=reducer,
+    start, free_reducer, _ = reducer_start(plain_best, reducer, data_dir, out / f"{tag}_fit")  # fits interaction's
+    as_is = evaluate_checkpoint(start, str(data_dir / "val.csv"), reducer=free_reducer,
                                 output=out / f"{tag}_training_free.json")
     tuned = train(demo_config(data_dir, out / tag, *settings, seed, batch,
-                              f"init.checkpoint={plain_best}", f"train.epochs={args.finetune_epochs}",
+                              f"init.checkpoint={start}", f"train.epochs={args.finetune_epochs}",
                               "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0"), overwrite=True)
 
     first_val = (data_dir / "val.csv").read_text().split("\n", 1)[0].rsplit(" ", 1)[0]

@@ -27,8 +27,9 @@ share of object patches their last stage kept, next to the share of all patches 
 The interpreter column needs a checkpoint with an iared2 reducer (tools/bench_explain.py
 trains one). Writes OUT/faithfulness.md and OUT/faithfulness.json.
 """
-DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5", "interaction keep=0.7",
-                    "random keep=0.5", "random keep=0.7"]
+DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5 score=indicator",
+                    "interaction keep=0.7 score=indicator", "attention_received keep=0.5",
+                    "attention_received keep=0.7", "random keep=0.5", "random keep=0.7"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -83,28 +83,37 @@ class Attention(nn.Module):
                 probe: Optional[AttentionProbe] = None) -> Tensor:
         """(G, L, D) -> (G, L, D), filling ``probe`` if one is given."""
         q, k, v = self.split_qkv(self.qkv(x))
+        return self.merge_heads(self.attend(q, k, v, bias, probe))
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,
+               probe: Optional[AttentionProbe] = None) -> Tensor:
+        """Per-head outputs (G, heads, L, head_dim) of q, k, v (G, heads, L, head_dim),
+        before the output projection; fills ``probe`` (probabilities or logits force the
+        explicit path)."""
         if self.fused and not (probe is not None and (probe.want_probs or probe.want_logits)):
             if probe is not None:
                 _fill_probe(probe, k, cls_attn=_cls_row(q, k, bias, self.scale) if probe.want_cls_attn else None)
-            return self.merge_heads(self.core(q, k, v, bias))
-        out, attn = self._explicit(q, k, v, bias, probe)
+            return self.core(q, k, v, bias)
+        out, attn = self._explicit_heads(q, k, v, bias, probe)
         if probe is not None:
             _fill_probe(probe, k, cls_attn=attn[:, :, 0].mean(dim=1), probs=attn)
         return out
 
     def forward_with_attn(self, x: Tensor, bias: Optional[Tensor] = None) -> tuple[Tensor, Tensor]:
         """(G, L, D) -> output (G, L, D) and attention probabilities (G, heads, L, L)."""
-        return self._explicit(*self.split_qkv(self.qkv(x)), bias)
+        out, attn = self._explicit_heads(*self.split_qkv(self.qkv(x)), bias)
+        return self.merge_heads(out), attn
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
-                  probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
+    def _explicit_heads(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor],
+                        probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
+        """Per-head outputs (G, heads, L, head_dim) and probabilities (G, heads, L, L)."""
         logits = (q * self.scale) @ k.transpose(-2, -1)  # (G, heads, L, L)
         if bias is not None:
             logits = logits + bias
         if probe is not None and probe.want_logits:
             probe.logits = logits
         attn = logits.softmax(dim=-1)
-        return self.merge_heads(self.attn_drop(attn) @ v), attn
+        return self.attn_drop(attn) @ v, attn
 
 
 def _cls_row(q: Tensor, k: Tensor, bias: Optional[Tensor], scale: float) -> Tensor:

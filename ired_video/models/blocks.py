@@ -20,7 +20,7 @@ for temporal attention, per frame for spatial attention, per clip for the MLP.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 from timm.layers import DropPath, Mlp
@@ -29,7 +29,10 @@ from torch import Tensor, nn
 from ired_video import flops
 from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
-from ired_video.tokens import TokenState
+from ired_video.tokens import TokenState, pool_to_slots
+
+
+Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -41,11 +44,17 @@ class AttentionMaps:
     keys: (B, F, K, C) head-mean keys, ToMe's similarity metric.
     probs: full probabilities over [CLS, patches]: (B*F, heads, 1+K, 1+K) for divided and
         space-only blocks, (B, heads, 1+F*K, 1+F*K) for joint blocks.
+    state_in: the block's input state (reducers that need "input").
+    tail: ``tail(state_in, probe, temporal_probe) -> (logits, macs)``: the rest of the model from
+        this block's input, without reducers, with probes on this block's attention
+        (reducers that need "tail"; given by the model).
     """
 
     cls_attn: Optional[Tensor] = None
     keys: Optional[Tensor] = None
     probs: Optional[Tensor] = None
+    state_in: Optional[TokenState] = None
+    tail: Optional[Tail] = None
 
 
 class InnerReducer(Protocol):
@@ -87,13 +96,15 @@ def _probe_for(inner: Optional[InnerReducer]) -> Optional[AttentionProbe]:
                           want_probs="probs" in inner.needs)
 
 
-def _maps(probe: Optional[AttentionProbe], batch: int, frames: int, slots: int) -> Optional[AttentionMaps]:
+def _maps(probe: Optional[AttentionProbe], batch: int, frames: int, slots: int,
+          state_in: Optional[TokenState] = None, tail: Optional[Tail] = None) -> Optional[AttentionMaps]:
     """Probe over (G, 1 + L) sequences -> maps in (B, F, K) layout, class token removed."""
-    if probe is None:
+    if probe is None and state_in is None and tail is None:
         return None
+    probe = probe if probe is not None else AttentionProbe()
     cls_attn = None if probe.cls_attn is None else probe.cls_attn[:, 1:].reshape(batch, frames, slots)
     keys = None if probe.keys is None else probe.keys[:, 1:].reshape(batch, frames, slots, -1)
-    return AttentionMaps(cls_attn=cls_attn, keys=keys, probs=probe.probs)
+    return AttentionMaps(cls_attn=cls_attn, keys=keys, probs=probe.probs, state_in=state_in, tail=tail)
 
 
 class Block(nn.Module):
@@ -111,12 +122,14 @@ class Block(nn.Module):
         self.norm2 = _layer_norm(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=nn.GELU, drop=drop)
 
-    def forward(self, state: TokenState, inner: Optional[InnerReducer] = None) -> TokenState:
+    def forward(self, state: TokenState, inner: Optional[InnerReducer] = None, tail: Optional[Tail] = None
+                ) -> TokenState:
+        state_in = state if inner is not None and "input" in inner.needs else None
         state.tokens.append(state.real_tokens())
         probe = _probe_for(inner)
         state = self.attend(state, probe)
         if inner is not None:
-            state = inner(state, _maps(probe, *self._map_layout(state)))
+            state = inner(state, _maps(probe, *self._map_layout(state), state_in, tail))
         return self.feed_forward(state)
 
     def _mlp(self, tokens: Tensor, state: TokenState) -> Tensor:
@@ -144,7 +157,10 @@ class Block(nn.Module):
     def _map_layout(self, state: TokenState) -> tuple[int, int, int]:
         return state.batch_size, state.num_frames, state.num_slots
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
+        """The attention residual(s); ``probe`` gets the spatial (or joint) attention's maps,
+        ``temporal_probe`` the temporal attention's (divided blocks only)."""
         raise NotImplementedError
 
     def _attention_residual(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor],
@@ -174,7 +190,8 @@ class Block(nn.Module):
 class JointSpaceTimeBlock(Block):
     """One attention over the class token and every patch token of every frame."""
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, 1+F*K, D)
         size = state.size if state.prop_attn else None
@@ -192,7 +209,8 @@ def _frames_as_batch(per_token: Optional[Tensor]) -> Optional[Tensor]:
 class SpaceOnlyBlock(Block):
     """Each frame attends within itself, with its own class token; frames never meet."""
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
                             state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
@@ -247,13 +265,16 @@ class DividedSpaceTimeBlock(Block):
                              f"the clip has {frames}")
         return self.temporal_window[location]
 
-    def temporal_residual(self, state: TokenState) -> tuple[Tensor, Tensor]:
-        """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed."""
-        if state.aligned:
-            return self._temporal_by_slot(state)
-        return self._temporal_by_location(state)
+    def temporal_residual(self, state: TokenState, probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
+        """(B, F, K, D) -> temporal residual (B, F, K, D) and (B,) (query, key) pairs computed.
 
-    def _temporal_by_slot(self, state: TokenState) -> tuple[Tensor, Tensor]:
+        ``probe`` receives this attention's maps: per slot (B*K groups of F) while the state
+        is aligned, per patch location (B*N groups of F) once frames hold different tokens."""
+        if state.aligned:
+            return self._temporal_by_slot(state, probe)
+        return self._temporal_by_location(state, probe)
+
+    def _temporal_by_slot(self, state: TokenState, probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
         """Slot k is the same location in every frame: attend over the frames of each slot."""
         batch, frames, slots, dim = state.x.shape
         tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, F, D)
@@ -261,7 +282,7 @@ class DividedSpaceTimeBlock(Block):
         size = None
         if state.prop_attn and state.size is not None:
             size = state.size.transpose(1, 2).reshape(batch * slots, frames)
-        extra, probe = self._reuse_attention(state, "temporal", None)
+        extra, probe = self._reuse_attention(state, "temporal", probe)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
         if allowed is not None:
@@ -272,45 +293,47 @@ class DividedSpaceTimeBlock(Block):
         present = state.valid_mask().sum(dim=1).double()  # (B, K) frames each slot is real in
         return self.temporal_fc(res), (present * present).sum(dim=-1)
 
-    def _temporal_by_location(self, state: TokenState) -> tuple[Tensor, Tensor]:
-        """Frames kept different tokens: scatter each token to its spatial location, attend
-        over the frames where that location survives (masked), gather back.
+    def _temporal_by_location(self, state: TokenState, probe: Optional[AttentionProbe] = None
+                              ) -> tuple[Tensor, Tensor]:
+        """Frames hold different tokens: attend per original patch location, over the frames
+        where some token holds that location (masked).
 
-        Equals the unreduced model's temporal attention restricted to the kept tokens.
-        Tokens are projected (qkv, proj) only where they exist; the attention itself runs
-        on the dense (B*N, F) grid, and is billed for it.
+        Tokens are "unmerged" to the dense (B, F, N) grid through ``slot_of``: each patch of
+        each frame gets the q, k, v of the token holding it. Attention runs per location over
+        the frames, and each token's output is the mean of its outputs over the patches it
+        holds: a merged token attends in time through every location it covers, weighted by
+        the patches it holds there. A token holding one patch gets the unreduced model's
+        temporal attention restricted to the surviving tokens; in tube mode this equals
+        attention by slot. Projections run per token; the attention runs on the dense
+        (B*N, F) grid and is billed for it.
         """
         batch, frames, slots, dim = state.x.shape
         num_patches = state.num_patches
         attn = self.temporal_attn
-        location = state.pos % num_patches  # (B, F, K) spatial index
         qkv = attn.qkv(self.temporal_norm1(state.x))  # (B, F, K, 3D)
-        grid = qkv.new_zeros(batch, frames, num_patches, 3 * dim)
-        grid.scatter_(2, location[..., None].expand(-1, -1, -1, 3 * dim), qkv)  # (B, F, N, 3D)
-        present = torch.zeros(batch, frames, num_patches, dtype=torch.bool, device=qkv.device)
-        present.scatter_(2, location, state.valid_mask())  # (B, F, N)
+        holder = state.slot_of.clamp(min=0)  # (B, F, N)
+        alive = (state.slot_of >= 0) & state.valid_mask().gather(2, holder)  # (B, F, N): held by a real token
+        grid = qkv.gather(2, holder[..., None].expand(-1, -1, -1, 3 * dim))  # (B, F, N, 3D)
         grid = grid.transpose(1, 2).reshape(batch * num_patches, frames, 3 * dim)  # (B*N, F, 3D)
-        present = present.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
-        size = None
-        if state.prop_attn and state.size is not None:
-            size_grid = torch.ones(batch, frames, num_patches, dtype=qkv.dtype, device=qkv.device)
-            size_grid.scatter_(2, location, state.size.to(qkv.dtype))
-            size = size_grid.transpose(1, 2).reshape(batch * num_patches, frames)
+        present = alive.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
         q, k, v = attn.split_qkv(grid)
-        bias = _bias(present, size, qkv.dtype)
+        bias = _bias(present, None, qkv.dtype)  # one patch per grid cell: no size term
         allowed = self._temporal_allowed(torch.arange(num_patches, device=qkv.device).repeat(batch), frames)
         if allowed is not None:
             bias = windows.add_window(bias, allowed, qkv.dtype)
-        out = attn.core(q, k, v, bias)  # (B*N, heads, F, head_dim)
+        out = attn.attend(q, k, v, bias, probe)  # (B*N, heads, F, head_dim)
         out = out.transpose(1, 2).reshape(batch, num_patches, frames, dim).transpose(1, 2)  # (B, F, N, D)
-        out = out.gather(2, location[..., None].expand(-1, -1, -1, dim))  # (B, F, K, D)
-        res = self.drop_path(attn.proj_drop(attn.proj(out)))
+        per_token, _ = pool_to_slots(state, out)  # (B, F, K, D) mean over each token's patches
+        res = attn.proj_drop(attn.proj(per_token))
+        res = self.drop_path(res.transpose(1, 2).reshape(batch * slots, frames, dim))  # per slot, as by slot
+        res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, F, K, D)
         pairs = torch.full((batch,), float(num_patches * frames * frames), dtype=torch.float64, device=qkv.device)
         return self.temporal_fc(res), pairs
 
-    def attend(self, state: TokenState, probe: Optional[AttentionProbe]) -> TokenState:
+    def attend(self, state: TokenState, probe: Optional[AttentionProbe],
+               temporal_probe: Optional[AttentionProbe] = None) -> TokenState:
         batch, frames, slots, dim = state.x.shape
-        temporal, pairs = self.temporal_residual(state)
+        temporal, pairs = self.temporal_residual(state, temporal_probe)
         xt = state.x + temporal  # (B, F, K, D)
 
         cls_copies = state.cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)

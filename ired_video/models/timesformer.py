@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Optional, Union
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from ired_video import flops
 from ired_video.config import DataConfig, ModelConfig
-from ired_video.models.attention import Attention
+from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
 from ired_video.tokens import TokenState
 
@@ -157,8 +158,24 @@ class TimeSformer(nn.Module):
             if reducer is not None and reducer.placement == "before":
                 state = reducer(state, None)
                 reducer = None
-            state = block(state, inner=reducer)
+            tail = partial(self.tail_logits, index) if reducer is not None and "tail" in reducer.needs else None
+            state = block(state, inner=reducer, tail=tail)
         return state
+
+    def tail_logits(self, index: int, state: TokenState, probe: Optional[AttentionProbe],
+                    temporal_probe: Optional[AttentionProbe] = None) -> tuple[Tensor, Tensor]:
+        """Logits (B, classes) of the rest of the model from block ``index``'s input
+        ``state``, without reducers, with probes on that block's attention: the pass the
+        patch-interaction indicator differentiates; and the (B,) MACs ``state`` had spent
+        plus what this pass spent."""
+        if state.reuse is not None:
+            raise ValueError("the rest of a cascade stage cannot run on its own (it reuses earlier stages): "
+                             "use the interaction reducer's predictor, fitted on the plain model")
+        block = self.blocks[index]
+        state = block.feed_forward(block.attend(state, probe, temporal_probe))
+        for later in self.blocks[index + 1:]:
+            state = later(state)
+        return self.forward_head(state), state.macs
 
     def forward_head(self, state: TokenState) -> Tensor:
         """Final state -> logits (B, classes); bills the head."""

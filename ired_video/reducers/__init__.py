@@ -20,7 +20,8 @@ from ired_video.reducers.base import MODES, Reducer
 from ired_video.reducers.bat import BAT
 from ired_video.reducers.drop import ClassAttentionTopK, RandomDrop
 from ired_video.reducers.iared2 import IARED2, Interpreter
-from ired_video.reducers.interaction import InteractionDrop
+from ired_video.reducers.attention_received import AttentionReceivedDrop
+from ired_video.reducers.interaction import InteractionDrop, InteractionPredictor
 from ired_video.reducers.tome import ToMe, bipartite_soft_matching, parse_r
 
 
@@ -44,8 +45,10 @@ def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
     makers: dict[str, Callable[[int], Reducer]] = {
         "random": lambda b: RandomDrop(b, _need_keep(cfg), cfg.mode, cfg.seed),
         "topk": lambda b: ClassAttentionTopK(b, _need_keep(cfg), cfg.mode, cfg.fuse),
-        "interaction": lambda b: InteractionDrop(b, _need_keep(cfg), cfg.mode),
-        "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio),
+        "attention_received": lambda b: AttentionReceivedDrop(b, _need_keep(cfg), cfg.mode),
+        "interaction": lambda b: InteractionDrop(b, _need_keep(cfg), cfg.mode, model.config.embed_dim, cfg.score),
+        "bat": lambda b: BAT(b, _need_keep(cfg), cfg.mode, cfg.cluster_ratio, cfg.match_ratio,
+                            prop_attn=cfg.prop_attn),
         "iared2": lambda b: _interpreter(cfg, model, b),
     }
     return {stage: makers[cfg.name](stage) for stage in stages}
@@ -70,12 +73,17 @@ def _build_tome(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
         raise ConfigError("r_inflection applies to a constant r, not to a per-block list")
     r = (cfg.r, cfg.r_inflection) if cfg.r_inflection else cfg.r
     schedule = parse_r(len(model.blocks), r)
+    patches = model.patch_grid[0] * model.patch_grid[1]
+    tokens, unit = (model.config.num_frames * patches, "clip") if cfg.mode == "flat" else (patches, "frame")
+    if max(schedule) > tokens:
+        raise ConfigError(f"r schedule {schedule} asks to merge more tokens in one block than the {tokens} patch "
+                          f"tokens per {unit} of this model (at most half of them merge per block)")
     return {block: ToMe(block, count, cfg.mode, cfg.prop_attn) for block, count in enumerate(schedule) if count > 0}
 
 
 BUILDERS: dict[str, Callable[[ReducerConfig, nn.Module], dict[int, Reducer]]] = {
-    "random": _build_stages, "topk": _build_stages, "interaction": _build_stages, "bat": _build_stages,
-    "iared2": _build_stages, "tome": _build_tome,
+    "random": _build_stages, "topk": _build_stages, "attention_received": _build_stages,
+    "interaction": _build_stages, "bat": _build_stages, "iared2": _build_stages, "tome": _build_tome,
 }
 REDUCERS = ("none", *BUILDERS)
 
@@ -91,9 +99,11 @@ def reducer_config(name: Union[str, ReducerConfig], **kwargs: Any) -> ReducerCon
 
 def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: Any) -> nn.Module:
     """Put a reducer into ``model`` (replacing any other), configured by keyword arguments.
+    Asked for the configuration it already runs, the model keeps its reducers as they are.
 
-    Names: ``random``, ``topk``, ``interaction``, ``bat``, ``iared2`` (act at ``stages``,
-    keeping ``keep`` of the tokens each time), ``tome`` (merges ``r`` tokens per block),
+    Names: ``random``, ``topk``, ``attention_received``, ``interaction``, ``bat``, ``iared2``
+    (act at ``stages``, keeping ``keep`` of the tokens each time), ``tome`` (merges ``r``
+    tokens per block),
     ``none`` (removes reducers). ``mode``: ``tube`` (default), ``frame``, or ``flat`` for
     joint-attention models. Returns the model.
     """
@@ -101,6 +111,8 @@ def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: A
     if hasattr(model, "apply_last_stage_reducer"):  # a cascade: the reducer goes into its last stage
         model.apply_last_stage_reducer(cfg)
         return model
+    if getattr(model, "reducer_config", None) == cfg and len(model.reducers):
+        return model  # already running it: keep what its reducers learned (interpreters, fitted predictors)
     if cfg.name not in REDUCERS:
         raise ConfigError(f"unknown reducer {cfg.name!r}; known: {', '.join(REDUCERS)}")
     if cfg.mode not in MODES:
@@ -121,6 +133,7 @@ def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: A
     return model
 
 
-__all__ = ["BAT", "IARED2", "REDUCERS", "ClassAttentionTopK", "InteractionDrop", "Interpreter", "RandomDrop",
+__all__ = ["BAT", "IARED2", "REDUCERS", "AttentionReceivedDrop", "ClassAttentionTopK", "InteractionDrop",
+           "InteractionPredictor", "Interpreter", "RandomDrop",
            "Reducer", "ReducerConfig", "ToMe", "apply_reducer", "bipartite_soft_matching", "default_stages",
            "parse_r", "reducer_config"]

@@ -10,7 +10,8 @@ Modes keep divided attention valid:
 - ``tube``: one decision per spatial location, shared by all frames (scores averaged
   over frames); temporal attention is untouched.
 - ``frame``: each frame decides for itself, all frames keeping the same count; temporal
-  attention then links tokens by their original location (see ``DividedSpaceTimeBlock``).
+  attention then links tokens through every patch location each one holds (see
+  ``DividedSpaceTimeBlock._temporal_by_location``).
 - ``flat`` (joint-attention models only): one sequence of all frames' tokens, so tokens
   may be dropped or merged across frames.
 

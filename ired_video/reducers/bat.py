@@ -10,7 +10,8 @@ Inside the block, after attention and before the MLP (BAT builds on EViT's place
 3. merge the ``match_ratio`` x (attentive count) most similar pairs of attentive tokens
    by bipartite matching on their features (size-weighted), removing homogeneous
    duplicates among the important tokens.
-No parameters. BAT's exact pair-matching rule and its DPC parameters are not public
+Merged tokens stand for several patches: with ``prop_attn`` (default) attention adds
+log(size) to their logits, as ToMe's proportional attention. No parameters. BAT's exact pair-matching rule and its DPC parameters are not public
 (methods.md 3.2); the choices above are ours and are stated so.
 """
 from __future__ import annotations
@@ -61,7 +62,7 @@ class BAT(Reducer):
     needs = frozenset({"cls_attn"})
 
     def __init__(self, block: int, keep: float, mode: str = "tube", cluster_ratio: float = 0.25,
-                 match_ratio: float = 0.1, knn: int = 5) -> None:
+                 match_ratio: float = 0.1, knn: int = 5, prop_attn: bool = True) -> None:
         super().__init__(block, mode)
         self.keep = check_fraction("keep", keep)
         self.cluster_ratio = check_fraction("cluster_ratio", cluster_ratio)
@@ -69,6 +70,10 @@ class BAT(Reducer):
             raise ValueError(f"match_ratio={match_ratio}: expected a fraction in [0, 0.5]")
         self.match_ratio = match_ratio
         self.knn = knn
+        self.prop_attn = prop_attn
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, keep={self.keep}, prop_attn={self.prop_attn}"
 
     def counts(self, slots: int) -> tuple[int, int, int]:
         """(attentive kept, attentive pairs merged, clusters) for ``slots`` tokens."""
@@ -96,7 +101,7 @@ class BAT(Reducer):
             return values.reshape(batch * units, *values.shape[2:])  # (B, U, ...) -> (B*U, ...)
 
         top_features = flat(features).gather(1, flat(top)[..., None].expand(-1, -1, dim))
-        match_assign, match_rep = bipartite_soft_matching(top_features, pairs)  # over attentive slots
+        match_assign, match_rep = bipartite_soft_matching(top_features, pairs, class_token=False)  # attentive slots
         kept = attentive - pairs
         assign = torch.empty(batch * units, slots, dtype=torch.long, device=state.x.device)
         assign.scatter_(1, flat(top), match_assign)
@@ -111,5 +116,7 @@ class BAT(Reducer):
         attentive_slot = assign < kept
         weights = state.sizes() * torch.where(attentive_slot, torch.ones_like(scores), scores)
         self.record(state, scores=unit_scores.detach(), pos=state.pos)
-        return merge_slots(state, assign, representative, weights=weights,
-                           aligned=state.aligned and self.mode == "tube")
+        merged = merge_slots(state, assign, representative, weights=weights,
+                             aligned=state.aligned and self.mode == "tube")
+        merged.prop_attn = self.prop_attn
+        return merged

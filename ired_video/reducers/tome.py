@@ -1,16 +1,25 @@
-"""ToMe, token merging (Bolya et al., ICLR 2023), on the token state.
+"""ToMe, token merging (Bolya et al., ICLR 2023), on the token state, as the official code.
 
-In every block with r > 0, between the attention and the MLP (ToMe's placement): split
-the tokens alternately into sets A (even slots) and B (odd slots), match each A token to
-its most similar B token by cosine similarity of this block's head-mean attention keys,
-and merge the r best-matched A tokens into their B tokens by size-weighted averaging.
-Sizes add up, and with ``prop_attn`` attention adds log(size) to its logits. The class
-token is kept apart and never merged. The new order is: unmerged A tokens (best match
-first, as ToMe orders them), then B tokens, so a schedule gives ToMe's outputs.
+In every block with r > 0, between the attention residual and the MLP (ToMe's
+placement), ``bipartite_soft_matching`` builds a merge plan from this block's head-mean
+attention keys and the tokens merge by size-weighted mean; sizes add up, and with
+``prop_attn`` attention adds log(size) to its logits.
+
+The official rules with a class token (``tome/merge.py``), which ours reproduce: the split
+runs over the whole sequence [CLS, p0, p1, ...], set A = even indices (CLS, p1, p3, ...)
+and set B = odd indices (p0, p2, ...); the class token's scores are -inf so it never
+merges; r is capped at (tokens - 1) // 2; the unmerged A tokens are sorted back to their
+original order; the new sequence is [unmerged A, B]. Our state keeps the class token
+apart, so in slot terms A = odd slots, B = even slots. Without a class token (kept for
+the unit tests and other users) A = even slots, B = odd slots, and unmerged A tokens stay
+best-match-first. Ties: each A token takes the first of equally similar B tokens
+(``max``), and A tokens of equal similarity keep their order (stable sort; the official
+code's default sort leaves that order to the sort kernel). Differences from the
+official code, and why, are listed in ``docs/reducers.md``.
 
 Modes: ``tube`` matches locations by their keys averaged over frames and merges the same
-locations in every frame; ``frame`` matches within each frame (same r per frame);
-``flat`` (joint models) matches across all frames.
+locations in every frame; ``frame`` matches within each frame (same r per frame); ``flat``
+(joint models) matches across all frames. On one frame all three are the official rule.
 """
 from __future__ import annotations
 
@@ -27,49 +36,63 @@ Schedule = Union[int, Sequence[int], tuple[int, float]]
 
 
 def parse_r(depth: int, r: Schedule) -> list[int]:
-    """Tokens to merge in each block: a constant ``r``; a list per block (padded with 0);
-    or ``(r, inflection)``, a linear ramp with mean r from r*(1-inflection) to
-    r*(1+inflection) (inflection -1: decreasing from 2r to 0), as ToMe's ``parse_r``."""
-    if isinstance(r, int):
-        return [r] * depth
-    if isinstance(r, tuple) and len(r) == 2 and isinstance(r[1], float):
-        mean, inflection = r
-        low = int(mean * (1.0 - inflection))
-        high = 2 * mean - low
-        step = (high - low) / max(depth - 1, 1)
-        return [int(low + step * i) for i in range(depth)]
-    schedule = [int(v) for v in r]
-    if len(schedule) > depth:
-        raise ValueError(f"r schedule has {len(schedule)} entries for {depth} blocks")
-    return schedule + [0] * (depth - len(schedule))
+    """Tokens to merge in each block, as ToMe's ``parse_r``: an int is constant; a list
+    gives one value per block (padded with 0); a tuple ``(r, inflection)`` is the ramp
+    ``int(first + step * i)`` from first = int(r * (1 - inflection)) towards
+    2r - first (inflection -1: ToMe's "decreasing schedule", 2r down to 0).
+
+    Negative values and lists longer than the model are errors (ToMe ignores both).
+    """
+    if isinstance(r, list):
+        schedule = list(r)
+        if len(schedule) > depth:
+            raise ValueError(f"r schedule has {len(schedule)} entries for {depth} blocks")
+        schedule += [0] * (depth - len(schedule))
+    else:
+        mean, inflection = r if isinstance(r, tuple) else (r, 0.0)
+        if not -1.0 <= inflection <= 1.0:
+            raise ValueError(f"r inflection {inflection}: expected a value in [-1, 1]")
+        first = int(mean * (1.0 - inflection))
+        last = 2 * mean - first
+        step = (last - first) / (depth - 1) if depth > 1 else 0.0  # ToMe divides by zero on one block
+        schedule = [int(first + step * i) for i in range(depth)]
+    bad = [v for v in schedule if not isinstance(v, int) or v < 0]
+    if bad:
+        raise ValueError(f"r schedule {schedule}: tokens to merge must be integers >= 0")
+    return schedule
 
 
-def bipartite_soft_matching(metric: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """ToMe's merge plan for (G, K, C) token metrics.
+def bipartite_soft_matching(metric: Tensor, r: int, class_token: bool = True) -> tuple[Tensor, Tensor]:
+    """ToMe's merge plan for (G, K, C) metrics of the K patch tokens of G sequences.
 
+    ``class_token``: the sequences also hold a class token before slot 0 (kept apart by
+    the caller), which takes part in the split as the official code's index 0.
     Returns ``assign`` (G, K): the new slot of every old slot, and ``representative``
-    (G, K - r): the old slot whose position each new slot takes. ``r`` is capped at K // 2.
+    (G, K - r'): the old slot whose position each new slot takes, r' = min(r, K // 2).
     """
     groups, slots, _ = metric.shape
-    r = min(r, slots // 2)
+    r = min(r, slots // 2)  # official: (tokens - protected) // 2, tokens = K + 1 with a class token
     device = metric.device
+    first_a = 1 if class_token else 0  # with a class token, A = CLS (apart) + odd slots
+    a_slots = torch.arange(first_a, slots, 2, device=device)  # (Ka,)
+    b_slots = torch.arange(1 - first_a, slots, 2, device=device)  # (Kb,)
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    a, b = metric[:, ::2], metric[:, 1::2]  # (G, Ka, C), (G, Kb, C)
-    scores = a @ b.transpose(-1, -2)  # (G, Ka, Kb) cosine similarity
-    node_max, node_idx = scores.max(dim=-1)  # best B for every A
-    edge_idx = node_max.argsort(dim=-1, descending=True)  # A tokens, most similar first
-    unmerged, merged = edge_idx[:, r:], edge_idx[:, :r]  # (G, Ka - r), (G, r)
-    destination = node_idx.gather(1, merged)  # (G, r) B index each merged A goes to
-    num_unmerged, num_b = unmerged.shape[1], b.shape[1]
+    scores = metric[:, a_slots] @ metric[:, b_slots].transpose(-1, -2)  # (G, Ka, Kb) cosine similarity
+    node_max, node_idx = scores.max(dim=-1)  # best B for every A (first on ties)
+    edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)  # A tokens, most similar first
+    unmerged, merged = edge_idx[:, r:], edge_idx[:, :r]  # (G, Ka - r), (G, r) positions in A
+    if class_token:
+        unmerged = unmerged.sort(dim=-1).values  # back to their original order, as ToMe does
+    destination = node_idx.gather(1, merged)  # (G, r) position in B each merged A goes to
+    num_unmerged, num_b = unmerged.shape[1], b_slots.shape[0]
 
-    assign_a = torch.empty(groups, a.shape[1], dtype=torch.long, device=device)
+    assign_a = torch.empty(groups, a_slots.shape[0], dtype=torch.long, device=device)
     assign_a.scatter_(1, unmerged, torch.arange(num_unmerged, device=device).expand(groups, -1))
     assign_a.scatter_(1, merged, num_unmerged + destination)
     assign = torch.empty(groups, slots, dtype=torch.long, device=device)
-    assign[:, ::2] = assign_a
-    assign[:, 1::2] = num_unmerged + torch.arange(num_b, device=device)
-    b_slots = 2 * torch.arange(num_b, device=device) + 1
-    representative = torch.cat([2 * unmerged, b_slots.expand(groups, -1)], dim=1)  # (G, K - r)
+    assign[:, a_slots] = assign_a
+    assign[:, b_slots] = num_unmerged + torch.arange(num_b, device=device)
+    representative = torch.cat([a_slots[unmerged], b_slots.expand(groups, -1)], dim=1)  # (G, K - r)
     return assign, representative
 
 
@@ -95,7 +118,7 @@ class ToMe(Reducer):
         state = self.prepare(state)
         batch, frames, slots = state.x.shape[:3]
         keys = keys.reshape(batch, frames, slots, -1)
-        if self.r == 0 or slots < 2:
+        if min(self.r, slots // 2) == 0:
             return state
         metric = keys.mean(dim=1, keepdim=True) if self.mode == "tube" else keys  # (B, U, K, C)
         units = metric.shape[1]
