@@ -78,9 +78,8 @@ def test_counts_provenance_and_batch_independence(attention_type, name, kwargs, 
             else:
                 assert (info.gmacs < model.static_gmacs()).all()
             _check_provenance(state)
-            if name != "random":  # random draws per batch row; its own test covers determinism
-                single = torch.cat([model(video[i:i + 1]) for i in range(3)])
-                torch.testing.assert_close(logits, single, atol=1e-5, rtol=0)
+            single = torch.cat([model(video[i:i + 1]) for i in range(3)])
+            torch.testing.assert_close(logits, single, atol=1e-5, rtol=0)
 
 
 def _check_provenance(state: TokenState) -> None:
@@ -119,6 +118,10 @@ def test_eval_is_deterministic_random_included():
     video = _video()
     with torch.no_grad():
         assert torch.equal(model(video), model(video))
+        kept = model(video, return_info=True)[1].state.pos
+        assert torch.equal(kept[0], kept[1])  # eval keeps one subset for every clip
+        apply_reducer(model, "random", keep=0.5, mode="frame", seed=1)
+        assert not torch.equal(model(video, return_info=True)[1].state.pos, kept)  # another seed, another subset
     model.train()
     _, a = model(video, return_info=True)
     _, b = model(video, return_info=True)

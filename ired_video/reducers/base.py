@@ -21,6 +21,7 @@ output stays bit-identical.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
@@ -79,30 +80,54 @@ class Reducer(nn.Module):
         return out
 
 
+@dataclass(frozen=True)
+class Counts:
+    """How many units each decision unit keeps.
+
+    most: the largest count, a Python int; per_unit: (B, U) long when units keep different
+    counts, None when every unit keeps ``most``. A fixed ratio of a state without padding
+    gives ``Counts(n)`` from the shapes alone (no host synchronisation: one compiled graph);
+    adaptive counts are read back from the device once per decision (``from_tensor``).
+    """
+
+    most: int
+    per_unit: Optional[Tensor] = None
+
+    @classmethod
+    def from_tensor(cls, counts: Tensor) -> "Counts":
+        """(B, U) counts -> Counts, reading their least and largest value in one transfer."""
+        least, most = (int(v) for v in torch.stack([counts.min(), counts.max()]).tolist())
+        return cls(most, None if least == most else counts)
+
+
 def keep_count(available: Tensor, keep: float) -> Tensor:
     """Units to keep of ``available`` (any shape, long): ceil(keep * n), at least 1."""
     return torch.clamp(torch.ceil(available.double() * keep).long(), min=1).minimum(available.clamp(min=1))
 
 
-def select_top(scores: Tensor, counts: Tensor, valid: Tensor) -> tuple[Tensor, Optional[Tensor]]:
+def static_keep_count(slots: int, keep: float) -> int:
+    """``keep_count`` of ``slots`` real units, as a Python int (same double arithmetic)."""
+    return min(max(math.ceil(slots * keep), 1), max(slots, 1))
+
+
+def select_top(scores: Tensor, counts: Counts, valid: Tensor) -> tuple[Tensor, Optional[Tensor]]:
     """Keep the ``counts`` best-scoring real slots of each unit.
 
-    scores: (B, U, K); counts: (B, U) long; valid: (B, U, K) bool.
-    Returns slot indices (B, U, K') in ascending slot order, K' = max count, and a (B, U, K')
-    validity mask when units keep different counts (None when all keep K').
+    scores: (B, U, K); valid: (B, U, K) bool. Returns slot indices (B, U, K') in ascending
+    slot order, K' = ``counts.most``, and a (B, U, K') validity mask when units keep
+    different counts (None when all keep K').
     """
-    most = int(counts.max())
     ranked = scores.masked_fill(~valid, float("-inf"))
-    top = ranked.topk(most, dim=-1).indices  # (B, U, K'), best first
-    rank = torch.arange(most, device=scores.device).expand_as(top)
-    keep = rank < counts[..., None]  # (B, U, K')
-    order = top.argsort(dim=-1)  # ascending slot order keeps the spatial layout readable
-    index = top.gather(-1, order)
-    keep = keep.gather(-1, order)
-    return index, (None if bool(keep.all()) else keep)
+    top = ranked.topk(counts.most, dim=-1).indices  # (B, U, K'), best first
+    if counts.per_unit is None:
+        return top.sort(dim=-1).values, None  # ascending slot order keeps the spatial layout readable
+    rank = torch.arange(counts.most, device=scores.device).expand_as(top)
+    keep = rank < counts.per_unit[..., None]  # (B, U, K')
+    order = top.argsort(dim=-1)
+    return top.gather(-1, order), keep.gather(-1, order)
 
 
-def drop_to(reducer: Reducer, state: TokenState, scores: Tensor, counts: Tensor) -> TokenState:
+def drop_to(reducer: Reducer, state: TokenState, scores: Tensor, counts: Counts) -> TokenState:
     """Keep each unit's ``counts`` best slots by ``scores`` (B, U, K), U = 1 for tubes."""
     index, valid = select_top(scores, counts, reducer.unit_valid(state))
     frames = state.num_frames
@@ -112,13 +137,17 @@ def drop_to(reducer: Reducer, state: TokenState, scores: Tensor, counts: Tensor)
     return keep_slots(state, index, valid, aligned=state.aligned if reducer.mode == "tube" else False)
 
 
-def ratio_counts(reducer: Reducer, state: TokenState, keep: float) -> Tensor:
-    """(B, U) units to keep at ratio ``keep`` of each unit's real slots."""
-    return keep_count(reducer.unit_valid(state).sum(dim=-1), keep)
+def ratio_counts(reducer: Reducer, state: TokenState, keep: float) -> Counts:
+    """Units to keep at ratio ``keep`` of each unit's real slots: from the shapes while no
+    slot is padding or masked (every unit has ``num_slots``), else read from the device."""
+    if state.valid is None:
+        return Counts(static_keep_count(state.num_slots, keep))
+    return Counts.from_tensor(keep_count(reducer.unit_valid(state).sum(dim=-1), keep))
 
 
-def removes_nothing(counts: Tensor, state: TokenState) -> bool:
-    return state.valid is None and bool((counts >= state.num_slots).all())
+def removes_nothing(counts: Counts, state: TokenState) -> bool:
+    """True when every unit keeps all its slots and none is padding (return the state as is)."""
+    return state.valid is None and counts.per_unit is None and counts.most >= state.num_slots
 
 
 def check_fraction(name: str, value: float, allow_one: bool = True) -> float:

@@ -15,15 +15,18 @@ import torch
 from torch import Tensor
 
 from ired_video.models.blocks import AttentionMaps
-from ired_video.reducers.base import Reducer, check_fraction, drop_to, ratio_counts, removes_nothing, select_top
+from ired_video.reducers.base import (Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing,
+                                      select_top)
 from ired_video.tokens import TokenState, merge_slots
 
 
 class RandomDrop(Reducer):
     """Keep a random ``keep`` fraction of tokens before a block.
 
-    In eval mode the draw comes from a generator seeded with ``seed`` on every call, so
-    evaluation is repeatable; in training mode it comes from torch's global generator.
+    Training draws from torch's global generator (a new subset every step). Evaluation
+    keeps the same subset on every call and for every clip, whatever the batch: scores
+    are a fixed hash of (``seed``, block, patch position) (another ``seed``, another
+    subset), computed on the device with no generator object, so it compiles to one graph.
     """
 
     name = "random"
@@ -39,14 +42,25 @@ class RandomDrop(Reducer):
         counts = ratio_counts(self, state, self.keep)
         if removes_nothing(counts, state):
             return state
-        units = self.unit_valid(state).shape
-        generator = None
-        if not self.training:
-            generator = torch.Generator(device=state.x.device).manual_seed(self.seed)
-        scores = torch.rand(units, generator=generator, device=state.x.device)
+        if self.training:
+            scores = torch.rand(self.unit_valid(state).shape, device=state.x.device)
+        else:
+            position = state.pos[:, :1] % state.num_patches if self.mode == "tube" else state.pos  # (B, U, K)
+            scores = hash_uniform(position, self.seed * 1_000_003 + self.block)
         state = drop_to(self, state, scores, counts)
         self.record(state, kept=state.real_tokens())
         return state
+
+
+def hash_uniform(values: Tensor, salt: int) -> Tensor:
+    """Pseudo-random numbers in [0, 1), one per integer of ``values`` (long tensor), a fixed
+    function of (value, salt): a 32-bit multiply-xorshift mix in int64, no overflow."""
+    mask = 0xFFFFFFFF
+    x = (values * 0x9E3779B1 + (salt * 0x85EBCA77 & mask)) & mask
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & mask
+    x = (((x >> 16) ^ x) * 0x45D9F3B) & mask
+    x = (x >> 16) ^ x
+    return x.double().div(2.0 ** 32).float()
 
 
 class ClassAttentionTopK(Reducer):
@@ -74,7 +88,7 @@ class ClassAttentionTopK(Reducer):
             return drop_to(self, state, unit_scores, counts)
         return self._keep_and_fuse(state, scores, unit_scores, counts)
 
-    def _keep_and_fuse(self, state: TokenState, scores: Tensor, unit_scores: Tensor, counts: Tensor) -> TokenState:
+    def _keep_and_fuse(self, state: TokenState, scores: Tensor, unit_scores: Tensor, counts: Counts) -> TokenState:
         """Kept slots stay as they are; the dropped ones of each frame fold into one token."""
         index, padding = select_top(unit_scores, counts, self.unit_valid(state))
         if padding is not None:

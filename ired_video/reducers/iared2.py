@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ired_video.models.blocks import AttentionMaps
-from ired_video.reducers.base import Reducer, check_fraction, drop_to, ratio_counts, removes_nothing
+from ired_video.reducers.base import Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing
 from ired_video.tokens import TokenState
 
 
@@ -117,13 +117,14 @@ class IARED2(Reducer):
             return state
         return drop_to(self, state, unit_probs, counts)
 
-    def _eval_counts(self, state: TokenState, unit_probs: Tensor) -> Tensor:
-        """(B, U) tokens to keep per unit; frame mode keeps the clip's mean count per frame."""
+    def _eval_counts(self, state: TokenState, unit_probs: Tensor) -> Counts:
+        """Tokens to keep per unit: a ratio's from the shapes; a threshold's per clip (frame
+        mode keeps the clip's mean count per frame), read from the device once."""
         if self.keep is not None:
             return ratio_counts(self, state, self.keep)
         above = ((unit_probs > self.threshold) & self.unit_valid(state)).sum(dim=-1)  # (B, U)
         counts = above.double().mean(dim=-1, keepdim=True).round().long().clamp(min=1)  # (B, 1)
-        return counts.expand_as(above).minimum(self.unit_valid(state).sum(dim=-1))
+        return Counts.from_tensor(counts.expand_as(above).minimum(self.unit_valid(state).sum(dim=-1)))
 
     def _sample(self, state: TokenState, unit_probs: Tensor) -> TokenState:
         """Training: sample keep decisions, mask the dropped tokens, record log pi(a).
