@@ -7,8 +7,7 @@ per view: top-k classes, the GMACs really spent, the tokens kept after every red
 per video: the mean of the views' softmax probabilities. A file that cannot be decoded
 gives a result with ``status="error"`` and the reason; the caller goes on.
 
-Results are plain dataclasses with ``to_dict()`` for JSON. ``exit_stage`` is the 1-based
-stage a cascade model (``ired_video.models.cascade``) answered a view at; None otherwise.
+Design notes: docs/design.md, "ired_video.inference".
 """
 from __future__ import annotations
 

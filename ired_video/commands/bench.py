@@ -1,15 +1,10 @@
 """``ired-video bench``: GMACs and measured throughput of every reducer, side by side.
 
-For each model: the plain model, then every reducer at each keep ratio and mode, then the
-plain model again (a drift check). Each row reports GMACs per view (``info.gmacs``), the
-GMACs ratio plain / reduced, and for each measurement and batch size: clips/s (median of
-``--iters`` timed calls after ``--warmup``), the speed-up over the plain model and the
-*efficiency*, speed-up / GMACs ratio (1.0: the saved MACs turn fully into saved time).
-Measurements: inference (always), training steps (``--train``: forward, backward,
-optimizer step), each eager and, with ``--compile``, under ``torch.compile``; peak GPU
-memory on CUDA. ToMe's ``r`` is the one whose GMACs match top-k's at the same keep.
-IA-RED²'s interpreters are untrained and the interaction reducer's predictor is fitted for
-20 steps on one random clip: only their speed means anything, not their choice of tokens.
+Per model and reducer setting: exact GMACs per view from the forward's billing, clips/s
+(inference; training steps with ``--train``; compiled with ``--compile``), peak CUDA
+memory, and efficiency = measured speed-up / GMACs ratio. Markdown tables, JSON rows.
+
+Design notes: docs/design.md, "ired_video.commands.bench".
 """
 from __future__ import annotations
 

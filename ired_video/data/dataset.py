@@ -6,16 +6,7 @@ dataset, pytorchvideo's included, is duplicated or broadcast instead). Item ``i`
 ``(video_index, clip_index, crop_index) = divmod``-decoded from ``i`` with crops innermost,
 so the views of one video are consecutive; aggregate test predictions by ``video_index``.
 
-**Bad files.** When a video cannot be decoded (missing, corrupt, no video stream, ...),
-the warning names its path and reason, and the item is rebuilt from another video chosen
-by a generator seeded with ``(seed, index, attempt)``: the same index is always replaced by
-the same video, at most ``max_retries`` times before a ``RuntimeError`` lists every failure.
-The item then carries the replacement's ``label``/``video_index``/``path`` and the failed
-paths in ``failed_paths`` (newline-joined; ``""`` when none), so the training loop counts
-bad files in the main process whatever the number of DataLoader workers
-(:class:`BadFileTracker`). Evaluation code should drop items whose ``failed_paths`` is not
-empty, or better, run ``ired-video check-videos`` first and build the dataset from the
-cleaned annotations.
+Design notes: docs/design.md, "ired_video.data.dataset".
 """
 from __future__ import annotations
 

@@ -1,30 +1,13 @@
 """A small generated dataset in the official Kinetics layout, with ground-truth masks.
 
-Each video shows one *target* shape (circle, square or triangle) crossing the frame left or
-right; the class is ``"<shape> moving <direction>"`` (6 classes), so a model needs both
-appearance (which shape) and motion (which way). Each shape has its own vivid hue family
-(circle red, square green, triangle blue, jittered), a cue a tiny model learns from
-scratch in minutes. Distractors (diamonds and crosses, muted colours) stay still or drift
-slowly (several times slower than the target), and the
-textured background is static or pans slowly: most patches are redundant over time, the
-setting token reduction is for. The target is about 2.5 patches across at the demo's 64 px
-input.
-Colours, sizes, speeds, positions and the number of distractors are random.
+Each video shows one target shape (circle, square, triangle) crossing the frame left or
+right among slower distractors on a static or panning textured background; the class is
+``"<shape> moving <direction>"`` (6 classes). Written under ``out_dir``, deterministic from
+``seed``: ``train/`` and ``val/`` class folders of H.264 MP4s with a ``.npz`` mask per video
+(``mask`` bool (T, H, W) on the target's pixels), Kinetics CSVs, list files, ``classes.txt``
+and the ``data_config.yaml`` to train on it.
 
-Layout written under ``out_dir`` (all deterministic from ``seed``)::
-
-    train/<class name>/<youtube_id>_<start:06d>_<end:06d>.mp4   H.264, yuv420p
-    train/<class name>/<same stem>.npz                           masks, see below
-    val/<class name>/...
-    kinetics_train.csv, kinetics_val.csv   label,youtube_id,time_start,time_end,split,is_cc
-    train.csv, val.csv                     list files: "<relative path> <label index>"
-    classes.txt                            class names, one a line, in label order
-    data_config.yaml                       the DataConfig to train on it
-
-Mask file (``numpy.load``): ``mask`` bool ``(T, H, W)``, True on the target's pixels in each
-frame (it is drawn on top, so the whole mask is visible); ``label`` int, ``class_name``,
-``shape``, ``direction`` str, ``fps`` float. Video ids are 11 characters of the YouTube
-alphabet and some start with ``-``, as real ones do.
+Design notes: docs/design.md, "ired_video.data.demo".
 """
 from __future__ import annotations
 

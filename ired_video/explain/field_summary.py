@@ -5,11 +5,7 @@ Edges are the (query, key) pairs of divided attention in one clip: spatial atten
 T frames x (1+N)^2 pairs (the class token's row and column are never masked), temporal
 attention N locations x T^2 pairs. A window masks the pairs outside a query's field.
 
-Compute, honestly. Our windowed model computes the masked attention densely, so it spends
-and is billed exactly the plain model's GMACs (``ired_video.models.window``). The
-"gathered-kernel" figure is analytic: the attention products (q k^T and attn v, 2 D MACs
-per pair) of only the kept pairs, everything else unchanged. No such kernel exists here;
-the figure is what one could save, not what we spend.
+Design notes: docs/design.md, "ired_video.explain.field_summary".
 """
 from __future__ import annotations
 

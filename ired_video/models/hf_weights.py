@@ -6,10 +6,7 @@ A snapshot is a folder with ``config.json`` (``model_type: timesformer``), the w
 transformers: the JSON and the weights are read directly (safetensors, or
 ``torch.load(weights_only=True)``), and ``save_snapshot`` writes the same three files.
 
-The tensors are TimeSformer's own, under other names (``KeyMap`` below); shapes are
-equal. ``config.json`` gives the architecture and ``id2label`` the class names;
-``preprocessor_config.json`` gives mean/std, resize and crop. Temporal sampling is in
-neither; it follows the TimeSformer recipe for the frame count (see docs/weights.md).
+Design notes: docs/design.md, "ired_video.models.hf_weights".
 """
 from __future__ import annotations
 

@@ -4,12 +4,7 @@ One clip (B, C, T, H, W) -> per-frame patch embedding -> spatial position embedd
 (shared by all frames) -> time embedding (shared by all locations; not in the space-only
 model) -> blocks -> class token -> norm -> linear head.
 
-Semantics follow the official implementation (``timesformer/models/vit.py``), including
-its details: the class token gets the spatial position embedding but no time embedding;
-in divided attention it never enters temporal attention and its spatial updates are
-averaged over frames; the space-only model averages per-frame class tokens before the
-final norm; position and time embeddings are resized at run time (2-D / 1-D nearest)
-when the input grid or frame count differs from the model's.
+Design notes: docs/design.md, "ired_video.models.timesformer".
 """
 from __future__ import annotations
 

@@ -6,21 +6,7 @@ a checkpoint cannot run code. Loading is strict: a state dict that does not fit 
 raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys (in the
 file's own names).
 
-Recognised sources:
-- official TimeSformer ``.pyth`` (PySlowFast ``save_checkpoint``): a dict whose
-  ``model_state`` holds keys prefixed ``model.``; our parameter names equal the official
-  ones once the prefix is stripped;
-- timm / DeiT ImageNet ViT weights (``.pth`` with the state dict at the top level or under
-  ``model`` / ``state_dict``, or ``.safetensors``): mapped the way TimeSformer initialises
-  from ViT (``attn`` copied into ``temporal_attn``, ``norm1`` into ``temporal_norm1``,
-  ``temporal_fc`` and ``time_embed`` zero), so the result starts as a per-frame ViT;
-- a Hugging Face transformers snapshot folder, or its weights file (``hf_weights``);
-- an mmaction2 TimeSformer checkpoint (``mmaction_weights``);
-- our checkpoints (``format: ired_video``), which also carry the model and data configs.
-
-Position embeddings are resized 2-D (bicubic, as timm does when fine-tuning at a new
-resolution) and time embeddings 1-D (nearest, as TimeSformer does) when the file's grid
-or frame count differs from the model's, with a log line saying so.
+Design notes: docs/design.md, "ired_video.models.weights".
 """
 from __future__ import annotations
 
