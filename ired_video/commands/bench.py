@@ -26,6 +26,7 @@ from ired_video import speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
 from ired_video.devices import resolve_device
 from ired_video.models import create_model, list_models
+from ired_video.paths import write_atomically
 from ired_video.reducers import apply_reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
@@ -424,10 +425,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def write(rows: list[dict[str, Any]]) -> None:
         if args.output:
-            tmp = f"{args.output}.tmp"
-            with open(tmp, "w") as handle:
-                json.dump({"setup": setup, "rows": rows}, handle, indent=1)
-            os.replace(tmp, args.output)
+            write_atomically(args.output, json.dumps({"setup": setup, "rows": rows}, indent=1))
 
     rows = run(args, on_row=write)
     try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -26,6 +25,7 @@ from ired_video.models.checkpoint_file import Checkpoint, CheckpointError, PathL
 from ired_video.models.hf_weights import (looks_like_transformers, read_snapshot, snapshot_weights_file,
                                          transformers_state)
 from ired_video.models.mmaction_weights import looks_like_mmaction, mmaction_checkpoint
+from ired_video.paths import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +213,4 @@ def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     extras = getattr(model, "checkpoint_extras", None)  # a cascade adds its cascade config
     if extras is not None:
         payload.update(extras())
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
