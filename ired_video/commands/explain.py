@@ -12,6 +12,7 @@ from PIL import Image
 
 from ired_video.commands.infer import add_model_arguments, load_from_args
 from ired_video.commands.overlay import default_scale, parse_clip
+from ired_video.data.decoding import DecodeError
 from ired_video.explain.methods import METHODS, MissingInterpreter, explain
 from ired_video.inference import decode_views, top_k
 from ired_video.viz.draw import blend_heatmap, denormalize, scale_image, tile_grid, with_caption
@@ -73,7 +74,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"ired-video explain: error: {args.video}: no such file", file=sys.stderr)
         return 2
     loaded = load_from_args(args)
-    from ired_video.data.decoding import DecodeError
 
     data = loaded.data_config
     try:

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from ired_video.commands.infer import add_model_arguments, load_from_args
+from ired_video.data.decoding import DecodeError
 from ired_video.data.video_io import write_video
 from ired_video.inference import LoadedModel, decode_views, top_k, unreduced_gmacs
 from ired_video.paths import writable_file
@@ -115,7 +116,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     out = writable_file(args.output, "--output")  # before rendering anything
     png = None if args.png is None else writable_file(args.png, "--png")
     loaded = load_from_args(args)
-    from ired_video.data.decoding import DecodeError
 
     try:
         result = build_overlay(loaded, args.video, clip_index, num_clips, args.heatmap, args.scale, args.backend)

@@ -20,8 +20,12 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.accelerator import new_accelerator
+from ired_video.models.cascade import apply_budget
+from ired_video.models.registry import create_model
+from ired_video.reducers import apply_reducer
 
 
 @torch.no_grad()
@@ -132,12 +136,6 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, roo
                         budget: Optional[float] = None) -> dict[str, Any]:
     """Load our checkpoint (optionally with another reducer), evaluate it on annotated
     videos with its own preprocessing, and write the report and per-view JSONL."""
-    from ired_video.data.annotations import load_annotations
-    from ired_video.models.registry import create_model
-    from ired_video.reducers import apply_reducer
-
-    from ired_video.models.cascade import apply_budget
-
     model = create_model(checkpoint=checkpoint)
     if reducer is not None:
         apply_reducer(model, reducer)
