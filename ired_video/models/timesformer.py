@@ -15,6 +15,7 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
@@ -121,15 +122,14 @@ class TimeSformer(nn.Module):
         """(B, C, T, H, W) video -> start token state with patches (B, T, N, D)."""
         if video.ndim != 5:
             raise ValueError(f"expected a video tensor (B, C, T, H, W), got shape {tuple(video.shape)}")
-        batch, chans, frames, height, width = video.shape
+        batch, chans, frames, _, _ = video.shape
         if chans != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
                              f"(input must be (B, C, T, H, W))")
-        images = video.transpose(1, 2).reshape(batch * frames, chans, height, width)  # (B*T, C, H, W)
-        patches = self.patch_embed(images)  # (B*T, h, w, D)
+        patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
         grid = (patches.shape[1], patches.shape[2])
         dim = patches.shape[-1]
-        patches = patches.reshape(batch, frames, grid[0] * grid[1], dim)  # (B, T, N, D)
+        patches = rearrange(patches, "(b t) h w d -> b t (h w) d", b=batch)
 
         pos = self._spatial_pos_embed(grid)
         patches = self.pos_drop(patches + pos[:, None, 1:])
