@@ -106,6 +106,18 @@ def _exit_shares(views: dict[str, torch.Tensor], ok: torch.Tensor) -> dict[str, 
     return {"exit_shares": {str(k + 1): float(c) for k, c in enumerate(counts)}}
 
 
+def near_chance(top1: float, num_classes: int, videos: int) -> Optional[str]:
+    """A warning when top-1 is within two binomial standard errors of chance (1 / classes),
+    else None: the recipe has not learned these classes (yet)."""
+    chance = 1.0 / num_classes
+    margin = 2.0 * (chance * (1.0 - chance) / max(videos, 1)) ** 0.5
+    if top1 > chance + margin:
+        return None
+    return (f"validation top-1 {top1:.3f} is at chance ({chance:.3f} for {num_classes} classes, within "
+            f"{margin:.3f} on {videos} videos): the model is not learning these classes. Check the labels "
+            "and the data (ired-video check-videos), lower optim.lr, or train longer from a pretrained checkpoint")
+
+
 def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset) -> None:
     """One JSON line per evaluated view: what it was, what it predicted, what it cost."""
     names = dataset.cfg.class_names
