@@ -306,7 +306,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_work(demo_dat
 
 
 def test_demo_recipe_matches_its_yaml(tmp_path):
-    from ired_video.commands.demo import demo_config
+    from ired_video.engine.recipes import demo_config
     in_code = demo_config(tmp_path, tmp_path / "out")
     in_yaml = load_train_config(REPO / "configs/train/demo_micro.yaml",
                                 [f"data.train={tmp_path / 'train.csv'}", f"data.val={tmp_path / 'val.csv'}",

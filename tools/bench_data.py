@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader
 from ired_video.config import DataConfig
 from ired_video.data.annotations import VideoRecord, load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.data.decoding import (DECODERS, DecodeError, available_backends, decord,
-                                      read_clip, read_clip_torchcodec)
+from ired_video.data.decoding import DECODERS, DecodeError, available_backends, decord, read_clip, read_clip_torchcodec
 from ired_video.data.demo import demo_data_config, make_demo_dataset
 from ired_video.data.sampling import DenseSampler
 

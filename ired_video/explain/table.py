@@ -28,6 +28,12 @@ from ired_video.inference import decode_views
 from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_masks_from_info
 
+# reducers whose object-patch share the faithfulness table reports by default
+DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5 score=indicator",
+                    "interaction keep=0.7 score=indicator", "attention_received keep=0.5",
+                    "attention_received keep=0.7", "random keep=0.5", "random keep=0.7"]
+
+
 METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "mask_iou")
 
 
