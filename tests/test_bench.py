@@ -152,11 +152,13 @@ def test_a_failing_reducer_is_reported_and_the_rest_runs(tmp_path, monkeypatch, 
     (["--dtype", "fp16", "--device", "cpu"], "fp16 runs on a GPU only"),
     (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--keeps", "1.5"], "not a fraction"),
-    (["--output", "/no/such/folder/x.json"], "does not exist or is not writable"),
+    (["--output", "{tmp}/a_file/x.json"], "--output {tmp}/a_file/x.json: cannot write in {tmp}/a_file"),
 ])
-def test_bad_settings_are_refused_before_any_work(argv, message, capsys):
+def test_bad_settings_are_refused_before_any_work(argv, message, capsys, tmp_path):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("a GPU is present")
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--quick", "--no-progress", *argv])
     assert exit_info.value.code == 2

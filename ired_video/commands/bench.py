@@ -24,9 +24,10 @@ from tqdm import tqdm
 
 from ired_video import speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
+from ired_video.config import ConfigError
 from ired_video.devices import resolve_device
 from ired_video.models import create_model, list_models
-from ired_video.paths import write_atomically
+from ired_video.paths import writable_file, write_atomically
 from ired_video.reducers import apply_reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
@@ -123,34 +124,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on --quick; refuse impossible settings (exit 2)."""
-    quick = args.quick
-    if args.models is None:
-        args.models = [QUICK_MODEL] if quick else list(DEFAULT_MODELS)
-    if args.batches is None:
-        args.batches = [1, 2] if quick else [1, 8]
-    if args.warmup is None:
-        args.warmup = 1 if quick else 2
-    if args.iters is None:
-        args.iters = 1 if quick else 5
-    if args.threads is None:
-        args.threads = available_cores()
+    defaults = {"models": [QUICK_MODEL], "batches": [1, 2], "warmup": 1, "iters": 1} if args.quick else \
+        {"models": list(DEFAULT_MODELS), "batches": [1, 8], "warmup": 2, "iters": 5}
+    for key, value in {**defaults, "threads": available_cores()}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         args.torch_device = resolve_device(args.device)
         args.torch_dtype = speed.check_dtype(args.dtype, args.torch_device)
     except ValueError as err:
         parser.error(str(err))
-    for keep in args.keeps:
-        if not 0 < keep <= 1:
-            parser.error(f"keep {keep} is not a fraction in (0, 1]")
-    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("batches, --iters and --threads must be >= 1, --warmup >= 0")
-    if args.compile and args.warmup < 1:
-        parser.error("--compile needs --warmup >= 1 (the first calls compile)")
+    problem = _impossible(args)
+    if problem:
+        parser.error(problem)
     if args.output:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            parser.error(f"--output {args.output}: folder {folder} does not exist or is not writable")
+        try:
+            writable_file(args.output, "--output")
+        except ConfigError as err:
+            parser.error(str(err))
     return args
+
+
+def _impossible(args: argparse.Namespace) -> Optional[str]:
+    """What makes these settings impossible to run, or None."""
+    bad_keeps = [keep for keep in args.keeps if not 0 < keep <= 1]
+    if bad_keeps:
+        return f"keep {bad_keeps[0]} is not a fraction in (0, 1]"
+    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0 or args.threads < 1:
+        return "batches, --iters and --threads must be >= 1, --warmup >= 0"
+    if args.compile and args.warmup < 1:
+        return "--compile needs --warmup >= 1 (the first calls compile)"
+    return None
 
 
 def measurements(args: argparse.Namespace) -> list[str]:
