@@ -139,7 +139,7 @@ def decode_views(path: PathLike, data: DataConfig, num_clips: int = 1, num_crops
     for clip_index in range(num_clips):
         samples = []
 
-        def choose(count: int, fps: float, clip_index: int = clip_index) -> tuple[int, ...]:
+        def choose(count: int, fps: float, clip_index: int = clip_index, samples: list = samples) -> tuple[int, ...]:
             samples.append(sampler(count, fps, "test", clip_index, num_clips))
             return samples[-1].indices
 
@@ -212,7 +212,8 @@ def run_views(loaded: LoadedModel, videos: Tensor, batch_size: int = 8
     per view: GMACs, tokens per block, tokens after each stage, latency (its batch's model
     time shared equally among the batch's views, ms), exit stage (1-based; None unless a cascade)."""
     model, device = loaded.model, loaded.device
-    total = videos.shape[2] * (videos.shape[3] // model.config.patch_size) * (videos.shape[4] // model.config.patch_size)
+    patch = model.config.patch_size
+    total = videos.shape[2] * (videos.shape[3] // patch) * (videos.shape[4] // patch)  # patches of a (C, T, H, W) view
     probs, gmacs, tokens, stages, latency = [], [], [], [], []
     exits: list[Optional[int]] = []
     for start in range(0, videos.shape[0], batch_size):

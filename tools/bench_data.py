@@ -307,7 +307,7 @@ def cuda_table(paths: list[str], cfg: DataConfig, clips: int) -> int:
     for path in paths:
         rng = np.random.default_rng(0)
 
-        def choose(n: int, fps: float) -> Sequence[int]:
+        def choose(n: int, fps: float, rng: np.random.Generator = rng) -> Sequence[int]:
             return sampler(n, fps, "train", rng=rng).indices
 
         try:

@@ -34,6 +34,7 @@ DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5 scor
                     "attention_received keep=0.7", "random keep=0.5", "random keep=0.7"]
 
 
+CPU = torch.device("cpu")
 METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "mask_iou")
 
 
@@ -106,7 +107,7 @@ def _with_reducer(model: nn.Module, cfg: ReducerConfig) -> nn.Module:
 
 def build_table(model: nn.Module, items: Sequence[tuple[Path, int]], methods: Sequence[str],
                 reducers: Sequence[ReducerConfig] = (), steps: int = 20, backend: str = "auto",
-                device: torch.device = torch.device("cpu"), progress: bool = True) -> Table:
+                device: torch.device = CPU, progress: bool = True) -> Table:
     """Evaluate ``methods`` and ``reducers`` on ``items`` (demo videos and labels)."""
     data = model.data_config
     patch = model.config.patch_size
