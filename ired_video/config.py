@@ -80,7 +80,6 @@ class ModelConfig:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.window_radius is not None or self.window_span is not None:
-            from ired_video.models.window import check_fields
             if self.attention_type != "divided_space_time":
                 raise ConfigError("window_radius/window_span: windows are implemented for "
                                   f"divided_space_time, not {self.attention_type}")
@@ -88,6 +87,20 @@ class ModelConfig:
                                    (self.img_size // self.patch_size) ** 2)
             if problem:
                 raise ConfigError(problem)
+
+
+def check_fields(radius: Optional[list[list[int]]], span: Optional[list[list[int]]], depth: int,
+                 num_patches: int) -> Optional[str]:
+    """None if the per-block, per-location fields fit the model, else what is wrong."""
+    for key, values in (("window_radius", radius), ("window_span", span)):
+        if values is None:
+            continue
+        if len(values) != depth:
+            return f"{key}: {len(values)} blocks given, the model has depth={depth}"
+        for block, row in enumerate(values):
+            if len(row) != num_patches or min(row) < 0:
+                return f"{key}[{block}]: expected {num_patches} non-negative values (one per patch location)"
+    return None
 
 
 @dataclass
