@@ -23,10 +23,10 @@ from torch import Tensor
 
 from ired_video.config import ConfigError, DataConfig, ReducerConfig, to_dict
 from ired_video.data.annotations import is_video_file
-from ired_video.devices import resolve_device
 from ired_video.data.decoding import DecodeError, read_clip
-from ired_video.data.sampling import make_sampler
+from ired_video.data.sampling import sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw
+from ired_video.devices import resolve_device
 from ired_video.models import TimeSformer, create_model
 from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_token_counts
@@ -133,7 +133,7 @@ def decode_views(path: PathLike, data: DataConfig, num_clips: int = 1, num_crops
     """Decode and preprocess ``num_clips`` x ``num_crops`` test views of ``path`` as ``data``
     says (clips spread and centred, short side ``test_short_side``, crops along the long
     side). Raises ``DecodeError`` naming the file."""
-    sampler = make_sampler(data.sampling, data.num_frames, data.sampling_rate, data.target_fps, data.temporal_pad)
+    sampler = sampler_for(data)
     videos, views, notes = [], [], []
     clip = None
     for clip_index in range(num_clips):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.decoding import DecodeError, check_backend, read_clip
-from ired_video.data.sampling import PAD_MODES, ClipSample, make_sampler
+from ired_video.data.sampling import PAD_MODES, ClipSample, sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def check_data_config(cfg: DataConfig) -> None:
     if cfg.temporal_pad not in PAD_MODES:
         raise ConfigError(f"temporal_pad={cfg.temporal_pad!r}: expected one of {PAD_MODES}")
     try:
-        make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps, cfg.temporal_pad)
+        sampler_for(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
 
@@ -82,9 +82,7 @@ class VideoDataset(Dataset):
         self.max_retries, self.seed = max_retries, seed
         self.epoch = 0
         self.frame_counts = dict(frame_counts or {})
-        self.sampler = make_sampler(data_config.sampling, data_config.num_frames,
-                                    data_config.sampling_rate, data_config.target_fps,
-                                    data_config.temporal_pad)
+        self.sampler = sampler_for(data_config)
         self.bad_files: dict[str, str] = {}  # path -> reason, seen by *this* process only
         self._cache: tuple[Any, Any] = (None, None)  # last decoded (key, clip) for crops
 

@@ -14,6 +14,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ired_video.config import DataConfig
+
 logger = logging.getLogger(__name__)
 
 MODES = ("train", "val", "test")
@@ -125,3 +127,8 @@ def make_sampler(kind: str, num_frames: int, sampling_rate: int = 1, target_fps:
     if kind == "uniform":
         return SegmentSampler(num_frames, pad)
     raise ValueError(f"sampling={kind!r}: expected 'dense' or 'uniform'")
+
+
+def sampler_for(cfg: DataConfig) -> Sampler:
+    """The sampler a data config describes (``sampling``, frames, rate, fps, pad)."""
+    return make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps, cfg.temporal_pad)
