@@ -23,7 +23,8 @@ from torch import Tensor
 
 from ired_video.config import ConfigError, DataConfig, ReducerConfig, to_dict
 from ired_video.data.annotations import is_video_file
-from ired_video.data.decoding import DecodeError, read_clip
+from ired_video.data.dataset import read_sampled_clip
+from ired_video.data.decoding import DecodeError
 from ired_video.data.sampling import sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw
 from ired_video.devices import resolve_device
@@ -137,20 +138,15 @@ def decode_views(path: PathLike, data: DataConfig, num_clips: int = 1, num_crops
     videos, views, notes = [], [], []
     clip = None
     for clip_index in range(num_clips):
-        samples = []
-
-        def choose(count: int, fps: float, clip_index: int = clip_index, samples: list = samples) -> tuple[int, ...]:
-            samples.append(sampler(count, fps, "test", clip_index, num_clips))
-            return samples[-1].indices
-
-        clip = read_clip(path, choose, backend, short_side=data.test_short_side)
+        clip, sample = read_sampled_clip(str(path), sampler, "test", clip_index, num_clips, backend,
+                                         data.test_short_side)
         if clip.note:
             notes.append(clip.note)
         frames = to_tchw(clip.frames)  # (T, H, W, 3) -> (T, C, H, W) uint8
         for crop_index in range(num_crops):
             videos.append(eval_transform(frames, data.test_short_side, data.crop_size, data.mean, data.std,
                                          crop_index, num_crops))
-            views.append(ViewSpec(clip_index, crop_index, list(clip.indices), samples[-1].padded))
+            views.append(ViewSpec(clip_index, crop_index, list(clip.indices), sample.padded))
     assert clip is not None
     return DecodedViews(torch.stack(videos), views, clip.num_frames, clip.fps, clip.backend,
                         "; ".join(dict.fromkeys(notes)))  # (V, C, T, H, W)

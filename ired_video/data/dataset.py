@@ -19,8 +19,8 @@ from torch.utils.data import Dataset
 
 from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
-from ired_video.data.decoding import DecodeError, check_backend, read_clip
-from ired_video.data.sampling import PAD_MODES, ClipSample, sampler_for
+from ired_video.data.decoding import DecodedClip, DecodeError, check_backend, read_clip
+from ired_video.data.sampling import PAD_MODES, ClipSample, Sampler, sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,22 @@ def check_data_config(cfg: DataConfig) -> None:
         sampler_for(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def read_sampled_clip(path: str, sampler: Sampler, mode: str, clip_index: int, num_clips: int, backend: str,
+                      short_side: Optional[int], rng: Optional[np.random.Generator] = None,
+                      max_frames: Optional[int] = None) -> tuple[DecodedClip, ClipSample]:
+    """Decode the frames ``sampler`` picks for clip ``clip_index`` of ``num_clips`` (``mode``:
+    train, val or test) from ``path``; the decoded clip and the sample it came from. The one
+    decode path of the dataset and of inference. Raises ``DecodeError`` naming the file."""
+    chosen: list[ClipSample] = []
+
+    def choose(num_frames: int, fps: float) -> tuple[int, ...]:
+        chosen.append(sampler(num_frames, fps, mode, clip_index, num_clips, rng))
+        return chosen[-1].indices
+
+    clip = read_clip(path, choose, backend, short_side=short_side, max_frames=max_frames)
+    return clip, chosen[-1]
 
 
 class VideoDataset(Dataset):
@@ -108,19 +124,11 @@ class VideoDataset(Dataset):
         if self.mode != "train" and self._cache[0] == key:
             return self._cache[1]
         path = self.records[video_index].path
-        chosen: list[ClipSample] = []
-
-        def choose(num_frames: int, fps: float) -> tuple[int, ...]:
-            chosen.append(self.sampler(num_frames, fps, self.mode, clip_index,
-                                       self.num_clips, rng))
-            return chosen[-1].indices
-
         short = self.cfg.train_short_side[1] if self.mode == "train" else self.cfg.test_short_side
-        clip = read_clip(path, choose, self.backend, short_side=short,
-                         max_frames=self.frame_counts.get(path))
-        if clip.note:
-            logger.warning("%s: %s", path, clip.note)
-        result = (clip, chosen[-1])
+        result = read_sampled_clip(path, self.sampler, self.mode, clip_index, self.num_clips, self.backend,
+                                   short, rng, self.frame_counts.get(path))
+        if result[0].note:
+            logger.warning("%s: %s", path, result[0].note)
         if self.mode != "train":
             self._cache = (key, result)
         return result
