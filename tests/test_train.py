@@ -160,9 +160,9 @@ def test_two_processes_train_resume_and_evaluate_like_one(demo_data, tmp_path, c
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
 
     def launch(*args: str) -> str:
-        done = subprocess.run([*run, str(REPO / "tools/train.py"), "--config", str(REPO / "configs/train/demo_micro.yaml"),
-                               *overrides, "train.batch_size=2", *args], capture_output=True, text=True, env=env,
-                              timeout=300)
+        config = str(REPO / "configs/train/demo_micro.yaml")
+        command = [*run, str(REPO / "tools/train.py"), "--config", config, *overrides, "train.batch_size=2", *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 

@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="first N videos only (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="points per deletion/insertion curve minus one")
     parser.add_argument("--interpreter-epochs", type=int, default=4,
-                        help="epochs of the IA-RED² stage when the checkpoint has no interpreter (default: %(default)s)")
+                        help="epochs of the IA-RED² stage when the checkpoint has no interpreter "
+                             "(default: %(default)s)")
     return parser
 
 

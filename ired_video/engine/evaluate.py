@@ -86,7 +86,7 @@ def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str
         "gmacs_per_video": float(video_gmacs[evaluated].mean()) if evaluated.any() else 0.0,
         "tokens_per_block": views["tokens"][ok].float().mean(dim=0).tolist(),
         "latency_ms_per_view": 1000 * float(views["latency"].mean()),
-        "bad_files": sorted({dataset.records[requested].path for requested in _requested(views, dataset)[~ok].tolist()}),
+        "bad_files": sorted({dataset.records[index].path for index in _requested(views, dataset)[~ok].tolist()}),
         **_exit_shares(views, ok),
     }
 

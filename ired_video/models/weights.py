@@ -22,8 +22,12 @@ from torch import Tensor, nn
 
 from ired_video.config import to_dict
 from ired_video.models.checkpoint_file import Checkpoint, CheckpointError, PathLike, read_file, tensors_only
-from ired_video.models.hf_weights import (looks_like_transformers, read_snapshot, snapshot_weights_file,
-                                         transformers_state)
+from ired_video.models.hf_weights import (
+    looks_like_transformers,
+    read_snapshot,
+    snapshot_weights_file,
+    transformers_state,
+)
 from ired_video.models.mmaction_weights import looks_like_mmaction, mmaction_checkpoint
 from ired_video.paths import write_atomically
 

@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from ired_video.models.blocks import AttentionMaps
-from ired_video.reducers.base import (Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing,
-                                      select_top)
+from ired_video.reducers.base import Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing, select_top
 from ired_video.tokens import TokenState, merge_slots
 
 
