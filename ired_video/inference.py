@@ -58,7 +58,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         model = self.model
-        reducer = getattr(model, "reducer_config", None)
+        reducer = model.reducer_config
         return {"name": self.name, "checkpoint": self.checkpoint, "random_weights": self.random_weights,
                 "attention_type": model.config.attention_type, "num_classes": len(self.class_names),
                 "reducer": to_dict(reducer) if reducer is not None else None,

@@ -100,7 +100,7 @@ def _with_reducer(model: nn.Module, cfg: ReducerConfig) -> nn.Module:
     """A copy of ``model`` running ``cfg``: its own reducer (trained interpreters
     included) when that is the one asked for, else a freshly applied one."""
     reduced = copy.deepcopy(model)
-    if getattr(model, "reducer_config", None) != cfg:
+    if model.reducer_config != cfg:
         apply_reducer(reduced, cfg)
     return reduced.eval()
 

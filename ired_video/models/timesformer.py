@@ -20,7 +20,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from ired_video import flops
-from ired_video.config import DataConfig, ModelConfig
+from ired_video.config import DataConfig, ModelConfig, ReducerConfig
 from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
 from ired_video.tokens import TokenState
@@ -80,8 +80,10 @@ class TimeSformer(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 module.eps = config.layer_norm_eps
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        # Token reducers keyed by the index of the block they act at (see ired_video.reducers).
+        # Token reducers keyed by the index of the block they act at, and the config they were
+        # built from (set by ired_video.reducers.apply_reducer; saved with the checkpoint).
         self.reducers = nn.ModuleDict()
+        self.reducer_config: Optional[ReducerConfig] = None
         self.init_weights()
 
     # ------------------------------------------------------------------ init

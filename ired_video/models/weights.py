@@ -211,7 +211,7 @@ def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "model_config": to_dict(model.config), "data_config": to_dict(model.data_config),
                "model_state": model.state_dict(), **extra}
-    reducer = getattr(model, "reducer_config", None)
+    reducer = model.reducer_config
     if reducer is not None:
         payload["reducer_config"] = to_dict(reducer)
     extras = getattr(model, "checkpoint_extras", None)  # a cascade adds its cascade config
