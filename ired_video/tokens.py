@@ -110,7 +110,7 @@ class TokenState:
         slot_of = spatial.expand(batch, frames, num_patches)  # (B, T, N)
         macs = torch.zeros(batch, dtype=torch.float64, device=device)
         return cls(cls=cls_tokens, x=patches, pos=pos, slot_of=slot_of, grid=grid,
-                   num_frames_in=frames, macs=macs)
+                   num_frames_in=frames, macs=macs, hooks=NO_HOOKS)  # named: torch.compile traces a global
 
     @property
     def batch_size(self) -> int:
