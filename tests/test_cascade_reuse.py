@@ -170,3 +170,25 @@ def test_checkpoints_from_before_the_variants_load_as_the_first_version(tmp_path
     video = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         torch.testing.assert_close(loaded(video), model(video))
+
+
+@pytest.mark.parametrize("variants,sources", [(("official", "official"), ["0_1", "1_2"]),
+                                              (("shared", "all_upstream"), ["0_1", "0_2", "1_2"])])
+def test_three_stages_reuse_the_previous_stage_or_every_upstream_stage_and_bill_what_ran(variants, sources):
+    from ired_video.flops import count_flops
+
+    torch.manual_seed(0)
+    cfg = CascadeConfig(stages=[StageConfig(frames=2, patch_size=16), StageConfig(frames=4, patch_size=16),
+                                StageConfig()], feature_variant=variants[0], relation_variant=variants[1],
+                        feature_hidden=8, feature_dim=4, relation_hidden=8)
+    model = Cascade(model_config("timesformer_test"), cfg).eval()
+    assert sorted({key.rsplit("_", 1)[0] for key in model.relation_reuse}) == sources
+    for name, param in model.named_parameters():
+        if "feature_in" in name or "relation_reuse" in name:  # zero-initialised: give them weights
+            nn.init.normal_(param, std=0.2)
+    video = torch.randn(1, 3, 4, 32, 32, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        _, info = model(video, return_info=True)
+    assert float(info.stage_gmacs[0, -1]) == pytest.approx(sum(model.stage_gmacs_static()), rel=1e-9)
+    model.set_fused_attention(False)
+    assert count_flops(model, video) / 2 / 1e9 == pytest.approx(float(info.stage_gmacs[0, -1]), rel=1e-12)

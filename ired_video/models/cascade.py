@@ -413,14 +413,14 @@ class Cascade(nn.Module):
                 for j in self._relation_sources(k):
                     entry = carry.logits[kind][j]
                     assert entry is not None
-                    maps, frames, grid = entry
+                    maps, grid = entry
                     module = self.relation_reuse[f"{j}_{k}_{kind}"]
                     if cfg.relation_variant == "official":
                         out, macs = module(maps)  # (B, A, C, P, P)
                         out = resize_relations_dvt(out, kind, state.num_frames, (grid, state.grid))
                     else:
                         out, macs = module(maps.permute(0, 1, 3, 4, 2))  # channels last: (B, A, P, P, C)
-                        out = resize_relations(out, kind, (frames, state.num_frames), (grid, state.grid))
+                        out = resize_relations(out, kind, state.num_frames, (grid, state.grid))
                     state.spend(torch.full_like(state.macs, float(macs)))
                     total = out if total is None else total + out
                 assert total is not None
@@ -441,12 +441,12 @@ class _Carry:
     tokens: (B, T, N, D) the last stage's final patch tokens; grid: its (h, w).
     logits: per kind, per upstream stage j (index j; None where not kept: the official
         relation reuse needs only the previous stage's) a tuple (maps (B, A, L*H, P, P),
-        frames, grid).
+        grid); frames are the maps' own axes.
     """
 
     tokens: Tensor
     grid: tuple[int, int]
-    logits: dict[str, list[Optional[tuple[Tensor, int, tuple[int, int]]]]]
+    logits: dict[str, list[Optional[tuple[Tensor, tuple[int, int]]]]]
 
     @classmethod
     def after(cls, state: TokenState, previous: Optional["_Carry"], cfg: CascadeConfig) -> "_Carry":
@@ -458,7 +458,7 @@ class _Carry:
             for kind in KINDS:
                 if cfg.relation_variant == "official":  # only the previous stage's are reused
                     logits[kind] = [None] * len(logits[kind])
-                logits[kind].append((concat_logits(state.hooks.logits[kind], batch), state.num_frames, state.grid))
+                logits[kind].append((concat_logits(state.hooks.logits[kind], batch), state.grid))
         return cls(state.x, state.grid, logits)
 
     def select(self, keep: Tensor) -> "_Carry":

@@ -212,11 +212,10 @@ def concat_logits(per_layer: list[Tensor], batch: int) -> Tensor:
     return maps.reshape(batch, groups // batch, len(per_layer) * heads, length, length)
 
 
-def resize_relations(maps: Tensor, kind: str, frames: tuple[int, int], grids: tuple[tuple[int, int], ...]
-                     ) -> Tensor:
+def resize_relations(maps: Tensor, kind: str, t_out: int, grids: tuple[tuple[int, int], ...]) -> Tensor:
     """All-upstream variant: channels-last maps at the upstream geometry -> the downstream
     geometry (bilinear in space, nearest index in time)."""
-    (t_in, t_out), (g_in, g_out) = frames, grids
+    g_in, g_out = grids
     if kind == "spatial":  # (B, T, 1+N, 1+N, C)
         maps = resize_axis(maps, 1, t_out, "nearest")
         return resize_pair_map(maps, (2, 3), g_in, g_out)
