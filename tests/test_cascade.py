@@ -215,6 +215,8 @@ def test_calibration_meets_the_budget_on_a_generated_split_and_survives_a_checkp
     ({"stages": [{"size": 30}, {}]}, r"cascade.stages\[0\].*img_size=30"),
     ({"stages": [{}, {}], "relation_reuse": True, "reducer": {"name": "topk", "keep": 0.5}}, "cascade.reducer"),
     ({"stages": [{}, {}], "feature_reus": True}, "cascade.feature_reus"),
+    ({"stages": [{}, {}], "feature_variant": "dvt"}, "cascade.feature_variant: expected one of official, shared"),
+    ({"stages": [{}, {}], "relation_variant": "all"}, "cascade.relation_variant: expected one of official, all_up"),
 ])
 def test_config_mistakes_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
