@@ -13,6 +13,8 @@ Extension points: a block calls ``state.hooks`` (``ired_video.tokens.BlockHooks`
 its MLP branch, for an extra bias on each attention's logits and to hand over those
 logits; the default hooks do nothing, so a block knows nothing of who extends it (a
 cascade stage supplies DVT's feature and relation reuse, and bills its own modules).
+Temporal attention by location (frames holding different tokens after a frame-mode
+reducer) asks for no bias and hands back no logits.
 
 Drop path is applied per attention group, as in the official code: per spatial location
 for temporal attention, per frame for spatial attention, per clip for the MLP.
