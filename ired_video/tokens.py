@@ -23,7 +23,37 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+
+class BlockHooks:
+    """Extension points every block calls on every forward; this default changes nothing
+    (timm's ``nn.Identity`` idiom: the hook is always there, no block tests for it).
+
+    A caller that needs more (a cascade stage reusing earlier stages,
+    ``ired_video.models.cascade_reuse.CascadeHooks``) puts a subclass in
+    ``TokenState.hooks``. ``kind`` names an attention: "temporal", "spatial" or "joint".
+    """
+
+    replayable: bool = True  # blocks may run again on a state carrying these hooks (a reducer's tail pass)
+
+    def attention_bias(self, block: nn.Module, kind: str, state: "TokenState") -> Optional[Tensor]:
+        """An additive logit bias (G, heads, L, L) for ``block``'s ``kind`` attention, or None."""
+        return None
+
+    def wants_logits(self, block: nn.Module, kind: str) -> bool:
+        """Whether ``keep_logits`` should get this attention's pre-softmax logits."""
+        return False
+
+    def keep_logits(self, block: nn.Module, kind: str, logits: Tensor) -> None:
+        """Receives (G, heads, L, L) pre-softmax logits (bias included) when ``wants_logits``."""
+
+    def feed_forward(self, block: nn.Module, tokens: Tensor, state: "TokenState") -> Tensor:
+        """The MLP branch of ``block`` on its (G, L, D) input, before drop path: mlp(norm2(x))."""
+        return block.mlp(block.norm2(tokens))
+
+
+NO_HOOKS = BlockHooks()
 
 
 @dataclass
@@ -50,9 +80,8 @@ class TokenState:
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
         records: per reducer call, a dict describing what it did (for overlays, analysis
             and training objectives).
-        reuse: what a cascade stage takes from the stages before it (upstream features
-            for the MLPs, attention-logit biases) and where it keeps its own attention
-            logits; see ``ired_video.models.cascade.StageReuse``. None in a plain model.
+        hooks: what blocks call at their extension points (``BlockHooks``); the default
+            does nothing, a cascade stage supplies its reuse of earlier stages.
     """
 
     cls: Tensor
@@ -68,7 +97,7 @@ class TokenState:
     prop_attn: bool = False
     tokens: list[Tensor] = field(default_factory=list)
     records: list[dict[str, Any]] = field(default_factory=list)
-    reuse: Optional[Any] = None
+    hooks: BlockHooks = NO_HOOKS
 
     @classmethod
     def from_patches(cls, cls_tokens: Tensor, patches: Tensor, grid: tuple[int, int]) -> "TokenState":
@@ -81,7 +110,7 @@ class TokenState:
         slot_of = spatial.expand(batch, frames, num_patches)  # (B, T, N)
         macs = torch.zeros(batch, dtype=torch.float64, device=device)
         return cls(cls=cls_tokens, x=patches, pos=pos, slot_of=slot_of, grid=grid,
-                   num_frames_in=frames, macs=macs)
+                   num_frames_in=frames, macs=macs, hooks=NO_HOOKS)  # named: torch.compile traces a global
 
     @property
     def batch_size(self) -> int:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ired_video import ConfigError, apply_reducer, create_model
-from ired_video.cascade_calibration import (calibration_table, choose, exit_shares, fit_thresholds, route)
+from ired_video.cascade_calibration import calibration_table, choose, exit_shares, fit_thresholds, route
 from ired_video.flops import count_flops
 from ired_video.models.cascade import Cascade, CascadeConfig, StageConfig, build_cascade, load_cascade_config
 from ired_video.models.registry import model_config
@@ -16,13 +16,16 @@ from ired_video.models.weights import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 REUSE = [(False, False), (True, False), (False, True), (True, True)]
+VARIANTS = [("official", "official"), ("shared", "all_upstream")]
 # timesformer_test: 32 px, patch 8, 4 frames -> stage 1: 2 frames of a 2x2 grid (patch 16); stage 2: 4 x 4x4
 STAGES = [StageConfig(frames=2, patch_size=16), StageConfig()]
 
 
-def _cascade(feature: bool = True, relation: bool = True, stages=None, trained: bool = True, **kwargs) -> Cascade:
+def _cascade(feature: bool = True, relation: bool = True, stages=None, trained: bool = True,
+             variants: tuple[str, str] = VARIANTS[0], **kwargs) -> Cascade:
     torch.manual_seed(0)
     cfg = CascadeConfig(stages=stages or STAGES, feature_reuse=feature, relation_reuse=relation,
+                        feature_variant=variants[0], relation_variant=variants[1],
                         feature_hidden=8, feature_dim=4, relation_hidden=8, **kwargs)
     model = Cascade(model_config("timesformer_test"), cfg).eval()
     if trained:  # zero-initialised reuse is an exact no-op: give it (and temporal mixing) weights
@@ -63,9 +66,10 @@ def test_thresholds_above_one_run_every_stage_and_equal_the_last_stage_without_r
         assert not torch.allclose(reused(video), logits)  # reuse switched on changes the answer
 
 
+@pytest.mark.parametrize("variants", VARIANTS, ids=lambda v: "-".join(v))
 @pytest.mark.parametrize("feature,relation", REUSE)
-def test_per_clip_gmacs_add_up_and_match_flop_counter(feature, relation):
-    model = _cascade(feature, relation)
+def test_per_clip_gmacs_add_up_and_match_flop_counter(feature, relation, variants):
+    model = _cascade(feature, relation, variants=variants)
     video = _video(1)
     with torch.no_grad():
         _, info = model(video, return_info=True)
@@ -84,9 +88,10 @@ def _mixed_thresholds(model: Cascade, video: torch.Tensor) -> list[float]:
     return [float(confidence.median())]
 
 
-@pytest.mark.parametrize("feature,relation", REUSE)
-def test_clips_exit_alone_and_do_not_depend_on_their_batch(feature, relation):
-    model = _cascade(feature, relation)
+@pytest.mark.parametrize("variants", VARIANTS, ids=lambda v: "-".join(v))
+@pytest.mark.parametrize("feature,relation", REUSE[1:])
+def test_clips_exit_alone_and_do_not_depend_on_their_batch(feature, relation, variants):
+    model = _cascade(feature, relation, variants=variants)
     video = _video(6)
     model.set_thresholds(_mixed_thresholds(model, video))
     with torch.no_grad():
@@ -104,13 +109,17 @@ def test_clips_exit_alone_and_do_not_depend_on_their_batch(feature, relation):
     assert float(every.gmacs.min()) == pytest.approx(sum(per_stage), rel=1e-6)
 
 
-def test_training_returns_every_exit_and_reuse_gets_gradients():
-    model = _cascade(True, True).train()
+@pytest.mark.parametrize("variants,names", [
+    (VARIANTS[0], ("feature_reuse.1.0.fc1", "feature_reuse.1.0.fc2", "feature_norm.1.0", "feature_in.1.0",
+                   "relation_reuse.0_1_spatial.conv1", "relation_reuse.0_1_temporal.conv1")),
+    (VARIANTS[1], ("feature_reuse.1.fc1", "feature_in.1.0", "relation_reuse.0_1_spatial.fc1",
+                   "relation_reuse.0_1_temporal.fc1"))], ids=["official", "shared"])
+def test_training_returns_every_exit_and_reuse_gets_gradients(variants, names):
+    model = _cascade(True, True, variants=variants).train()
     logits, info = model(_video(), return_info=True)
     assert len(info.stage_logits) == 2 and all(out.shape == (4, 5) for out in info.stage_logits)
     sum(out.logsumexp(-1).sum() for out in info.stage_logits).backward()
-    for prefix in ("feature_reuse.1.fc1", "feature_in.1.0", "relation_reuse.0_1_spatial.fc1",
-                   "relation_reuse.0_1_temporal.fc1", "stages.0.blocks.0.attn.qkv"):
+    for prefix in (*names, "stages.0.blocks.0.attn.qkv"):
         grad = dict(model.named_parameters())[f"{prefix}.weight"].grad
         assert grad is not None and grad.abs().sum() > 0, prefix
 
@@ -206,6 +215,8 @@ def test_calibration_meets_the_budget_on_a_generated_split_and_survives_a_checkp
     ({"stages": [{"size": 30}, {}]}, r"cascade.stages\[0\].*img_size=30"),
     ({"stages": [{}, {}], "relation_reuse": True, "reducer": {"name": "topk", "keep": 0.5}}, "cascade.reducer"),
     ({"stages": [{}, {}], "feature_reus": True}, "cascade.feature_reus"),
+    ({"stages": [{}, {}], "feature_variant": "dvt"}, "cascade.feature_variant: expected one of official, shared"),
+    ({"stages": [{}, {}], "relation_variant": "all"}, "cascade.relation_variant: expected one of official, all_up"),
 ])
 def test_config_mistakes_name_the_key(values, message):
     with pytest.raises(ConfigError, match=message):
@@ -231,15 +242,24 @@ def test_shipped_cascade_configs_build(path):
     Cascade(backbone, load_cascade_config(path))
 
 
-def test_every_stage_starts_from_one_plain_checkpoint(tmp_path):
+@pytest.mark.parametrize("feature,variants,no_op", [
+    (True, ("shared", "all_upstream"), True),  # zero extra fc1 columns and last relation layer
+    (False, ("official", "official"), True),   # zero last relation convolution
+    (True, ("official", "official"), False),   # norm2 over [x; f]: other statistics than over x
+], ids=["shared", "official-relation", "official-feature"])
+def test_every_stage_starts_from_one_plain_checkpoint(tmp_path, feature, variants, no_op):
     torch.manual_seed(0)
     plain = create_model("timesformer_test").eval()
     save_checkpoint(tmp_path / "plain.pth", plain)
-    cascade = build_cascade(plain.config, CascadeConfig(stages=STAGES, feature_reuse=True, relation_reuse=True),
-                            plain.data_config, checkpoint=tmp_path / "plain.pth").eval()
+    cfg = CascadeConfig(stages=STAGES, feature_reuse=feature, relation_reuse=True, feature_variant=variants[0],
+                        relation_variant=variants[1])
+    cascade = build_cascade(plain.config, cfg, plain.data_config, checkpoint=tmp_path / "plain.pth").eval()
     video = _video(2)
     with torch.no_grad():
-        torch.testing.assert_close(cascade(video), plain(video))  # untrained reuse is a no-op
+        if no_op:
+            torch.testing.assert_close(cascade(video), plain(video))  # untrained reuse is a no-op
+        else:
+            assert not torch.allclose(cascade(video), plain(video))
     first = cascade.stages[0]
     assert first.patch_embed.proj.weight.shape[-1] == 16 and first.patch_grid == (2, 2)
     torch.testing.assert_close(first.blocks[0].mlp.fc1.weight, plain.blocks[0].mlp.fc1.weight)

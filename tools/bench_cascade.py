@@ -1,5 +1,6 @@
 """Accuracy vs mean GMACs per clip of a DVT cascade on the demo dataset, next to static models
-and token reducers at the same budgets, with and without each kind of reuse.
+and token reducers at the same budgets, with and without each kind of reuse, and with the
+official reuse structure against this package's first version.
 
 From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
 ``runs/demo/plain/best.pth``):
@@ -7,17 +8,20 @@ From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
 1. thresholds are calibrated on ``--calibration`` (best: clips no model trained on), or
    else the demo training split is divided into a fitting part and a held-out part
    (``--holdout``, by class) and calibrated on the held-out part only;
-2. four cascades (configs/cascade/demo_micro.yaml: 4 frames x 4x4 then 8 x 8x8 tokens) are
-   fine-tuned from ``--init`` on the fitting part with the demo recipe and the summed exit
-   losses: no reuse, feature reuse, relation reuse, both;
-3. each is calibrated (DVT's p sweep) and evaluated on ``--test`` (default: the validation
-   split) at every budget
-   (``--budgets``, fractions of the plain model's GMACs per clip), with the share of clips
-   exiting at each stage;
-4. baselines at the same budgets, training-free from ``--init``: the plain model (its one
-   cost), top-k (tube; the keep whose GMACs come closest to the budget without exceeding
-   it, or its cheapest) and ToMe (the r whose analytic GMACs come closest, either side); and
-   each cascade's stage 1 alone as a static model (every clip exits there).
+2. one cascade per ``--variants`` entry (configs/cascade/demo_micro.yaml: 4 frames x 4x4
+   then 8 x 8x8 tokens) is fine-tuned from ``--init`` on the fitting part with the demo
+   recipe and the summed exit losses: "official" (DVT's reuse structure, both reuses),
+   "ours-shared" (the first version: shared feature MLP, all-upstream relation MLP),
+   "no feature reuse" and "no relation reuse" (official, one reuse off), "no reuse";
+3. each is calibrated (DVT's p sweep) on the held-out clips; every stage is run once on
+   every ``--test`` clip (default: the validation split) and the clips are routed with the
+   thresholds chosen for each budget (``--budgets``, fractions of the plain model's GMACs
+   per clip), as ``eval --budget`` routes them: accuracy, mean GMACs (reuse included) and
+   the share of clips exiting at each stage; the reuse modules' GMACs are listed apart;
+4. baselines at the same budgets, training-free from ``--init`` (``--baselines``): the
+   plain model (its one cost), top-k (tube; the keep whose GMACs come closest to the budget
+   without exceeding it, or its cheapest) and ToMe (the r whose analytic GMACs come
+   closest, either side); and each cascade's stage 1 alone (every clip exits there).
 
 Writes table.md, results.json under ``--out``. Without ``--calibration`` the plain model saw
 the held-out clips in its own training (they come from the demo training split), so
@@ -31,6 +35,9 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -39,19 +46,28 @@ import torch
 from torch.utils.data import DataLoader
 
 from ired_video.budget import tome_r_for_gmacs
-from ired_video.cascade_calibration import calibrate
+from ired_video.cascade_calibration import calibrate, choose, collect_exits, score
+from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.recipes import demo_config
 from ired_video.engine.train import train
+from ired_video.models.cascade import Cascade
 from ired_video.models.registry import create_model
 from ired_video.models.weights import save_checkpoint
 from ired_video.reducers import apply_reducer, reducer_config
 
 REPO = Path(__file__).resolve().parents[1]
-VARIANTS = {"no reuse": (False, False), "feature reuse": (True, False), "relation reuse": (False, True),
-            "feature + relation reuse": (True, True)}
+OFFICIAL = {"feature_variant": "official", "relation_variant": "official"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "official": {"feature_reuse": True, "relation_reuse": True, **OFFICIAL},
+    "ours-shared": {"feature_reuse": True, "relation_reuse": True, "feature_variant": "shared",
+                    "relation_variant": "all_upstream"},
+    "no feature reuse": {"feature_reuse": False, "relation_reuse": True, **OFFICIAL},
+    "no relation reuse": {"feature_reuse": True, "relation_reuse": False, **OFFICIAL},
+    "no reuse": {"feature_reuse": False, "relation_reuse": False, **OFFICIAL},
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(then every training clip is used for fitting)")
     parser.add_argument("--test", default=None, help="annotations to report on (default: DATA/val.csv)")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
+                        help="also evaluate training-free top-k and ToMe at every budget (default: on)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     return parser
@@ -121,6 +139,21 @@ def reducer_at_budget(init: Path, name: str, budget: float) -> tuple[dict[str, A
     return {"name": name, "keep": keep}, gmacs
 
 
+def decoded(annotations: Path, model: torch.nn.Module, workers: int) -> list[dict[str, Any]]:
+    """Every clip of an annotation file, decoded once, as batches of 16 (kept in memory:
+    every variant sees the same tensors)."""
+    ann = load_annotations(annotations, class_names=model.data_config.class_names or None)
+    loader = DataLoader(VideoDataset(ann.records, model.data_config, "test"), batch_size=16, num_workers=workers)
+    return list(loader)
+
+
+def cpu_minutes() -> float:
+    """CPU time of this process and its finished children (data-loading workers), minutes."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     began = time.perf_counter()
@@ -131,70 +164,88 @@ def main(argv: Optional[list[str]] = None) -> int:
         fit, holdout = split_train(data, out, args.holdout, args.seed)
     fit_clips = len(fit.read_text().splitlines())
     batch = f"train.batch_size={min(16, max(fit_clips // 2, 1))}"  # as the demo: small sets still get steps
-    val = str(args.test or data / "val.csv")
-    plain = evaluate_checkpoint(init, val, workers=args.workers, output=out / "plain.json")
-    full = plain["gmacs_per_view"]
+    val = Path(args.test or data / "val.csv")
+    plain_model = create_model(checkpoint=init).eval()
+    test_batches = decoded(val, plain_model, args.workers)
+    held_batches = decoded(holdout, plain_model, args.workers)
+    correct, spent, count = 0, 0.0, 0
+    with torch.no_grad():
+        for item in test_batches:
+            logits, info = plain_model(item["video"], return_info=True)
+            correct += int((logits.argmax(-1) == item["label"]).sum())
+            spent += float(info.gmacs.double().sum())
+            count += len(item["label"])
+    full = spent / count
     budgets = [fraction * full for fraction in args.budgets]
-    rows: list[dict[str, Any]] = [{"method": "plain (static)", "budget": None, "gmacs": full, "top1": plain["top1"]}]
+    rows: list[dict[str, Any]] = [{"method": "plain (static)", "budget": None, "gmacs": full, "top1": correct / count}]
+    reuse: dict[str, dict[str, float]] = {}
 
     for label in args.variants:
-        feature, relation = VARIANTS[label]
-        run = out / label.replace(" + ", "_").replace(" ", "_")
+        started = time.perf_counter()
+        run = out / label.replace(" ", "_")
+        switches = [f"cascade.{key}={str(value).lower()}" for key, value in VARIANTS[label].items()]
         train(demo_config(data, run, f"data.train={fit}", f"init.checkpoint={init}", "init.drop_head=false",
                           f"train.epochs={args.epochs}", batch, "optim.lr=0.0003", "schedule.warmup_epochs=0",
-                          "eval.every=0", f"train.seed={args.seed}", f"cascade.config={args.cascade}",
-                          f"cascade.feature_reuse={str(feature).lower()}",
-                          f"cascade.relation_reuse={str(relation).lower()}"), overwrite=True)
+                          "eval.every=0", f"train.seed={args.seed}", f"cascade.config={args.cascade}", *switches),
+              overwrite=True)
         model = create_model(checkpoint=run / "best.pth")
-        ann = load_annotations(holdout, class_names=model.data_config.class_names)
-        loader = DataLoader(VideoDataset(ann.records, model.data_config, "test"), batch_size=8,
-                            num_workers=args.workers)
-        calibrate(model, loader, budgets[-1])
+        assert isinstance(model, Cascade)
+        calibration = calibrate(model, held_batches, budgets[-1])
         save_checkpoint(run / "calibrated.pth", model)
-        model.set_thresholds([0.0] * (len(model.stages) - 1))  # every clip exits at stage 1: a static model
-        save_checkpoint(run / "stage1_only.pth", model)
-        alone = evaluate_checkpoint(run / "stage1_only.pth", val, workers=args.workers)
-        rows.append({"method": f"stage 1 alone (static), {label}", "budget": None, "gmacs": alone["gmacs_per_view"],
+        probs, labels, cumulative = collect_exits(model, test_batches)
+        stages = len(model.stages)
+        reuse_gmacs = sum(model.reuse_macs(k) for k in range(stages)) / 1e9
+        reuse[label] = {"reuse_gmacs": reuse_gmacs, "all_stages_gmacs": float(sum(model.stage_gmacs_static())),
+                        "minutes": (time.perf_counter() - started) / 60}
+        alone = score(probs, labels, cumulative, [0.0] * (stages - 1))
+        rows.append({"method": f"stage 1 alone (static), {label}", "budget": None, "gmacs": alone["gmacs"],
                      "top1": alone["top1"]})
         for budget in budgets:
             try:
-                report = evaluate_checkpoint(run / "calibrated.pth", val, workers=args.workers, budget=budget,
-                                             output=run / f"eval_{budget:.4f}.json")
-            except ValueError as err:  # the budget is below the cascade's cheapest setting
+                chosen = choose(calibration["table"], budget)
+            except ConfigError as err:  # the budget is below the cascade's cheapest setting
                 rows.append({"method": f"cascade, {label}", "budget": budget, "error": str(err)})
                 continue
-            rows.append({"method": f"cascade, {label}", "budget": budget, "gmacs": report["gmacs_per_view"],
-                         "top1": report["top1"], "exit_shares": report.get("exit_shares"),
-                         "thresholds": report["thresholds"]})
+            routed = score(probs, labels, cumulative, chosen["thresholds"])
+            rows.append({"method": f"cascade, {label}", "budget": budget, "gmacs": routed["gmacs"],
+                         "top1": routed["top1"], "reuse_gmacs": reuse_gmacs,
+                         "exit_shares": {str(k + 1): v for k, v in enumerate(routed["exit_shares"])},
+                         "thresholds": chosen["thresholds"], "calibration_gmacs": chosen["gmacs"]})
 
-    for name in ("topk", "tome"):
+    for name in ("topk", "tome") if args.baselines else ():
         for budget in budgets:
             reducer, _ = reducer_at_budget(init, name, budget)
             cfg = {k: v for k, v in reducer.items() if k != "name"}
-            report = evaluate_checkpoint(init, val, reducer=reducer_config(name, **cfg), workers=args.workers)
+            report = evaluate_checkpoint(init, str(val), reducer=reducer_config(name, **cfg), workers=args.workers)
             rows.append({"method": f"{name} ({', '.join(f'{k}={v}' for k, v in cfg.items())}), training-free",
                          "budget": budget, "gmacs": report["gmacs_per_view"], "top1": report["top1"]})
 
     table = markdown(rows, full)
     (out / "table.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"rows": rows, "plain_gmacs": full, "budgets": budgets,
-                                                  "minutes": (time.perf_counter() - began) / 60}, indent=1))
+    minutes = (time.perf_counter() - began) / 60
+    (out / "results.json").write_text(json.dumps({
+        "command": shlex.join(["python", "tools/bench_cascade.py", *(argv if argv is not None else sys.argv[1:])]),
+        "rows": rows, "plain_gmacs": full, "budgets": budgets, "epochs": args.epochs, "reuse": reuse,
+        "test_clips": count, "calibration_clips": sum(len(b["label"]) for b in held_batches),
+        "minutes": minutes, "cpu_minutes": cpu_minutes()}, indent=1))
     print(table)
-    print(f"\n{(time.perf_counter() - began) / 60:.1f} min; wrote {out / 'table.md'} and {out / 'results.json'}")
+    print(f"\n{minutes:.1f} min ({cpu_minutes():.1f} CPU min); wrote {out / 'table.md'} and {out / 'results.json'}")
     return 0
 
 
 def markdown(rows: list[dict[str, Any]], full: float) -> str:
-    lines = ["| method | budget (GMACs/clip) | GMACs/clip | of plain | top-1 (%) | exit shares (stage 1, 2, ...) |",
-             "|---|---|---|---|---|---|"]
+    header = ("| method | budget (GMACs/clip) | GMACs/clip | of plain | top-1 (%) | exit shares (stage 1, 2, ...) "
+              "| reuse GMACs (if stage 2 runs) |")
+    lines = [header, "|---|---|---|---|---|---|---|"]
     for row in rows:
         budget = "" if row["budget"] is None else f"{row['budget']:.4f}"
         if "error" in row:
-            lines.append(f"| {row['method']} | {budget} | - | - | - | {row['error']} |")
+            lines.append(f"| {row['method']} | {budget} | - | - | - | {row['error']} | |")
             continue
         shares = row.get("exit_shares") or {}
+        reuse = "" if row.get("reuse_gmacs") is None else f"{row['reuse_gmacs']:.4f}"
         lines.append(f"| {row['method']} | {budget} | {row['gmacs']:.4f} | {row['gmacs'] / full:.0%} | "
-                     f"{100 * row['top1']:.1f} | {', '.join(f'{v:.2f}' for v in shares.values())} |")
+                     f"{100 * row['top1']:.1f} | {', '.join(f'{v:.2f}' for v in shares.values())} | {reuse} |")
     return "\n".join(lines)
 
 

@@ -9,10 +9,12 @@ A block runs in two halves, ``attend`` (the attention residuals) and ``feed_forw
 runs between the two, with this block's attention maps. Each half bills every clip for
 the tokens it really processed (``state.spend``).
 
-A cascade stage (``ired_video.models.cascade``) passes what it reuses from earlier stages
-in ``state.reuse``: features added to every MLP's input and biases added to the attention
-logits (DVT); the block asks it through ``_mlp`` and ``_reuse_attention`` and bills
-nothing for it (the cascade bills its own modules). Without it the block is unchanged.
+Extension points: a block calls ``state.hooks`` (``ired_video.tokens.BlockHooks``) for
+its MLP branch, for an extra bias on each attention's logits and to hand over those
+logits; the default hooks do nothing, so a block knows nothing of who extends it (a
+cascade stage supplies DVT's feature and relation reuse, and bills its own modules).
+Temporal attention by location (frames holding different tokens after a frame-mode
+reducer) asks for no bias and hands back no logits.
 
 Drop path is applied per attention group, as in the official code: per spatial location
 for temporal attention, per frame for spatial attention, per clip for the MLP.
@@ -30,7 +32,6 @@ from ired_video import flops
 from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
 from ired_video.tokens import TokenState, pool_to_slots
-
 
 Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
 
@@ -132,27 +133,19 @@ class Block(nn.Module):
             state = inner(state, _maps(probe, *self._map_layout(state), state_in, tail))
         return self.feed_forward(state)
 
-    def _mlp(self, tokens: Tensor, state: TokenState) -> Tensor:
-        """The MLP of normed tokens (G, L, D); a cascade stage adds its upstream features."""
-        if state.reuse is None:
-            return self.mlp(tokens)
-        return state.reuse.mlp(self, tokens, state)
-
-    def _reuse_attention(self, state: TokenState, kind: str, probe: Optional[AttentionProbe]
-                         ) -> tuple[Optional[Tensor], Optional[AttentionProbe]]:
-        """A cascade stage's relation-reuse logit bias for this ``kind`` of attention
-        ("temporal" or "spatial"), and a probe that keeps its logits for later stages."""
-        reuse = state.reuse
-        if reuse is None:
-            return None, probe
-        if reuse.keeps_logits:
+    def _hooked_attention(self, state: TokenState, kind: str, probe: Optional[AttentionProbe]
+                          ) -> tuple[Optional[Tensor], Optional[AttentionProbe]]:
+        """The hooks' extra logit bias for this ``kind`` of attention ("temporal", "spatial"
+        or "joint"), and the probe, asking for the logits if the hooks want them."""
+        hooks = state.hooks
+        if hooks.wants_logits(self, kind):
             probe = probe if probe is not None else AttentionProbe()
             probe.want_logits = True
-        return reuse.logit_bias(self, kind), probe
+        return hooks.attention_bias(self, kind, state), probe
 
-    def _keep_logits(self, state: TokenState, kind: str, probe: Optional[AttentionProbe]) -> None:
-        if state.reuse is not None and probe is not None and probe.logits is not None:
-            state.reuse.keep_logits(self, kind, probe.logits)
+    def _hand_logits(self, state: TokenState, kind: str, probe: Optional[AttentionProbe]) -> None:
+        if probe is not None and probe.logits is not None and state.hooks.wants_logits(self, kind):
+            state.hooks.keep_logits(self, kind, probe.logits)
 
     def _map_layout(self, state: TokenState) -> tuple[int, int, int]:
         return state.batch_size, state.num_frames, state.num_slots
@@ -177,7 +170,7 @@ class Block(nn.Module):
         """Pre-norm MLP with residual on the class token(s) and every patch token."""
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, C+F*K, D)
-        tokens = tokens + self.drop_path(self._mlp(self.norm2(tokens), state))
+        tokens = tokens + self.drop_path(state.hooks.feed_forward(self, tokens, state))
         num_cls = state.cls.shape[1]
         state.spend(flops.mlp_macs(state.real_tokens().double() + num_cls, dim, self.mlp_ratio))
         return state.with_tokens(tokens[:, :num_cls], tokens[:, num_cls:].reshape(batch, frames, slots, dim))
@@ -195,8 +188,11 @@ class JointSpaceTimeBlock(Block):
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls, state.x.reshape(batch, frames * slots, dim)], dim=1)  # (B, 1+F*K, D)
         size = state.size if state.prop_attn else None
+        extra, probe = self._hooked_attention(state, "joint", probe)
         tokens = tokens + self._attention_residual(
-            tokens, _with_cls(state.valid, batch, frames * slots), _with_cls(size, batch, frames * slots), probe)
+            tokens, _with_cls(state.valid, batch, frames * slots), _with_cls(size, batch, frames * slots), probe,
+            extra=extra)
+        self._hand_logits(state, "joint", probe)
         state.spend(flops.joint_attention_macs(self._frame_counts(state), dim))
         return state.with_tokens(tokens[:, :1], tokens[:, 1:].reshape(batch, frames, slots, dim))
 
@@ -215,9 +211,11 @@ class SpaceOnlyBlock(Block):
         tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
                             state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
         size = state.size if state.prop_attn else None
+        extra, probe = self._hooked_attention(state, "spatial", probe)
         tokens = tokens + self._attention_residual(
             tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
-            _with_cls(_frames_as_batch(size), batch * frames, slots), probe)
+            _with_cls(_frames_as_batch(size), batch * frames, slots), probe, extra=extra)
+        self._hand_logits(state, "spatial", probe)
         state.spend(flops.space_only_attention_macs(self._frame_counts(state), dim))
         return state.with_tokens(tokens[:, 0].reshape(batch, frames, dim),
                                  tokens[:, 1:].reshape(batch, frames, slots, dim))
@@ -227,7 +225,7 @@ class SpaceOnlyBlock(Block):
         batch, frames, slots, dim = state.x.shape
         tokens = torch.cat([state.cls.reshape(batch * frames, 1, dim),
                             state.x.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
-        tokens = tokens + self.drop_path(self._mlp(self.norm2(tokens), state))
+        tokens = tokens + self.drop_path(state.hooks.feed_forward(self, tokens, state))
         state.spend(flops.mlp_macs(state.real_tokens().double() + frames, dim, self.mlp_ratio))
         return state.with_tokens(tokens[:, 0].reshape(batch, frames, dim),
                                  tokens[:, 1:].reshape(batch, frames, slots, dim))
@@ -282,13 +280,13 @@ class DividedSpaceTimeBlock(Block):
         size = None
         if state.prop_attn and state.size is not None:
             size = state.size.transpose(1, 2).reshape(batch * slots, frames)
-        extra, probe = self._reuse_attention(state, "temporal", probe)
+        extra, probe = self._hooked_attention(state, "temporal", probe)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
         if allowed is not None:
             bias = windows.add_window(bias, allowed, tubes.dtype)
         res = self.drop_path(self.temporal_attn(self.temporal_norm1(tubes), bias, probe))
-        self._keep_logits(state, "temporal", probe)
+        self._hand_logits(state, "temporal", probe)
         res = res.reshape(batch, slots, frames, dim).transpose(1, 2)  # (B, F, K, D)
         present = state.valid_mask().sum(dim=1).double()  # (B, K) frames each slot is real in
         return self.temporal_fc(res), (present * present).sum(dim=-1)
@@ -343,11 +341,11 @@ class DividedSpaceTimeBlock(Block):
         if self.spatial_window is not None:
             location = (state.pos % state.num_patches).reshape(batch * frames, slots)  # (B*F, K)
             allowed = windows.spatial_allowed(self.spatial_window, location)
-        extra, probe = self._reuse_attention(state, "spatial", probe)
+        extra, probe = self._hooked_attention(state, "spatial", probe)
         res = self._attention_residual(tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
                                        _with_cls(_frames_as_batch(size), batch * frames, slots), probe, allowed,
                                        extra)
-        self._keep_logits(state, "spatial", probe)
+        self._hand_logits(state, "spatial", probe)
         cls_res = res[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)  # (B, 1, D)
         patch_res = res[:, 1:].reshape(batch, frames, slots, dim)  # (B, F, K, D)
         state.spend(flops.divided_attention_macs(self._frame_counts(state), dim, pairs))

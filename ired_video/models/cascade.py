@@ -37,12 +37,37 @@ import torch.nn.functional as F
 from timm.layers import resample_patch_embed
 from torch import Tensor, nn
 
-from ired_video.config import (ConfigError, DataConfig, ModelConfig, ReducerConfig, apply_overrides, from_dict,
-                               load_yaml, to_dict)
-from ired_video.models.cascade_reuse import (KINDS, FeatureReuse, RelationReuse, StageReuse, mlp_macs,
-                                             nearest_indices, resize_relations, split_layers, stack_logits)
+from ired_video.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ReducerConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
+from ired_video.models.cascade_reuse import (
+    FEATURE_VARIANTS,
+    KINDS,
+    RELATION_EXPANSION,
+    RELATION_VARIANTS,
+    CascadeHooks,
+    FeatureReuse,
+    NormExtension,
+    OfficialRelationReuse,
+    RelationReuse,
+    chunk_layers,
+    concat_logits,
+    mlp_macs,
+    nearest_indices,
+    resize_relations,
+    resize_relations_dvt,
+    split_layers,
+)
 from ired_video.models.timesformer import ForwardInfo, TimeSformer
 from ired_video.models.weights import Checkpoint, load_checkpoint, load_weights
+from ired_video.tokens import NO_HOOKS, BlockHooks, TokenState
 
 NEVER_EXIT = 2.0  # a threshold above any probability: every clip goes on
 
@@ -62,8 +87,14 @@ class CascadeConfig:
 
     thresholds: one per stage but the last; a clip exits at stage k when its max softmax
         probability >= thresholds[k]. None: never exit (every stage runs).
-    feature_hidden / feature_dim: DVT's feature-reuse MLP, D -> 128 -> 48.
-    relation_hidden: width of the relation-reuse MLP (three layers, GELU).
+    feature_variant: "official" (DVT: one feature MLP per downstream block, norm2 over the
+        concatenation [x; f], nearest x2 + average pooling) or "shared" (one MLP per stage,
+        norm2 on x only, trilinear); ``ired_video.models.cascade_reuse``.
+    relation_variant: "official" (DVT: the previous stage's logits, 1x1 convolutions
+        L*H -> 3*L*H -> L*H) or "all_upstream" (every upstream stage, three layers of width
+        ``relation_hidden``, summed).
+    feature_hidden / feature_dim: the feature-reuse MLP, D -> 128 -> 48 as DVT.
+    relation_hidden: width of the all-upstream relation MLP (the official one is 3*L*H wide).
     reducer: a token reducer inside the last stage (``ReducerConfig`` fields).
     calibration: the threshold table ``calibrate`` stored (rows of p, thresholds, GMACs,
         accuracy on the held-out split), read by ``set_budget``.
@@ -73,6 +104,8 @@ class CascadeConfig:
     thresholds: Optional[list[float]] = None
     feature_reuse: bool = True
     relation_reuse: bool = True
+    feature_variant: str = "official"
+    relation_variant: str = "official"
     feature_hidden: int = 128
     feature_dim: int = 48
     relation_hidden: int = 64
@@ -132,6 +165,15 @@ def check_config(backbone: ModelConfig, cfg: CascadeConfig) -> None:
     if cfg.relation_reuse and reducing:
         raise ConfigError("cascade.reducer: a reducer in the last stage changes its token grid, onto which "
                           "relation reuse cannot map upstream attention; set cascade.relation_reuse=false")
+    if cfg.feature_variant not in FEATURE_VARIANTS:
+        raise ConfigError(f"cascade.feature_variant: expected one of {', '.join(FEATURE_VARIANTS)}, "
+                          f"got {cfg.feature_variant!r}")
+    if cfg.relation_variant not in RELATION_VARIANTS:
+        raise ConfigError(f"cascade.relation_variant: expected one of {', '.join(RELATION_VARIANTS)}, "
+                          f"got {cfg.relation_variant!r}")
+    if cfg.relation_reuse and (backbone.window_radius is not None or backbone.window_span is not None):
+        raise ConfigError("cascade.relation_reuse: window-masked attention logits (-inf) cannot feed the "
+                          "relation MLP; set cascade.relation_reuse=false or drop model.window_*")
     if min(cfg.feature_hidden, cfg.feature_dim, cfg.relation_hidden) < 1:
         raise ConfigError("cascade.feature_hidden, cascade.feature_dim and cascade.relation_hidden must be >= 1")
 
@@ -167,24 +209,43 @@ class Cascade(nn.Module):
         last = self.stage_configs[-1]
         self.data_config = data_config or DataConfig(num_frames=last.num_frames, crop_size=last.img_size)
         self.stages = nn.ModuleList(TimeSformer(cfg, self.data_config) for cfg in self.stage_configs)
+        # Per downstream stage k (key "k"): feature_reuse (official: one FeatureReuse per
+        # block; shared: one), feature_norm (official only: per block the extra entries of
+        # norm2), feature_in (per block fc1's extra columns); relation_reuse "j_k_kind" per
+        # upstream stage j (official: j = k - 1 only).
         self.feature_reuse = nn.ModuleDict()
+        self.feature_norm = nn.ModuleDict()
         self.feature_in = nn.ModuleDict()
         self.relation_reuse = nn.ModuleDict()
-        hidden = int(backbone.embed_dim * backbone.mlp_ratio)
-        channels = backbone.depth * backbone.num_heads
+        dim, depth, extra = backbone.embed_dim, backbone.depth, cascade.feature_dim
+        hidden = int(dim * backbone.mlp_ratio)
+        channels = depth * backbone.num_heads
+        official_features = cascade.feature_variant == "official"
         for k in range(1, len(self.stages)):
             if cascade.feature_reuse:
-                self.feature_reuse[str(k)] = FeatureReuse(backbone.embed_dim, cascade.feature_hidden, cascade.feature_dim)
-                layers = nn.ModuleList(nn.Linear(cascade.feature_dim, hidden, bias=False) for _ in range(backbone.depth))
+                if official_features:
+                    self.feature_reuse[str(k)] = nn.ModuleList(
+                        FeatureReuse(dim, cascade.feature_hidden, extra, "dvt") for _ in range(depth))
+                    self.feature_norm[str(k)] = nn.ModuleList(NormExtension(extra) for _ in range(depth))
+                else:
+                    self.feature_reuse[str(k)] = FeatureReuse(dim, cascade.feature_hidden, extra, "trilinear")
+                layers = nn.ModuleList(nn.Linear(extra, hidden, bias=False) for _ in range(depth))
                 for layer in layers:
                     nn.init.zeros_(layer.weight)
                 self.feature_in[str(k)] = layers
             if cascade.relation_reuse:
-                for j in range(k):
+                for j in self._relation_sources(k):
                     for kind in KINDS:
-                        self.relation_reuse[f"{j}_{k}_{kind}"] = RelationReuse(channels, cascade.relation_hidden, channels)
+                        self.relation_reuse[f"{j}_{k}_{kind}"] = (
+                            OfficialRelationReuse(channels, RELATION_EXPANSION)
+                            if cascade.relation_variant == "official"
+                            else RelationReuse(channels, cascade.relation_hidden, channels))
         if cascade.reducer is not None:
             self.apply_last_stage_reducer(cascade.reducer)
+
+    def _relation_sources(self, k: int) -> list[int]:
+        """Upstream stages whose attention logits stage k reuses."""
+        return [k - 1] if self.cascade_config.relation_variant == "official" else list(range(k))
 
     # ------------------------------------------------------------- settings
     @property
@@ -240,25 +301,32 @@ class Cascade(nn.Module):
     def stage_gmacs_static(self) -> list[float]:
         """GMACs each stage adds for a clip that runs it: the stage, and the reuse modules
         computed on entering it (analytic; a test checks it against the forward's bill)."""
-        out = []
-        for k, (stage, cfg) in enumerate(zip(self.stages, self.stage_configs)):
-            macs = stage.static_gmacs() * 1e9
-            if k > 0 and str(k) in self.feature_reuse:
-                prev = self.stage_configs[k - 1]
-                macs += mlp_macs(_tokens(prev), self.feature_reuse[str(k)].widths)
-                rows = _tokens(cfg) + (cfg.num_frames if cfg.attention_type == "space_only" else 1)
-                macs += cfg.depth * rows * self.cascade_config.feature_dim * int(cfg.embed_dim * cfg.mlp_ratio)
-            for j in range(k):
-                for kind in KINDS:
-                    module = self.relation_reuse[f"{j}_{k}_{kind}"] if f"{j}_{k}_{kind}" in self.relation_reuse else None
-                    if module is not None:
-                        up = self.stage_configs[j]
-                        side = up.img_size // up.patch_size
-                        positions = (up.num_frames * (1 + side * side) ** 2 if kind == "spatial"
-                                     else side * side * up.num_frames ** 2)
-                        macs += mlp_macs(positions, module.widths)
-            out.append(macs / 1e9)
-        return out
+        return [(stage.static_gmacs() * 1e9 + self.reuse_macs(k)) / 1e9 for k, stage in enumerate(self.stages)]
+
+    def reuse_macs(self, k: int) -> float:
+        """MACs of the reuse modules a clip runs on entering stage k (analytic, no reducer):
+        feature MLPs on the upstream patch tokens, fc1's extra columns on every token row of
+        every block (class token included), relation MLPs on every upstream map entry."""
+        if k == 0:
+            return 0.0
+        cfg = self.stage_configs[k]
+        macs = 0.0
+        if str(k) in self.feature_reuse:
+            mlps = self.feature_reuse[str(k)]
+            for mlp in (mlps if isinstance(mlps, nn.ModuleList) else [mlps]):
+                macs += mlp_macs(_tokens(self.stage_configs[k - 1]), mlp.widths)
+            rows = _tokens(cfg) + (cfg.num_frames if cfg.attention_type == "space_only" else 1)
+            macs += cfg.depth * rows * self.cascade_config.feature_dim * int(cfg.embed_dim * cfg.mlp_ratio)
+        for j in range(k):
+            for kind in KINDS:
+                key = f"{j}_{k}_{kind}"
+                if key in self.relation_reuse:
+                    up = self.stage_configs[j]
+                    side = up.img_size // up.patch_size
+                    positions = (up.num_frames * (1 + side * side) ** 2 if kind == "spatial"
+                                 else side * side * up.num_frames ** 2)
+                    macs += mlp_macs(positions, self.relation_reuse[key].widths)
+        return float(macs)
 
     # ---------------------------------------------------------------- input
     def stage_input(self, video: Tensor, index: int) -> Tensor:
@@ -300,7 +368,7 @@ class Cascade(nn.Module):
         thresholds = self.thresholds
         for k, stage in enumerate(self.stages):
             state = stage.embed(self.stage_input(video.index_select(0, active), k))
-            state.reuse = self._reuse_for(k, carry, state)
+            state.hooks = self._hooks_for(k, carry, state)
             state = stage.forward_blocks(state)
             logits = stage.forward_head(state)
             last_state = state
@@ -339,30 +407,48 @@ class Cascade(nn.Module):
                            exit_stage=exit_stage, stage_logits=stage_logits, stage_gmacs=stage_gmacs / 1e9)
         return logits_out, info
 
-    def _reuse_for(self, k: int, carry: Optional["_Carry"], state: Any) -> Optional[StageReuse]:
-        """Stage k's reuse context from what upstream stages left (bills the reuse modules)."""
+    def _hooks_for(self, k: int, carry: Optional["_Carry"], state: TokenState) -> BlockHooks:
+        """Stage k's block hooks from what upstream stages left (bills the reuse modules)."""
         cfg = self.cascade_config
         stage = self.stages[k]
         keeps = cfg.relation_reuse and k < len(self.stages) - 1
         if carry is None and not keeps:
-            return None
-        features = feature_in = None
+            return NO_HOOKS
+        features: Optional[list[Tensor]] = None
+        feature_in = feature_norm = None
         biases: dict[str, list[Tensor]] = {}
         if carry is not None and cfg.feature_reuse:
-            features, macs = self.feature_reuse[str(k)](carry.tokens, carry.grid, state.num_frames, state.grid)
-            state.spend(torch.full_like(state.macs, float(macs)))
+            modules = self.feature_reuse[str(k)]
+            features = []
+            for module in (modules if isinstance(modules, nn.ModuleList) else [modules]):
+                feats, macs = module(carry.tokens, carry.grid, state.num_frames, state.grid)
+                state.spend(torch.full_like(state.macs, float(macs)))
+                features.append(feats)
+            if len(features) == 1:  # shared: the one MLP's features for every block
+                features = features * len(stage.blocks)
             feature_in = self.feature_in[str(k)]
+            feature_norm = self.feature_norm[str(k)] if str(k) in self.feature_norm else None
         if carry is not None and cfg.relation_reuse:
+            heads = stage.config.num_heads
             for kind in KINDS:
                 total = None
-                for j, (maps, frames, grid) in enumerate(carry.logits[kind]):
-                    out, macs = self.relation_reuse[f"{j}_{k}_{kind}"](maps)
+                for j in self._relation_sources(k):
+                    entry = carry.logits[kind][j]
+                    assert entry is not None
+                    maps, grid = entry
+                    module = self.relation_reuse[f"{j}_{k}_{kind}"]
+                    if cfg.relation_variant == "official":
+                        out, macs = module(maps)  # (B, A, C, P, P)
+                        out = resize_relations_dvt(out, kind, state.num_frames, (grid, state.grid))
+                    else:
+                        out, macs = module(maps.permute(0, 1, 3, 4, 2))  # channels last: (B, A, P, P, C)
+                        out = resize_relations(out, kind, state.num_frames, (grid, state.grid))
                     state.spend(torch.full_like(state.macs, float(macs)))
-                    out = resize_relations(out, kind, (frames, state.num_frames), (grid, state.grid))
                     total = out if total is None else total + out
                 assert total is not None
-                biases[kind] = split_layers(total, stage.config.num_heads)
-        return StageReuse(stage.blocks, features, feature_in, biases, keeps)
+                biases[kind] = chunk_layers(total, heads) if cfg.relation_variant == "official" else \
+                    split_layers(total, heads)
+        return CascadeHooks(stage.blocks, features, feature_in, feature_norm, biases, keeps)
 
 
 def _tokens(cfg: ModelConfig) -> int:
@@ -375,26 +461,31 @@ class _Carry:
     """What the clips still running take to the next stage (batch-major, indexable).
 
     tokens: (B, T, N, D) the last stage's final patch tokens; grid: its (h, w).
-    logits: per kind, one (maps (B, A, P, P, L*H), frames, grid) per upstream stage.
+    logits: per kind, per upstream stage j (index j; None where not kept: the official
+        relation reuse needs only the previous stage's) a tuple (maps (B, A, L*H, P, P),
+        grid); frames are the maps' own axes.
     """
 
     tokens: Tensor
     grid: tuple[int, int]
-    logits: dict[str, list[tuple[Tensor, int, tuple[int, int]]]]
+    logits: dict[str, list[Optional[tuple[Tensor, tuple[int, int]]]]]
 
     @classmethod
-    def after(cls, state: Any, previous: Optional["_Carry"], cfg: CascadeConfig) -> "_Carry":
+    def after(cls, state: TokenState, previous: Optional["_Carry"], cfg: CascadeConfig) -> "_Carry":
         """A stage's final state (not the last stage's) -> what the next stage may reuse."""
         logits = {kind: list(previous.logits[kind]) if previous is not None else [] for kind in KINDS}
         if cfg.relation_reuse:
+            assert isinstance(state.hooks, CascadeHooks)
             batch = state.batch_size
             for kind in KINDS:
-                logits[kind].append((stack_logits(state.reuse.logits[kind], batch), state.num_frames, state.grid))
+                if cfg.relation_variant == "official":  # only the previous stage's are reused
+                    logits[kind] = [None] * len(logits[kind])
+                logits[kind].append((concat_logits(state.hooks.logits[kind], batch), state.grid))
         return cls(state.x, state.grid, logits)
 
     def select(self, keep: Tensor) -> "_Carry":
         """Only the clips that go on (``keep``: (B,) bool)."""
-        logits = {kind: [(maps[keep], frames, grid) for maps, frames, grid in entries]
+        logits = {kind: [None if entry is None else (entry[0][keep], *entry[1:]) for entry in entries]
                   for kind, entries in self.logits.items()}
         return _Carry(self.tokens[keep], self.grid, logits)
 
@@ -436,7 +527,9 @@ def cascade_from_checkpoint(ckpt: Checkpoint, **overrides: Any) -> Cascade:
     """Rebuild a cascade from our checkpoint (backbone, cascade and data configs inside)."""
     extra = ckpt.extra or {}
     backbone = from_dict(ModelConfig, {**(ckpt.model_config or {}), **overrides})
-    cascade = from_dict(CascadeConfig, extra["cascade_config"], prefix="cascade.")
+    # Checkpoints from before the variants existed hold the first version's modules.
+    saved = {"feature_variant": "shared", "relation_variant": "all_upstream", **extra["cascade_config"]}
+    cascade = from_dict(CascadeConfig, saved, prefix="cascade.")
     data = from_dict(DataConfig, ckpt.data_config) if ckpt.data_config else None
     model = Cascade(backbone, cascade, data)
     load_weights(model, ckpt)

@@ -165,9 +165,10 @@ class TimeSformer(nn.Module):
         ``state``, without reducers, with probes on that block's attention: the pass the
         patch-interaction indicator differentiates; and the (B,) MACs ``state`` had spent
         plus what this pass spent."""
-        if state.reuse is not None:
-            raise ValueError("the rest of a cascade stage cannot run on its own (it reuses earlier stages): "
-                             "use the interaction reducer's predictor, fitted on the plain model")
+        if not state.hooks.replayable:
+            raise ValueError("the rest of this model cannot run again on its own: its blocks carry hooks that "
+                             "are not replayable (a cascade stage reusing earlier stages); use the interaction "
+                             "reducer's predictor, fitted on the plain model")
         block = self.blocks[index]
         state = block.feed_forward(block.attend(state, probe, temporal_probe))
         for later in self.blocks[index + 1:]:
