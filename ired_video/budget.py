@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ired_video.reducers import apply_reducer
+from ired_video.build import apply_reducer
 
 
 def reduced_gmacs(model: nn.Module, reducer: str, **settings: Any) -> float:

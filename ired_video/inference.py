@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
+from ired_video.build import apply_reducer, create_model
 from ired_video.config import ConfigError, DataConfig, ReducerConfig, to_dict
 from ired_video.data.annotations import is_video_file
 from ired_video.data.dataset import read_sampled_clip
@@ -28,8 +29,7 @@ from ired_video.data.decoding import DecodeError
 from ired_video.data.sampling import sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw
 from ired_video.devices import resolve_device
-from ired_video.models import TimeSformer, create_model
-from ired_video.reducers import apply_reducer
+from ired_video.models import TimeSformer
 from ired_video.viz.masks import stage_token_counts
 
 DEFAULT_MODEL = "timesformer_micro"

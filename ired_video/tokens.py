@@ -31,7 +31,7 @@ class BlockHooks:
     (timm's ``nn.Identity`` idiom: the hook is always there, no block tests for it).
 
     A caller that needs more (a cascade stage reusing earlier stages,
-    ``ired_video.models.cascade_reuse.CascadeHooks``) puts a subclass in
+    ``ired_video.cascade.reuse.CascadeHooks``) puts a subclass in
     ``TokenState.hooks``. ``kind`` names an attention: "temporal", "spatial" or "joint".
     """
 

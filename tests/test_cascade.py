@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ired_video import ConfigError, apply_reducer, create_model
-from ired_video.cascade_calibration import calibration_table, choose, exit_shares, fit_thresholds, route
+from ired_video.cascade.calibration import calibration_table, choose, exit_shares, fit_thresholds, route
+from ired_video.cascade.model import Cascade, CascadeConfig, StageConfig, build_cascade, load_cascade_config
 from ired_video.flops import count_flops
-from ired_video.models.cascade import Cascade, CascadeConfig, StageConfig, build_cascade, load_cascade_config
 from ired_video.models.registry import model_config
 from ired_video.models.weights import save_checkpoint
 
@@ -177,7 +177,7 @@ def test_calibration_meets_the_budget_on_synthetic_exits(budget):
 def test_calibration_meets_the_budget_on_a_generated_split_and_survives_a_checkpoint(small_demo, tmp_path):
     from torch.utils.data import DataLoader
 
-    from ired_video.cascade_calibration import calibrate
+    from ired_video.cascade.calibration import calibrate
     from ired_video.data.annotations import load_annotations
     from ired_video.data.dataset import VideoDataset
     from ired_video.models.registry import data_config

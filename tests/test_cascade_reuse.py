@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from ired_video import create_model
-from ired_video.models.cascade import Cascade, CascadeConfig, StageConfig, cascade_from_checkpoint
-from ired_video.models.cascade_reuse import CascadeHooks, resize_axis, resize_grid_axis, resize_pair_map
+from ired_video.cascade.model import Cascade, CascadeConfig, StageConfig, cascade_from_checkpoint
+from ired_video.cascade.reuse import CascadeHooks, resize_axis, resize_grid_axis, resize_pair_map
 from ired_video.models.registry import model_config
 from ired_video.models.weights import load_checkpoint, save_checkpoint
 from ired_video.tokens import NO_HOOKS, BlockHooks

@@ -5,14 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from ired_video.build import create_model
 from ired_video.explain.capture import Site
 from ired_video.explain.faithfulness import curves, forward_kept, ranks
-from ired_video.explain.interaction import (EdgeEffects, exact_edge_effects, first_order_edge_effects,
-                                            patch_interactions)
+from ired_video.explain.interaction import EdgeEffects, exact_edge_effects, first_order_edge_effects, patch_interactions
 from ired_video.explain.localisation import mask_iou, object_share_kept, patch_coverage, pointing_game
-from ired_video.explain.methods import (METHODS, AttentionCall, MissingInterpreter, explain,
-                                        rollout_from_calls)
-from ired_video.models import create_model
+from ired_video.explain.methods import METHODS, AttentionCall, MissingInterpreter, explain, rollout_from_calls
 from ired_video.reducers import apply_reducer
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ired_video import cli
+from ired_video.build import create_model
 from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
@@ -19,7 +20,6 @@ from ired_video.engine.train import build_model
 from ired_video.explain.field_summary import block_summaries, spatial_kept_pairs, temporal_kept_pairs
 from ired_video.explain.fields import ResponsiveFields, accumulate_fields
 from ired_video.explain.interaction import first_order_edge_effects
-from ired_video.models import create_model
 from ired_video.models.registry import data_config
 from ired_video.models.weights import save_checkpoint
 from ired_video.models.window import spatial_allowed, spatial_window, temporal_window

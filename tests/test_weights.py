@@ -209,9 +209,9 @@ def test_a_broken_stored_config_is_a_checkpoint_error_naming_the_field(tmp_path,
 
 def test_a_stored_config_is_checked_against_the_weights_before_building(tmp_path, monkeypatch):
     """depth=400 over 2 stored blocks is refused before 400 blocks are built."""
-    from ired_video.models import registry
+    from ired_video import build
     path = _our_checkpoint_edited(tmp_path, model_config=lambda c: {**c, "depth": 400})
-    monkeypatch.setattr(registry, "TimeSformer", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr(build, "TimeSformer", lambda *a, **k: pytest.fail("the model was built"))
     with pytest.raises(CheckpointError, match="stored model_config.depth=400, but the weights hold 2 blocks"):
         create_model(checkpoint=path)
 

@@ -46,17 +46,17 @@ import torch
 from torch.utils.data import DataLoader
 
 from ired_video.budget import tome_r_for_gmacs
-from ired_video.cascade_calibration import calibrate, choose, collect_exits, score
+from ired_video.build import apply_reducer, create_model
+from ired_video.cascade.calibration import calibrate, choose, collect_exits, score
+from ired_video.cascade.model import Cascade
 from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.recipes import demo_config
 from ired_video.engine.train import train
-from ired_video.models.cascade import Cascade
-from ired_video.models.registry import create_model
 from ired_video.models.weights import save_checkpoint
-from ired_video.reducers import apply_reducer, reducer_config
+from ired_video.reducers import reducer_config
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = {"feature_variant": "official", "relation_variant": "official"}

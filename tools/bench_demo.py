@@ -33,12 +33,12 @@ from typing import Any, Optional
 import numpy as np
 
 from ired_video.budget import tome_r_for_gmacs
+from ired_video.build import create_model
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.interaction_fit import reducer_start
 from ired_video.engine.recipes import demo_config, reducer_settings
 from ired_video.engine.train import train
-from ired_video.models.registry import create_model
 from ired_video.reducers import default_stages, reducer_config
 from ired_video.stats import accuracy_interval, difference_interval
 

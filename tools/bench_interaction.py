@@ -22,8 +22,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from ired_video.models.registry import create_model
-from ired_video.reducers import apply_reducer
+from ired_video.build import apply_reducer, create_model
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
 

@@ -27,10 +27,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from ired_video.build import apply_reducer, create_model
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.models.registry import create_model
-from ired_video.reducers import apply_reducer
 from ired_video.tokens import TokenState
 
 REDUCERS = ["tome r=8", "bat keep=0.5", "topk keep=0.5 fuse=true", "topk keep=0.5", "random keep=0.5"]

@@ -24,11 +24,11 @@ from tqdm import tqdm
 
 from ired_video import speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
+from ired_video.build import apply_reducer, create_model
 from ired_video.config import ConfigError
 from ired_video.devices import resolve_device
-from ired_video.models import create_model, list_models
+from ired_video.models import list_models
 from ired_video.paths import writable_file, write_atomically
-from ired_video.reducers import apply_reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224")

@@ -8,12 +8,12 @@ from typing import Optional
 
 from torch.utils.data import DataLoader
 
-from ired_video.cascade_calibration import calibrate
+from ired_video.build import create_model
+from ired_video.cascade.calibration import calibrate
+from ired_video.cascade.model import Cascade
 from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.models.cascade import Cascade
-from ired_video.models.registry import create_model
 from ired_video.models.weights import save_checkpoint
 
 EPILOG = """examples:

@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ired_video.models import create_model, list_models, save_checkpoint
+from ired_video.build import create_model
+from ired_video.models import list_models, save_checkpoint
 from ired_video.models.hf_weights import save_snapshot
 
 FORMATS = ("transformers", "ired_video")

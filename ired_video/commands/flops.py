@@ -6,8 +6,9 @@ from typing import Optional
 
 import torch
 
+from ired_video.build import create_model
 from ired_video.flops import count_flops
-from ired_video.models import create_model, list_models
+from ired_video.models import list_models
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224",

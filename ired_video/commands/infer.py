@@ -7,6 +7,7 @@ import sys
 import time
 from typing import Optional
 
+from ired_video.cascade.model import apply_budget
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.data.decoding import BACKENDS
 from ired_video.inference import (
@@ -21,7 +22,6 @@ from ired_video.inference import (
     summary_table,
 )
 from ired_video.models import list_models
-from ired_video.models.cascade import apply_budget
 from ired_video.paths import writable_file, write_atomically
 
 EPILOG = """examples:

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
+from ired_video.build import apply_reducer, create_model
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
-from ired_video.models import create_model, list_models
-from ired_video.reducers import apply_reducer
+from ired_video.models import list_models
 
 DEFAULT_MODEL = "timesformer_micro"
 

@@ -19,13 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ired_video.config import (ConfigError, DataConfig, ModelConfig, ReducerConfig, apply_overrides, from_dict,
-                               is_number, load_yaml, require, to_dict)
+from ired_video.cascade.model import check_config, load_cascade_config
+from ired_video.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ReducerConfig,
+    apply_overrides,
+    from_dict,
+    is_number,
+    load_yaml,
+    require,
+    to_dict,
+)
 from ired_video.data.dataset import check_data_config
+from ired_video.data.decoding import BACKENDS
+from ired_video.explain.fields import settings_from_file
 from ired_video.models.registry import data_config, model_config
 from ired_video.reducers import REDUCERS
 from ired_video.reducers.base import MODES
-from ired_video.data.decoding import BACKENDS
 
 
 @dataclass
@@ -181,7 +193,7 @@ class TrainConfig:
     objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: str = "runs/train"
-    # A DVT cascade of ``model`` (ired_video.models.cascade.CascadeConfig keys, and ``config``:
+    # A DVT cascade of ``model`` (ired_video.cascade.model.CascadeConfig keys, and ``config``:
     # a YAML file of them); empty: a plain model. ``reducer`` then acts in the last stage.
     cascade: dict[str, Any] = field(default_factory=dict)
 
@@ -219,7 +231,6 @@ def preprocess_config(cfg: TrainConfig, model: ModelConfig) -> DataConfig:
 
 
 def _validate_cascade(cfg: TrainConfig) -> None:
-    from ired_video.models.cascade import check_config, load_cascade_config
 
     cascade = load_cascade_config(cfg.cascade)
     if cfg.reducer.name != "none":
@@ -244,7 +255,6 @@ def model_overrides(model: dict[str, Any]) -> dict[str, Any]:
     clash = sorted({"window_radius", "window_span"} & set(overrides))
     if clash:
         raise ConfigError(f"model.responsive_fields and model.{clash[0]} both set the windows: keep one")
-    from ired_video.explain.fields import settings_from_file
 
     return {**overrides, **settings_from_file(path, model_config(model["name"], **overrides))}
 

@@ -20,12 +20,11 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ired_video.build import apply_reducer, create_model
+from ired_video.cascade.model import apply_budget
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.accelerator import new_accelerator
-from ired_video.models.cascade import apply_budget
-from ired_video.models.registry import create_model
-from ired_video.reducers import apply_reducer
 
 
 @torch.no_grad()

@@ -11,12 +11,11 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ired_video.build import apply_reducer, create_model
 from ired_video.config import ConfigError, ReducerConfig, to_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.models.registry import create_model
 from ired_video.models.weights import save_checkpoint
-from ired_video.reducers import apply_reducer
 from ired_video.reducers.interaction_fit import agreement, fit_interaction_predictors
 
 

@@ -31,22 +31,31 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
+from ired_video.build import apply_reducer, create_model
+from ired_video.cascade.model import build_cascade, load_cascade_config
 from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 from ired_video.engine.accelerator import new_accelerator
-from ired_video.engine.checkpoints import (Progress, check_folder, clear_run, earlier_run, find_checkpoint,
-                                           load_training_state, recover, save_training_state)
+from ired_video.engine.checkpoints import (
+    Progress,
+    check_folder,
+    clear_run,
+    earlier_run,
+    find_checkpoint,
+    load_training_state,
+    recover,
+    save_training_state,
+)
 from ired_video.engine.config import TrainConfig, dump, model_overrides, model_settings, preprocess_config
 from ired_video.engine.evaluate import evaluate, near_chance
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
 from ired_video.engine.schedule import lr_multiplier
-from ired_video.models.registry import create_model, model_config
+from ired_video.models.registry import model_config
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import save_checkpoint
 from ired_video.paths import writable_dir
-from ired_video.reducers import apply_reducer
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +124,6 @@ def build_model(cfg: TrainConfig, data_config: DataConfig) -> TimeSformer:
 def _build_cascade(cfg: TrainConfig, overrides: dict[str, Any], data_config: DataConfig) -> nn.Module:
     """A DVT cascade of the configured model, every stage from ``init.checkpoint``; the
     ``reducer`` section (when not none) goes into its last stage."""
-    from ired_video.models.cascade import build_cascade, load_cascade_config
     cascade = load_cascade_config(cfg.cascade)
     if cfg.reducer.name != "none":
         cascade = dataclasses.replace(cascade, reducer=cfg.reducer)

@@ -20,12 +20,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from ired_video.build import apply_reducer
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.explain.faithfulness import curves
 from ired_video.explain.localisation import demo_patch_coverage, mask_iou, object_share_kept, pointing_game
 from ired_video.explain.methods import explain
 from ired_video.inference import decode_views
-from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_masks_from_info
 
 # reducers whose object-patch share the faithfulness table reports by default

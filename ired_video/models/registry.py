@@ -1,24 +1,19 @@
-"""Named TimeSformer variants and ``create_model``.
+"""Named TimeSformer variants, and the configs a checkpoint states.
 
-A variant is a ModelConfig plus the DataConfig of the recipe it is trained with. Keyword
-arguments to ``create_model`` override any ModelConfig field; building a model never
-downloads anything, and weights come only from a local ``checkpoint`` path.
+A variant is a ModelConfig plus the DataConfig of the recipe it is trained with
+(``model_config``, ``data_config``); ``stored_configs`` checks a checkpoint's own configs.
+Building a model with its reducer or cascade is ``ired_video.build.create_model``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional
 
 from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
-from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import (
-    FORMAT,
     Checkpoint,
     CheckpointError,
     check_stored_config,
-    load_checkpoint,
-    load_weights,
 )
 
 
@@ -73,40 +68,6 @@ def data_config(name: str, model: ModelConfig) -> DataConfig:
     """The DataConfig of a named variant, its frames and crop following ``model``."""
     values = {**VARIANTS[name].data, "num_frames": model.num_frames, "crop_size": model.img_size}
     return from_dict(DataConfig, values)
-
-
-def create_model(name: Optional[str] = None, checkpoint: Optional[Union[str, Path]] = None,
-                 drop_head: bool = False, **overrides: Any) -> TimeSformer:
-    """Build a TimeSformer by variant name, optionally loading weights from a local file.
-
-    With ``name=None`` the checkpoint must state its config (ours, a transformers snapshot,
-    mmaction2); it rebuilds the model (``overrides`` still apply), and a stored reducer is
-    put back before loading. Such checkpoints also restore the data config
-    (frames, sampling, mean/std, class names) so loaders and CLIs preprocess as trained.
-    """
-    stored = None
-    if checkpoint is not None:
-        stored = load_checkpoint(checkpoint)
-        if stored.kind == FORMAT and (stored.extra or {}).get("cascade_config"):
-            from ired_video.models.cascade import cascade_from_checkpoint
-            return cascade_from_checkpoint(stored, **overrides)  # type: ignore[return-value]
-    states_config = stored is not None and (stored.kind == FORMAT or stored.model_config is not None)
-    ours = stored_configs(stored, overrides) if states_config else None
-    if name is not None:
-        config = model_config(name, **overrides)
-        data = ours.data if ours is not None else data_config(name, config)
-    elif ours is not None:
-        config, data = ours.model, ours.data
-    else:
-        raise ConfigError("create_model needs a model name, or a checkpoint that states its config "
-                          "(ours, a transformers snapshot folder, mmaction2)")
-    model = TimeSformer(config, data)
-    if ours is not None and ours.reducer is not None:
-        from ired_video.reducers import apply_reducer  # reducers import the model package
-        apply_reducer(model, ours.reducer)
-    if stored is not None:
-        load_weights(model, stored, drop_head=drop_head)
-    return model
 
 
 class StoredConfigs(NamedTuple):

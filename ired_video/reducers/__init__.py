@@ -16,11 +16,11 @@ from typing import Any, Callable, Union
 from torch import nn
 
 from ired_video.config import ConfigError, ReducerConfig, from_dict
+from ired_video.reducers.attention_received import AttentionReceivedDrop
 from ired_video.reducers.base import MODES, Reducer
 from ired_video.reducers.bat import BAT
 from ired_video.reducers.drop import ClassAttentionTopK, RandomDrop
 from ired_video.reducers.iared2 import IARED2, Interpreter
-from ired_video.reducers.attention_received import AttentionReceivedDrop
 from ired_video.reducers.interaction import InteractionDrop, InteractionPredictor
 from ired_video.reducers.tome import ToMe, bipartite_soft_matching, parse_r
 
@@ -108,10 +108,7 @@ def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: A
     joint-attention models. Returns the model.
     """
     cfg = reducer_config(name, **kwargs)
-    if hasattr(model, "apply_last_stage_reducer"):  # a cascade: the reducer goes into its last stage
-        model.apply_last_stage_reducer(cfg)
-        return model
-    if getattr(model, "reducer_config", None) == cfg and len(model.reducers):
+    if model.reducer_config == cfg and len(model.reducers):
         return model  # already running it: keep what its reducers learned (interpreters, fitted predictors)
     if cfg.name not in REDUCERS:
         raise ConfigError(f"unknown reducer {cfg.name!r}; known: {', '.join(REDUCERS)}")

@@ -17,7 +17,7 @@ coarser grid; the first is DVT's DeiT setting, the second its T2T setting.
 Training (``model.train()`` or ``all_exits=True``) runs every stage on every clip and
 returns every stage's logits (``CascadeInfo.stage_logits``) for the summed loss; the
 per-stage cumulative GMACs (``stage_gmacs``) feed threshold calibration
-(``ired_video.cascade_calibration``). Reuse between stages: ``cascade_reuse``.
+(``ired_video.cascade.calibration``). Reuse between stages: ``cascade_reuse``.
 
 Every stage starts from one set of weights (``build_cascade(..., checkpoint=...)``): the
 patch-embedding kernel is resampled to the stage's patch size (FlexiViT's pseudo-inverse
@@ -37,17 +37,8 @@ import torch.nn.functional as F
 from timm.layers import resample_patch_embed
 from torch import Tensor, nn
 
-from ired_video.config import (
-    ConfigError,
-    DataConfig,
-    ModelConfig,
-    ReducerConfig,
-    apply_overrides,
-    from_dict,
-    load_yaml,
-    to_dict,
-)
-from ired_video.models.cascade_reuse import (
+from ired_video.cascade.calibration import choose
+from ired_video.cascade.reuse import (
     FEATURE_VARIANTS,
     KINDS,
     RELATION_EXPANSION,
@@ -65,8 +56,19 @@ from ired_video.models.cascade_reuse import (
     resize_relations_dvt,
     split_layers,
 )
+from ired_video.config import (
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    ReducerConfig,
+    apply_overrides,
+    from_dict,
+    load_yaml,
+    to_dict,
+)
 from ired_video.models.timesformer import ForwardInfo, TimeSformer
 from ired_video.models.weights import Checkpoint, load_checkpoint, load_weights
+from ired_video.reducers import apply_reducer, reducer_config
 from ired_video.tokens import NO_HOOKS, BlockHooks, TokenState
 
 NEVER_EXIT = 2.0  # a threshold above any probability: every clip goes on
@@ -89,7 +91,7 @@ class CascadeConfig:
         probability >= thresholds[k]. None: never exit (every stage runs).
     feature_variant: "official" (DVT: one feature MLP per downstream block, norm2 over the
         concatenation [x; f], nearest x2 + average pooling) or "shared" (one MLP per stage,
-        norm2 on x only, trilinear); ``ired_video.models.cascade_reuse``.
+        norm2 on x only, trilinear); ``ired_video.cascade.reuse``.
     relation_variant: "official" (DVT: the previous stage's logits, 1x1 convolutions
         L*H -> 3*L*H -> L*H) or "all_upstream" (every upstream stage, three layers of width
         ``relation_hidden``, summed).
@@ -261,7 +263,6 @@ class Cascade(nn.Module):
 
     def set_budget(self, gmacs: float) -> dict[str, Any]:
         """Thresholds from the stored calibration table for a mean GMACs per clip; returns the row."""
-        from ired_video.cascade_calibration import choose
         if not self.cascade_config.calibration:
             raise ConfigError("this cascade has no calibration table: run 'ired-video calibrate --checkpoint C "
                               "--data HELD_OUT --budget G' first")
@@ -271,7 +272,6 @@ class Cascade(nn.Module):
 
     def apply_last_stage_reducer(self, reducer: Union[str, ReducerConfig], **kwargs: Any) -> None:
         """Put a token reducer into the last stage (see ``ired_video.reducers.apply_reducer``)."""
-        from ired_video.reducers import apply_reducer, reducer_config
         cfg = reducer_config(reducer, **kwargs)
         check_config(self.config, dataclasses.replace(self.cascade_config, reducer=cfg))
         apply_reducer(self.stages[-1], cfg)
