@@ -257,14 +257,17 @@ class DividedSpaceTimeBlock(Block):
                    frames: int, kernel: str = "gathered") -> None:
         """Restrict attention to per-location fields (``ired_video.models.window``); derived from
         the config, so kept out of the state dict. ``kernel``: "gathered" computes only the
-        spatial pairs inside the fields on full-grid frames, "masked" masks dense attention."""
+        spatial pairs inside the fields on full-grid frames (where that is fewer pairs than
+        dense attention), "masked" masks dense attention."""
         if kernel not in windows.WINDOW_KERNELS:
             raise ValueError(f"window kernel {kernel!r}: expected one of {windows.WINDOW_KERNELS}")
         spatial = None if radius is None else windows.spatial_window(radius, grid)
         temporal = None if span is None else windows.temporal_window(span, frames)
         self.spatial_window, self.temporal_window = spatial, temporal
-        gathers = spatial is not None and kernel == "gathered"
-        self.spatial_plan = windows.SpatialPlan(radius, grid) if gathers else None  # type: ignore[arg-type]
+        plan = windows.SpatialPlan(radius, grid) if spatial is not None and kernel == "gathered" else None
+        dense_pairs = (1 + grid[0] * grid[1]) ** 2
+        # Bands that cover (nearly) the whole grid would compute more pairs than dense attention.
+        self.spatial_plan = plan if plan is not None and plan.pairs_per_frame() < dense_pairs else None
 
     def _full_grid(self, state: TokenState) -> bool:
         """Every frame holds the whole grid in order, one unmasked patch per slot (what the

@@ -14,11 +14,16 @@ Two kernels compute the spatial window (``ModelConfig.window_kernel``):
 - ``masked``: dense attention with a -inf logit bias outside each field; costs and is
   billed as full attention.
 - ``gathered`` (``SpatialPlan`` + ``gathered_attention``): the grid is cut into tiles of
-  query patches; each tile reads only the class token and the keys of one rectangle of
-  the grid holding the union of its queries' fields (shifted to stay inside the grid),
-  with the same -inf mask for keys outside each query's own field. Only those (query,
-  key) pairs are computed and billed (``SpatialPlan.pairs_per_frame``). Same outputs as
-  the masked kernel up to float rounding.
+  whole grid rows; the queries of a tile read only the class token and the band of grid
+  rows holding the union of their fields (shifted to stay inside the grid), with the
+  same -inf mask for keys outside each query's own field. Only those (query, key) pairs
+  are computed and billed (``SpatialPlan.pairs_per_frame``). Same outputs as the masked
+  kernel up to float rounding.
+
+  Layout: keys and values are laid out once per call as h rows of [class token, w
+  patches], so every tile's band is a contiguous slice (no gather, no copy per tile);
+  each band thus holds b copies of the class token, all but the first masked (and
+  billed: they are computed).
 
 Temporal windows are always masked (dense over the T frames, billed so).
 """
@@ -31,8 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 WINDOW_KERNELS = ("gathered", "masked")
-DEFAULT_TILE = (2, 2)  # query tile (rows, cols); docs/fields.md has the timing that chose it
-CHUNK_ELEMENTS = 1 << 24  # logits per chunk of tiles: bounds the gathered kernel's memory
+DEFAULT_TILE_ROWS = 2  # grid rows per query tile; docs/fields.md has the timing that chose it
 
 
 def chebyshev_distances(grid: tuple[int, int]) -> Tensor:
@@ -94,57 +98,41 @@ def check_fields(radius: Optional[list[list[int]]], span: Optional[list[list[int
 class SpatialPlan(nn.Module):
     """Which (query, key) pairs the gathered kernel computes for one block's radii on a grid.
 
-    Query patches are cut into tiles of ``tile`` (rows, cols) (smaller at the grid's
-    bottom and right edges). A tile whose largest radius is R reads the key rectangle of
-    (rows + 2R) x (cols + 2R) cells around it, clipped to the grid size and shifted to lie
-    inside it: it holds every key any of the tile's queries may read. Tiles with the same
-    query and key counts form one group, computed as one batch.
+    Query patches are cut into tiles of ``tile_rows`` whole grid rows (the last tile may
+    have fewer). A tile of q rows whose largest radius is R reads the band of
+    b = min(h, q + 2R) grid rows around it, shifted to lie inside the grid: it holds every
+    key any of the tile's queries may read. In the kernel's key layout (h rows of
+    [class token, w patches]) the band is b * (w + 1) consecutive keys.
 
-    Buffers per group i: ``queries_i`` (tiles, Q) and ``keys_i`` (tiles, 1 + Kw) long
-    positions in the [class token, patches] sequence (class token = 0, first key of every
-    tile); ``mask_i`` (tiles, Q, 1 + Kw) float, 0 where the query may read the key, -inf
-    elsewhere. ``order`` (1 + N,) long puts [class row, group outputs...] back in sequence
-    order; ``allowed`` (1 + N, 1 + N) bool is the same window for the masked kernel.
+    ``tiles``: per tile (first query row, query rows q, first band row, band rows b).
+    Buffers ``mask_i`` (q*w, b*(w+1)) float: 0 where tile i's query may read the key (the
+    band's first class-token copy and the patches in its field), -inf elsewhere.
+    ``allowed`` (1 + N, 1 + N) bool is the same window for the masked kernel.
     """
 
-    def __init__(self, radius: Sequence[int], grid: tuple[int, int],
-                 tile: tuple[int, int] = DEFAULT_TILE) -> None:
+    def __init__(self, radius: Sequence[int], grid: tuple[int, int], tile_rows: int = DEFAULT_TILE_ROWS) -> None:
         super().__init__()
         height, width = grid
         if len(radius) != height * width:
             raise ValueError(f"{len(radius)} radii for a {height}x{width} grid")
-        if min(tile) < 1:
-            raise ValueError(f"tile={tile}: expected positive (rows, cols)")
-        self.grid, self.tile = (height, width), tuple(tile)
-        distance = chebyshev_distances(grid)  # (N, N)
-        radii = torch.tensor(list(radius))
-        groups: dict[tuple[int, int], list[tuple[Tensor, Tensor]]] = {}
-        for row in range(0, height, tile[0]):
-            for col in range(0, width, tile[1]):
-                rows = torch.arange(row, min(row + tile[0], height))
-                cols = torch.arange(col, min(col + tile[1], width))
-                queries = (rows[:, None] * width + cols[None, :]).flatten()  # (Q,)
-                reach = int(radii[queries].max())
-                key_rows = _key_span(row, len(rows), reach, height)
-                key_cols = _key_span(col, len(cols), reach, width)
-                keys = (key_rows[:, None] * width + key_cols[None, :]).flatten()  # (Kw,)
-                groups.setdefault((len(queries), len(keys)), []).append((queries, keys))
-        order, self.group_shapes = [torch.zeros(1, dtype=torch.long)], []
-        for index, ((num_queries, num_keys), tiles) in enumerate(sorted(groups.items())):
-            queries = torch.stack([q for q, _ in tiles])  # (tiles, Q)
-            keys = torch.stack([k for _, k in tiles])  # (tiles, Kw)
-            inside = distance[queries[:, :, None], keys[:, None, :]] <= radii[queries][:, :, None]  # (tiles, Q, Kw)
-            inside = torch.cat([torch.ones(*inside.shape[:2], 1, dtype=torch.bool), inside], dim=-1)  # CLS first
-            mask = torch.zeros(inside.shape).masked_fill(~inside, float("-inf"))
-            with_cls = torch.cat([torch.zeros(len(tiles), 1, dtype=torch.long), 1 + keys], dim=1)  # (tiles, 1+Kw)
-            self.register_buffer(f"queries_{index}", 1 + queries, persistent=False)
-            self.register_buffer(f"keys_{index}", with_cls, persistent=False)
-            self.register_buffer(f"mask_{index}", mask, persistent=False)
-            self.group_shapes.append((len(tiles), num_queries, 1 + num_keys))
-            order.append(1 + queries.flatten())
-        self.register_buffer("order", torch.argsort(torch.cat(order)), persistent=False)
+        if tile_rows < 1:
+            raise ValueError(f"tile_rows={tile_rows}: expected at least 1")
+        self.grid, self.tile_rows = (height, width), tile_rows
+        reach = torch.tensor(list(radius))  # (N,)
         window = spatial_window(radius, grid)
         window = torch.ones(height * width, height * width, dtype=torch.bool) if window is None else window
+        self.tiles: list[tuple[int, int, int, int]] = []
+        for index, row in enumerate(range(0, height, tile_rows)):
+            lines = min(tile_rows, height - row)
+            band = _key_span(row, lines, int(reach[row * width:(row + lines) * width].max()), height)
+            self.tiles.append((row, lines, int(band[0]), len(band)))
+            inside = window[row * width:(row + lines) * width].reshape(lines * width, height, width)  # (q*w, h, w)
+            inside = inside[:, band]  # (q*w, b, w)
+            first_cls = torch.zeros(lines * width, len(band), 1, dtype=torch.bool)
+            first_cls[:, 0] = True
+            inside = torch.cat([first_cls, inside], dim=2).flatten(1)  # (q*w, b*(w+1))
+            self.register_buffer(f"mask_{index}", torch.zeros(inside.shape).masked_fill(~inside, float("-inf")),
+                                 persistent=False)
         self.register_buffer("allowed", spatial_allowed(window, torch.arange(height * width)[None])[0],
                              persistent=False)
 
@@ -154,13 +142,19 @@ class SpatialPlan(nn.Module):
 
     def pairs_per_frame(self) -> int:
         """(query, key) pairs the gathered kernel computes per frame: the class token's full
-        row plus, per tile, its queries x (class token + key rectangle)."""
-        return 1 + self.num_patches + sum(tiles * queries * keys for tiles, queries, keys in self.group_shapes)
+        row plus, per tile, its q*w queries x b*(w+1) band keys."""
+        width = self.grid[1]
+        return 1 + self.num_patches + sum(lines * width * band * (width + 1) for _, lines, _, band in self.tiles)
 
-    def group(self, index: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Group ``index``'s (queries, keys, mask) buffers."""
-        return (getattr(self, f"queries_{index}"), getattr(self, f"keys_{index}"),
-                getattr(self, f"mask_{index}"))
+    def mask(self, index: int) -> Tensor:
+        return getattr(self, f"mask_{index}")
+
+    def key_positions(self, index: int) -> Tensor:
+        """(b*(w+1),) positions in the [class token, patches] sequence of tile ``index``'s keys."""
+        _, _, first, band = self.tiles[index]
+        width = self.grid[1]
+        rows = torch.arange(first, first + band)[:, None] * width + torch.arange(width)  # (b, w)
+        return torch.cat([torch.zeros(band, 1, dtype=torch.long), 1 + rows], dim=1).flatten()
 
 
 def _key_span(start: int, size: int, reach: int, length: int) -> Tensor:
@@ -178,32 +172,34 @@ def gathered_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpatialPlan, scale
     q, k, v: (G, heads, 1 + N, head_dim), class token first, patch n at 1 + n (the full
     grid, row-major). Returns the per-head outputs (G, heads, 1 + N, head_dim), equal to
     dense attention with ``plan.allowed`` as key mask, and the class token's head-mean
-    attention row (G, 1 + N). ``fused`` runs each tile batch through
+    attention row (G, 1 + N). ``fused`` runs each tile through
     ``F.scaled_dot_product_attention``, else explicit matmuls (what FlopCounterMode sees).
     """
     groups, heads, length, head_dim = q.shape
+    height, width = plan.grid
     if length != 1 + plan.num_patches:
         raise ValueError(f"the gathered window is for 1+{plan.num_patches} tokens, got {length}")
-    cls_logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)  # (G, heads, 1, 1+N)
-    cls_probs = cls_logits.softmax(dim=-1)
+    cls_probs = ((q[:, :, :1] * scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (G, heads, 1, 1+N)
     outs = [F.dropout(cls_probs, dropout) @ v]  # (G, heads, 1, head_dim)
-    for index, (num_tiles, num_queries, num_keys) in enumerate(plan.group_shapes):
-        queries, keys, mask = plan.group(index)
-        step = max(1, CHUNK_ELEMENTS // (groups * heads * num_queries * num_keys))
-        for first in range(0, num_tiles, step):
-            part = slice(first, min(first + step, num_tiles))
-            tiles = part.stop - part.start
-            q_tile = q[:, :, queries[part].flatten()].reshape(groups, heads * tiles, num_queries, head_dim)
-            k_tile = k[:, :, keys[part].flatten()].reshape(groups, heads * tiles, num_keys, head_dim)
-            v_tile = v[:, :, keys[part].flatten()].reshape(groups, heads * tiles, num_keys, head_dim)
-            bias = mask[part].expand(heads, tiles, num_queries, num_keys).reshape(1, heads * tiles, num_queries,
-                                                                                  num_keys)
-            if fused:
-                out = F.scaled_dot_product_attention(q_tile, k_tile, v_tile, attn_mask=bias.to(q.dtype),
-                                                     dropout_p=dropout)
-            else:
-                logits = (q_tile * scale) @ k_tile.transpose(-2, -1) + bias  # (G, heads*tiles, Q, 1+Kw)
-                out = F.dropout(logits.softmax(dim=-1), dropout) @ v_tile
-            outs.append(out.reshape(groups, heads, tiles * num_queries, head_dim))  # (G, heads, tiles*Q, hd)
-    out = torch.cat(outs, dim=2).index_select(2, plan.order)  # (G, heads, 1+N, head_dim), sequence order
-    return out, cls_probs[:, :, 0].mean(dim=1)
+    k_rows, v_rows = (_rows_with_class_token(t, height, width) for t in (k, v))  # (G, heads, h*(w+1), hd)
+    for index, (row, lines, first, band) in enumerate(plan.tiles):
+        q_tile = q[:, :, 1 + row * width:1 + (row + lines) * width]  # (G, heads, q*w, head_dim)
+        keys = slice(first * (width + 1), (first + band) * (width + 1))
+        bias = plan.mask(index).to(q.dtype)  # (q*w, b*(w+1))
+        if fused:
+            out = F.scaled_dot_product_attention(q_tile, k_rows[:, :, keys], v_rows[:, :, keys], attn_mask=bias,
+                                                 dropout_p=dropout)
+        else:
+            logits = (q_tile * scale) @ k_rows[:, :, keys].transpose(-2, -1) + bias  # (G, heads, q*w, b*(w+1))
+            out = F.dropout(logits.softmax(dim=-1), dropout) @ v_rows[:, :, keys]
+        outs.append(out)  # (G, heads, q*w, head_dim)
+    return torch.cat(outs, dim=2), cls_probs[:, :, 0].mean(dim=1)
+
+
+def _rows_with_class_token(tokens: Tensor, height: int, width: int) -> Tensor:
+    """(G, heads, 1 + h*w, head_dim) -> (G, heads, h * (w + 1), head_dim): each grid row
+    preceded by a copy of the class token."""
+    groups, heads, _, head_dim = tokens.shape
+    cls = tokens[:, :, :1, None].expand(groups, heads, height, 1, head_dim)
+    rows = tokens[:, :, 1:].reshape(groups, heads, height, width, head_dim)  # (G, heads, h, w, hd)
+    return torch.cat([cls, rows], dim=3).reshape(groups, heads, height * (width + 1), head_dim)
