@@ -264,10 +264,8 @@ class DividedSpaceTimeBlock(Block):
         spatial = None if radius is None else windows.spatial_window(radius, grid)
         temporal = None if span is None else windows.temporal_window(span, frames)
         self.spatial_window, self.temporal_window = spatial, temporal
-        plan = windows.SpatialPlan(radius, grid) if spatial is not None and kernel == "gathered" else None
-        dense_pairs = (1 + grid[0] * grid[1]) ** 2
-        # Bands that cover (nearly) the whole grid would compute more pairs than dense attention.
-        self.spatial_plan = plan if plan is not None and plan.pairs_per_frame() < dense_pairs else None
+        gathers = radius is not None and kernel == "gathered"
+        self.spatial_plan = windows.gathered_plan(radius, grid) if gathers else None  # type: ignore[arg-type]
 
     def _full_grid(self, state: TokenState) -> bool:
         """Every frame holds the whole grid in order, one unmasked patch per slot (what the

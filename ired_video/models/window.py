@@ -157,6 +157,16 @@ class SpatialPlan(nn.Module):
         return torch.cat([torch.zeros(band, 1, dtype=torch.long), 1 + rows], dim=1).flatten()
 
 
+def gathered_plan(radius: Sequence[int], grid: tuple[int, int]) -> Optional[SpatialPlan]:
+    """The gathered kernel's plan for these radii, or None where it would not compute fewer
+    pairs than dense attention (bands covering the grid: no mask, or only the masked kernel
+    pays)."""
+    if spatial_window(radius, grid) is None:
+        return None
+    plan = SpatialPlan(radius, grid)
+    return plan if plan.pairs_per_frame() < (1 + plan.num_patches) ** 2 else None
+
+
 def _key_span(start: int, size: int, reach: int, length: int) -> Tensor:
     """Grid lines [start - reach, start + size + reach) clipped to ``length`` lines and
     shifted to lie in [0, length): (min(length, size + 2 reach),) long."""
