@@ -9,7 +9,7 @@ from ired_video import ConfigError, apply_reducer
 from ired_video.explain.interaction import first_order_edge_effects
 from ired_video.flops import count_flops
 from ired_video.models import create_model
-from ired_video.models.attention import Attention, GatherWindow
+from ired_video.models.attention import Attention, AttentionProbe, GatherWindow
 from ired_video.models.window import SpatialPlan, add_window, gathered_attention
 
 HEADS, HEAD_DIM = 2, 8
@@ -38,10 +38,8 @@ def test_gathered_attention_equals_the_masked_dense_attention(grid, tile):
         plan = SpatialPlan(radius, grid, tile)
         expected = masked_reference(q, k, v, plan.allowed)
         for fused in (False, True):
-            out, cls_attn = gathered_attention(q, k, v, plan, HEAD_DIM ** -0.5, fused)
+            out = gathered_attention(q, k, v, plan, HEAD_DIM ** -0.5, fused)
             assert (out.double() - expected).abs().max() < 1e-5, (radius, fused)
-        cls_expected = ((q[:, :, :1] @ k.transpose(-2, -1)) * HEAD_DIM ** -0.5).softmax(-1)[:, :, 0].mean(1)
-        assert torch.allclose(cls_attn, cls_expected, atol=1e-6)  # the class token reads every key
 
 
 def brute_force_pairs(radius: list[int], grid: tuple[int, int], tile: int) -> int:
@@ -138,12 +136,18 @@ def test_reduced_states_and_attention_maps_take_the_masked_kernel():
     assert float(masked_info.gmacs[0] - info.gmacs[0]) * 1e9 == pytest.approx(block_0_saving, rel=1e-5)
 
 
-def test_gathered_window_falls_back_to_a_mask_when_another_bias_comes_in():
-    plan = SpatialPlan(random_radius((3, 3), 0, 1, seed=0), (3, 3))
+def test_attention_module_gathers_unless_another_bias_comes_in():
+    plan = SpatialPlan(random_radius((3, 3), 0, 1, seed=0), (3, 3), tile_rows=1)
     attn = Attention(HEADS * HEAD_DIM, HEADS).eval()
     x, bias = torch.randn(2, 10, HEADS * HEAD_DIM), torch.randn(2, 1, 10, 10)
-    window = GatherWindow(plan)
+    mask = add_window(None, plan.allowed[None].expand(2, -1, -1), x.dtype)
+    window, probe, dense_probe = GatherWindow(plan), AttentionProbe(want_cls_attn=True, want_keys=True), \
+        AttentionProbe(want_cls_attn=True, want_keys=True)
     with torch.no_grad():
+        assert torch.allclose(attn(x, probe=probe, window=window), attn(x, mask, dense_probe), atol=1e-6)
+        assert window.gathered  # the class token's attention row and the keys, as the masked kernel gives them
+        assert torch.allclose(probe.cls_attn, dense_probe.cls_attn) and torch.equal(probe.keys, dense_probe.keys)
+        window = GatherWindow(plan)
         out = attn(x, bias, window=window)
         expected = attn(x, add_window(bias, plan.allowed[None].expand(2, -1, -1), x.dtype))
     assert not window.gathered and torch.allclose(out, expected)

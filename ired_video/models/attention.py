@@ -112,10 +112,10 @@ class Attention(nn.Module):
                   probe: Optional[AttentionProbe]) -> Tensor:
         """Per-head outputs (G, heads, L, head_dim) of the gathered kernel; marks ``window``."""
         dropout = self.attn_drop.p if self.training else 0.0
-        out, cls_attn = gathered_attention(q, k, v, window.plan, self.scale, self.fused, dropout)
+        out = gathered_attention(q, k, v, window.plan, self.scale, self.fused, dropout)
         window.gathered = True
-        if probe is not None:
-            _fill_probe(probe, k, cls_attn=cls_attn if probe.want_cls_attn else None)
+        if probe is not None:  # the class token's row is not masked: the dense row, as the fused path
+            _fill_probe(probe, k, cls_attn=_cls_row(q, k, None, self.scale) if probe.want_cls_attn else None)
         return out
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,

@@ -176,34 +176,39 @@ def _key_span(start: int, size: int, reach: int, length: int) -> Tensor:
 
 
 def gathered_attention(q: Tensor, k: Tensor, v: Tensor, plan: SpatialPlan, scale: float,
-                       fused: bool, dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+                       fused: bool, dropout: float = 0.0) -> Tensor:
     """Windowed spatial attention computing only the plan's pairs.
 
     q, k, v: (G, heads, 1 + N, head_dim), class token first, patch n at 1 + n (the full
     grid, row-major). Returns the per-head outputs (G, heads, 1 + N, head_dim), equal to
-    dense attention with ``plan.allowed`` as key mask, and the class token's head-mean
-    attention row (G, 1 + N). ``fused`` runs each tile through
-    ``F.scaled_dot_product_attention``, else explicit matmuls (what FlopCounterMode sees).
+    dense attention with ``plan.allowed`` as key mask (the class token reads every key).
+    ``fused`` runs each tile through ``F.scaled_dot_product_attention``, else explicit
+    matmuls (what FlopCounterMode sees).
     """
     groups, heads, length, head_dim = q.shape
     height, width = plan.grid
     if length != 1 + plan.num_patches:
         raise ValueError(f"the gathered window is for 1+{plan.num_patches} tokens, got {length}")
-    cls_probs = ((q[:, :, :1] * scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (G, heads, 1, 1+N)
-    outs = [F.dropout(cls_probs, dropout) @ v]  # (G, heads, 1, head_dim)
+    q = q.contiguous()  # tiles are slices of it; strided slices slow the CPU kernels down
+    outs = [_attention(q[:, :, :1], k, v, None, scale, fused, dropout)]  # the class token reads every key
     k_rows, v_rows = (_rows_with_class_token(t, height, width) for t in (k, v))  # (G, heads, h*(w+1), hd)
     for index, (row, lines, first, band) in enumerate(plan.tiles):
         q_tile = q[:, :, 1 + row * width:1 + (row + lines) * width]  # (G, heads, q*w, head_dim)
         keys = slice(first * (width + 1), (first + band) * (width + 1))
-        bias = plan.mask(index).to(q.dtype)  # (q*w, b*(w+1))
-        if fused:
-            out = F.scaled_dot_product_attention(q_tile, k_rows[:, :, keys], v_rows[:, :, keys], attn_mask=bias,
-                                                 dropout_p=dropout)
-        else:
-            logits = (q_tile * scale) @ k_rows[:, :, keys].transpose(-2, -1) + bias  # (G, heads, q*w, b*(w+1))
-            out = F.dropout(logits.softmax(dim=-1), dropout) @ v_rows[:, :, keys]
-        outs.append(out)  # (G, heads, q*w, head_dim)
-    return torch.cat(outs, dim=2), cls_probs[:, :, 0].mean(dim=1)
+        outs.append(_attention(q_tile, k_rows[:, :, keys], v_rows[:, :, keys], plan.mask(index).to(q.dtype),
+                               scale, fused, dropout))  # (G, heads, q*w, head_dim)
+    return torch.cat(outs, dim=2)
+
+
+def _attention(q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor], scale: float, fused: bool,
+               dropout: float) -> Tensor:
+    """softmax(q k^T scale + bias) v over (G, heads, L, head_dim) inputs."""
+    if fused:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=scale)
+    logits = (q * scale) @ k.transpose(-2, -1)  # (G, heads, Lq, Lk)
+    if bias is not None:
+        logits = logits + bias
+    return F.dropout(logits.softmax(dim=-1), dropout) @ v
 
 
 def _rows_with_class_token(tokens: Tensor, height: int, width: int) -> Tensor:
