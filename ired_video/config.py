@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, TypeVar, Union
+from typing import Any, Callable, Optional, TypeVar, Union
 
 import yaml
 
@@ -85,7 +85,6 @@ class ModelConfig:
         require(self.window_kernel in ("gathered", "masked"), "window_kernel", self.window_kernel,
                 "'gathered' or 'masked'")
         if self.window_radius is not None or self.window_span is not None:
-            from ired_video.models.window import check_fields
             if self.attention_type != "divided_space_time":
                 raise ConfigError("window_radius/window_span: windows are implemented for "
                                   f"divided_space_time, not {self.attention_type}")
@@ -93,6 +92,20 @@ class ModelConfig:
                                    (self.img_size // self.patch_size) ** 2)
             if problem:
                 raise ConfigError(problem)
+
+
+def check_fields(radius: Optional[list[list[int]]], span: Optional[list[list[int]]], depth: int,
+                 num_patches: int) -> Optional[str]:
+    """None if the per-block, per-location fields fit the model, else what is wrong."""
+    for key, values in (("window_radius", radius), ("window_span", span)):
+        if values is None:
+            continue
+        if len(values) != depth:
+            return f"{key}: {len(values)} blocks given, the model has depth={depth}"
+        for block, row in enumerate(values):
+            if len(row) != num_patches or min(row) < 0:
+                return f"{key}[{block}]: expected {num_patches} non-negative values (one per patch location)"
+    return None
 
 
 @dataclass
@@ -202,24 +215,22 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+# scalar annotation -> (accepts the value, converts it, what the error says was expected)
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), lambda v: v, "true/false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), lambda v: v, "an integer"),
+    float: (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), float, "a number"),
+    str: (lambda v: isinstance(v, str), lambda v: v, "a string"),
+}
+
+
 def _convert(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp`` (converting YAML lists to tuples)."""
     origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
     if tp is Any:
         return value
     if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, key)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(f"{key}: {value!r} matches none of {args}")
+        return _convert_union(value, typing.get_args(tp), key)
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -227,38 +238,46 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=key + ".")
     if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
+        return _convert_sequence(value, origin, typing.get_args(tp), key)
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if tp in _SCALARS:
+        accepts, convert, expected = _SCALARS[tp]
+        if accepts(value):
+            return convert(value)
+        raise ConfigError(f"{key}: expected {expected}, got {value!r}")
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _convert_union(value: Any, args: tuple[Any, ...], key: str) -> Any:
+    """``Optional[X]`` / ``Union[...]``: None where allowed, else the first member that fits."""
+    if value is None and type(None) in args:
+        return None
+    for arg in args:
+        if arg is type(None):
+            continue
+        try:
+            return _convert(value, arg, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"{key}: {value!r} matches none of {args}")
+
+
+def _convert_sequence(value: Any, origin: Any, args: tuple[Any, ...], key: str) -> Any:
+    """``list[X]``, ``tuple[X, ...]`` or a fixed ``tuple[X, Y]`` from a YAML list."""
+    if not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{key}: expected a list, got {value!r}")
+    if origin is tuple and args and args[-1] is not Ellipsis:
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    item_tp = args[0] if args else Any
+    items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    return tuple(items) if origin is tuple else items
 
 
 def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:

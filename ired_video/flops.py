@@ -6,17 +6,7 @@ products (q k^T and attn v), the patch-embedding convolution and the head. Norms
 softmax, GELU and additions are not counted (fvcore counts layer norms, about 0.1% of a
 ViT; ``torch.utils.flop_counter.FlopCounterMode`` does not, and counts 2 FLOPs per MAC).
 
-Every function takes token counts as float tensors of shape (B,) (or plain numbers) so
-the model bills each clip for the tokens it really used.
-
-Divided block over T frames x S tokens per frame, width D, MLP ratio r:
-    temporal:  qkv + proj + temporal_fc    5 T S D^2      attention   2 S T^2 D
-    spatial:   qkv + proj (CLS per frame)  4 T (S+1) D^2  attention   2 T (S+1)^2 D
-    MLP:                                   2 r (T S + 1) D^2
-Joint block over n = T S + 1 tokens:       (4 + 2r) n D^2 + 2 n^2 D
-Space-only block (T frames of S + 1):      T [(4 + 2r)(S+1) D^2 + 2 (S+1)^2 D]
-Under reduction the model passes each clip's real per-frame counts S_t (frames may
-differ), and temporal attention's real (query, key) pairs.
+Design notes: docs/design.md, "ired_video.flops".
 """
 from __future__ import annotations
 

@@ -7,8 +7,7 @@ per view: top-k classes, the GMACs really spent, the tokens kept after every red
 per video: the mean of the views' softmax probabilities. A file that cannot be decoded
 gives a result with ``status="error"`` and the reason; the caller goes on.
 
-Results are plain dataclasses with ``to_dict()`` for JSON. ``exit_stage`` is the 1-based
-stage a cascade model (``ired_video.models.cascade``) answered a view at; None otherwise.
+Design notes: docs/design.md, "ired_video.inference".
 """
 from __future__ import annotations
 
@@ -24,10 +23,11 @@ from torch import Tensor
 
 from ired_video.config import ConfigError, DataConfig, ReducerConfig, to_dict
 from ired_video.data.annotations import is_video_file
-from ired_video.devices import resolve_device
-from ired_video.data.decoding import DecodeError, read_clip
-from ired_video.data.sampling import make_sampler
+from ired_video.data.dataset import read_sampled_clip
+from ired_video.data.decoding import DecodeError
+from ired_video.data.sampling import sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw
+from ired_video.devices import resolve_device
 from ired_video.models import TimeSformer, create_model
 from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_token_counts
@@ -58,7 +58,7 @@ class LoadedModel:
 
     def describe(self) -> dict[str, Any]:
         model = self.model
-        reducer = getattr(model, "reducer_config", None)
+        reducer = model.reducer_config
         return {"name": self.name, "checkpoint": self.checkpoint, "random_weights": self.random_weights,
                 "attention_type": model.config.attention_type, "num_classes": len(self.class_names),
                 "reducer": to_dict(reducer) if reducer is not None else None,
@@ -134,24 +134,19 @@ def decode_views(path: PathLike, data: DataConfig, num_clips: int = 1, num_crops
     """Decode and preprocess ``num_clips`` x ``num_crops`` test views of ``path`` as ``data``
     says (clips spread and centred, short side ``test_short_side``, crops along the long
     side). Raises ``DecodeError`` naming the file."""
-    sampler = make_sampler(data.sampling, data.num_frames, data.sampling_rate, data.target_fps, data.temporal_pad)
+    sampler = sampler_for(data)
     videos, views, notes = [], [], []
     clip = None
     for clip_index in range(num_clips):
-        samples = []
-
-        def choose(count: int, fps: float, clip_index: int = clip_index) -> tuple[int, ...]:
-            samples.append(sampler(count, fps, "test", clip_index, num_clips))
-            return samples[-1].indices
-
-        clip = read_clip(path, choose, backend, short_side=data.test_short_side)
+        clip, sample = read_sampled_clip(str(path), sampler, "test", clip_index, num_clips, backend,
+                                         data.test_short_side)
         if clip.note:
             notes.append(clip.note)
         frames = to_tchw(clip.frames)  # (T, H, W, 3) -> (T, C, H, W) uint8
         for crop_index in range(num_crops):
             videos.append(eval_transform(frames, data.test_short_side, data.crop_size, data.mean, data.std,
                                          crop_index, num_crops))
-            views.append(ViewSpec(clip_index, crop_index, list(clip.indices), samples[-1].padded))
+            views.append(ViewSpec(clip_index, crop_index, list(clip.indices), sample.padded))
     assert clip is not None
     return DecodedViews(torch.stack(videos), views, clip.num_frames, clip.fps, clip.backend,
                         "; ".join(dict.fromkeys(notes)))  # (V, C, T, H, W)
@@ -213,7 +208,8 @@ def run_views(loaded: LoadedModel, videos: Tensor, batch_size: int = 8
     per view: GMACs, tokens per block, tokens after each stage, latency (its batch's model
     time shared equally among the batch's views, ms), exit stage (1-based; None unless a cascade)."""
     model, device = loaded.model, loaded.device
-    total = videos.shape[2] * (videos.shape[3] // model.config.patch_size) * (videos.shape[4] // model.config.patch_size)
+    patch = model.config.patch_size
+    total = videos.shape[2] * (videos.shape[3] // patch) * (videos.shape[4] // patch)  # patches of a (C, T, H, W) view
     probs, gmacs, tokens, stages, latency = [], [], [], [], []
     exits: list[Optional[int]] = []
     for start in range(0, videos.shape[0], batch_size):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 from ired_video.config import ConfigError
 
@@ -50,12 +50,17 @@ def _named(option: str, path: Path) -> str:
     return f"{option}{path}" if option.endswith("=") else f"{option} {path}"
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``; on
-    failure the temporary file is removed and ``path`` is as it was."""
+def write_atomically(path: PathLike, content: Union[str, Callable[[Path], None]]) -> None:
+    """Write ``path`` all or nothing: ``content`` (text, or a function that writes the file it
+    is given) goes to a temporary file beside ``path``, which is then renamed over ``path``;
+    on failure the temporary file is removed and ``path`` is as it was."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        tmp.write_text(text)
+        if isinstance(content, str):
+            tmp.write_text(content)
+        else:
+            content(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

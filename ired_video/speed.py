@@ -71,7 +71,7 @@ def _peak_memory(device: torch.device) -> Iterator[list[Optional[float]]]:
         holder[0] = torch.cuda.max_memory_allocated(device) / 2 ** 20
 
 
-def _time_calls(call: Callable[[], None], device: torch.device, warmup: int, iters: int) -> Timing:
+def time_calls(call: Callable[[], None], device: torch.device, warmup: int, iters: int) -> Timing:
     for _ in range(warmup):
         call()
     synchronize(device)
@@ -85,22 +85,21 @@ def _time_calls(call: Callable[[], None], device: torch.device, warmup: int, ite
     return Timing(statistics.median(times), times, peak[0])
 
 
-def time_inference(model: nn.Module, video: Tensor, warmup: int, iters: int,
-                   dtype: torch.dtype = torch.float32) -> Timing:
-    """Median seconds of ``model(video)`` in eval mode under inference mode."""
+def inference_call(model: nn.Module, video: Tensor, dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """One ``model(video)`` in eval mode under inference mode."""
     model.eval()
 
     def call() -> None:
         with torch.inference_mode(), autocast(video.device, dtype):
             model(video)
 
-    return _time_calls(call, video.device, warmup, iters)
+    return call
 
 
-def time_training_step(model: nn.Module, video: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
-                       warmup: int, iters: int, dtype: torch.dtype = torch.float32) -> Timing:
-    """Median seconds of one optimizer step: forward in training mode, cross-entropy,
-    backward, ``optimizer.step()``. The weights change; time a copy you can spare."""
+def training_call(model: nn.Module, video: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
+                  dtype: torch.dtype = torch.float32) -> Callable[[], None]:
+    """One optimizer step: forward in training mode, cross-entropy, backward, ``optimizer.step()``.
+    The weights change; use a copy you can spare."""
     model.train()
 
     def call() -> None:
@@ -110,7 +109,53 @@ def time_training_step(model: nn.Module, video: Tensor, labels: Tensor, optimize
         F.cross_entropy(logits.float(), labels).backward()
         optimizer.step()
 
-    return _time_calls(call, video.device, warmup, iters)
+    return call
+
+
+def time_inference(model: nn.Module, video: Tensor, warmup: int, iters: int,
+                   dtype: torch.dtype = torch.float32) -> Timing:
+    """Median seconds of ``model(video)`` in eval mode under inference mode."""
+    return time_calls(inference_call(model, video, dtype), video.device, warmup, iters)
+
+
+def time_training_step(model: nn.Module, video: Tensor, labels: Tensor, optimizer: torch.optim.Optimizer,
+                       warmup: int, iters: int, dtype: torch.dtype = torch.float32) -> Timing:
+    """Median seconds of one optimizer step (``training_call``)."""
+    return time_calls(training_call(model, video, labels, optimizer, dtype), video.device, warmup, iters)
+
+
+@dataclass
+class PairedTiming:
+    """Two calls timed in alternation. ``ratio``: median over rounds of seconds(first) /
+    seconds(second), i.e. how many times faster the second ran than the first."""
+
+    first: Timing
+    second: Timing
+    ratio: float
+    ratios: list[float]
+
+
+def time_paired(first: Callable[[], None], second: Callable[[], None], device: torch.device, warmup: int,
+                iters: int) -> PairedTiming:
+    """Time ``first`` and ``second`` in alternating rounds (A B, then B A, ...), so that a
+    machine whose speed drifts (other load, clocks) slows both alike; each round gives one
+    ratio, and the median ratio is the speed-up that drift does not bias. No peak memory:
+    it would be the larger call's."""
+    for _ in range(warmup):
+        first()
+        second()
+    synchronize(device)
+    times: tuple[list[float], list[float]] = ([], [])
+    for round_index in range(iters):
+        order = (0, 1) if round_index % 2 == 0 else (1, 0)
+        for which in order:
+            start = time.perf_counter()
+            (first, second)[which]()
+            synchronize(device)
+            times[which].append(time.perf_counter() - start)
+    ratios = [a / b for a, b in zip(*times)]
+    return PairedTiming(Timing(statistics.median(times[0]), times[0]), Timing(statistics.median(times[1]), times[1]),
+                        statistics.median(ratios), ratios)
 
 
 def compile_model(model: nn.Module, fullgraph: bool = False) -> nn.Module:

@@ -1,15 +1,11 @@
 """Confidence intervals for accuracy over training seeds and test videos.
 
-A benchmark configuration trained with S seeds and evaluated on the same V test videos
-gives a (S, V) matrix of per-video scores (1 = right, 0 = wrong). Its accuracy varies with
-both the seed and the sample of videos, so the interval resamples both: seeds with
-replacement, videos with replacement, the mean of the resampled matrix, ``resamples``
-times; the interval is the percentile range. Resampling both axes of a crossed design
-counts the per-(seed, video) noise twice, so the interval is conservative (it covers at
-least the stated level; docs/statistics.md). Comparisons between two configurations
-trained from the same seeds on the same videos resample the *pairs* (same seed indices,
-same videos for both), which removes the shared variation and is what a claim such as
-"within 0.5 points of the plain model" must be judged on.
+``accuracy_interval`` bootstraps a (seeds, videos) matrix of per-video scores over both
+axes (conservative: covers at least the stated level); ``difference_interval`` resamples
+paired configurations (same seeds, same videos), which is what "within x points of the
+plain model" must be judged on.
+
+Design notes: docs/design.md, "ired_video.stats".
 """
 from __future__ import annotations
 

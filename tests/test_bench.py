@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 
 import pytest
 import torch
 
-from ired_video import create_model
+from ired_video import create_model, speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
 from ired_video.commands import bench
 
@@ -152,12 +153,46 @@ def test_a_failing_reducer_is_reported_and_the_rest_runs(tmp_path, monkeypatch, 
     (["--dtype", "fp16", "--device", "cpu"], "fp16 runs on a GPU only"),
     (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--keeps", "1.5"], "not a fraction"),
-    (["--output", "/no/such/folder/x.json"], "does not exist or is not writable"),
+    (["--output", "{tmp}/a_file/x.json"], "--output {tmp}/a_file/x.json: cannot write in {tmp}/a_file"),
 ])
-def test_bad_settings_are_refused_before_any_work(argv, message, capsys):
+def test_bad_settings_are_refused_before_any_work(argv, message, capsys, tmp_path):
     if argv[:2] == ["--device", "cuda"] and torch.cuda.is_available():
         pytest.skip("a GPU is present")
+    (tmp_path / "a_file").write_text("a file, not a folder")
+    argv, message = [a.format(tmp=tmp_path) for a in argv], message.format(tmp=tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--quick", "--no-progress", *argv])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_paired_timing_alternates_and_takes_the_median_ratio(monkeypatch):
+    """A machine that slows down steadily: timed alternately, the plain/reduced ratio stays
+    near the true 2, where timing all plain calls first and then all reduced ones would not."""
+    calls: list[str] = []
+    now = [0.0]
+
+    def make(name: str, cost: float):
+        def call() -> None:
+            calls.append(name)
+            now[0] += cost * (1 + 0.25 * len(calls))  # every call runs slower than the one before
+        return call
+
+    monkeypatch.setattr(speed.time, "perf_counter", lambda: now[0])
+    paired = speed.time_paired(make("plain", 4.0), make("reduced", 2.0), torch.device("cpu"), warmup=1, iters=4)
+    assert calls == ["plain", "reduced"] + ["plain", "reduced", "reduced", "plain"] * 2
+    assert paired.ratio == statistics.median(paired.ratios) and len(paired.ratios) == 4
+    assert abs(paired.ratio - 2) < 0.25
+    sequential = statistics.median(paired.first.times[:2]) / statistics.median(paired.second.times[2:])
+    assert abs(sequential - 2) > 0.25  # what the drift does to unpaired timing
+
+
+def test_paired_bench_rows_take_their_speedup_from_the_alternating_rounds(tmp_path):
+    out = tmp_path / "paired.json"
+    assert bench.main(["--quick", "--threads", "1", "--no-progress", "--paired", "--reducers", "topk",
+                       "--keeps", "0.5", "--batches", "1", "--iters", "3", "--output", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    reduced = next(r for r in rows if r["reducer"] == "topk")["runs"][EAGER]["1"]
+    assert len(reduced["paired_ratios"]) == 3 and len(reduced["paired_plain_times"]) == 3
+    assert reduced["speedup"] == pytest.approx(statistics.median(reduced["paired_ratios"]))
+    assert "paired_speedup" not in rows[0]["runs"][EAGER]["1"]  # the plain row is timed alone

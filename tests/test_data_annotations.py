@@ -3,8 +3,13 @@ from pathlib import Path
 
 import pytest
 
-from ired_video.data.annotations import (AnnotationError, load_annotations, parse_class_folders,
-                                         parse_kinetics_csv, parse_list_file)
+from ired_video.data.annotations import (
+    AnnotationError,
+    load_annotations,
+    parse_class_folders,
+    parse_kinetics_csv,
+    parse_list_file,
+)
 
 CSV = '''label,youtube_id,time_start,time_end,split,is_cc
 "passing American football (in game)",-abc_DEF123,14,24,train,0

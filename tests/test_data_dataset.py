@@ -8,7 +8,6 @@ from ired_video.config import DataConfig
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.dataset import BadFileTracker, VideoDataset
 
-
 CFG = DataConfig(num_frames=4, sampling_rate=2, target_fps=30.0, crop_size=32,
                  train_short_side=(32, 40), test_short_side=32, mean=(0.0,) * 3, std=(1.0,) * 3)
 

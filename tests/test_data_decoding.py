@@ -10,8 +10,15 @@ from ired_video.config import DataConfig
 from ired_video.data import decoding
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.dataset import VideoDataset
-from ired_video.data.decoding import (DECODERS, DecodeError, _decode_seeking, auto_order,
-                                      index_packets, read_clip, read_clip_pyav)
+from ired_video.data.decoding import (
+    DECODERS,
+    DecodeError,
+    _decode_seeking,
+    auto_order,
+    index_packets,
+    read_clip,
+    read_clip_pyav,
+)
 from ired_video.data.sampling import DenseSampler
 from ired_video.data.video_io import as_rate, write_video
 

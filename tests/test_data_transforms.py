@@ -3,8 +3,16 @@ import numpy as np
 import pytest
 import torch
 
-from ired_video.data.transforms import (horizontal_flip, normalize, random_crop, short_side_scale,
-                                        spatial_crop, eval_transform, to_tchw, train_transform)
+from ired_video.data.transforms import (
+    eval_transform,
+    horizontal_flip,
+    normalize,
+    random_crop,
+    short_side_scale,
+    spatial_crop,
+    to_tchw,
+    train_transform,
+)
 
 
 def ramp(t=2, h=6, w=10):

@@ -245,7 +245,7 @@ def test_deletion_beats_random_on_a_model_trained_on_demo_clips():
         model = create_model("timesformer_test", num_classes=3)
         optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
         model.train()
-        for step in range(150):
+        for _ in range(150):
             batch = torch.randint(0, 96, (16,))
             loss = torch.nn.functional.cross_entropy(model(train_videos[batch]), train_labels[batch])
             optimizer.zero_grad()

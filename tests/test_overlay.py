@@ -177,8 +177,8 @@ def test_overlay_command_writes_a_playable_mp4_and_png(tmp_path: Path, rotation:
 
 
 def test_overlay_on_a_real_clip(shared_videos_dir: Path, tmp_path: Path) -> None:
-    from ired_video.commands.overlay import build_overlay
     from ired_video.inference import load_model
+    from ired_video.overlay_view import build_overlay
     from ired_video.reducers import reducer_config
     loaded = load_model(model_name="timesformer_test", reducer=reducer_config("iared2", keep=0.5, mode="frame"))
     result = build_overlay(loaded, str(shared_videos_dir / "arm_wrestling_340x256_28fps.mp4"))

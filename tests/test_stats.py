@@ -1,6 +1,10 @@
 """Bootstrap intervals over seeds and videos: coverage, width, pairing."""
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,3 +77,30 @@ def test_shapes_are_checked():
     with pytest.raises(ValueError, match="matrix"):
         accuracy_interval(np.ones((2, 2, 2)))
     assert accuracy_interval(np.array([1, 0, 1, 1])).mean == 0.75  # one seed as a vector
+
+
+def _bench_demo():
+    path = Path(__file__).resolve().parents[1] / "tools" / "bench_demo.py"
+    spec = importlib.util.spec_from_file_location("bench_demo", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
+    bench_demo = _bench_demo()
+    views = tmp_path / "test_views.jsonl"
+    lines = [{"video_index": 1, "label": 0, "prediction": 0}, {"video_index": 0, "label": 2, "prediction": 1},
+             {"video_index": 2, "label": 1, "prediction": 1}, {"video_index": 2, "label": 1, "prediction": 0}]
+    views.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert bench_demo.per_video_correct(views).tolist() == [0.0, 1.0, 0.5]  # by video index; views averaged
+    rng = np.random.default_rng(0)
+    plain = (rng.random((3, 200)) < 0.9).astype(float)
+    reduced = plain.copy()
+    reduced[:, :10] = 0.0  # the reducer loses the first 10 videos in every seed
+    reports = [{"top1": float(row.mean()), "gmacs_per_view": 0.2} for row in reduced]
+    row = bench_demo.summarise("topk 0.5", True, reports, reduced, plain)
+    assert row["top1"] == pytest.approx(reduced.mean()) and row["top1_low"] < row["top1"] < row["top1_high"]
+    lost = -(plain[:, :10].mean() * 10 / 200)
+    assert row["delta"] == pytest.approx(lost) and row["delta_high"] < 0  # the paired interval excludes 0
+    assert row["seeds"] == 3 and row["videos"] == 200 and len(row["top1_per_seed"]) == 3

@@ -24,8 +24,7 @@ import timm
 import torch
 
 from ired_video import apply_reducer, create_model
-from ired_video.reducers import bipartite_soft_matching, parse_r
-from ired_video.reducers import tome
+from ired_video.reducers import bipartite_soft_matching, parse_r, tome
 
 IMG, PATCH, DIM, HEADS, DEPTH, CLASSES = 56, 8, 48, 3, 4, 7  # 7 x 7 = 49 patches: odd lengths too
 

@@ -16,6 +16,7 @@ from ired_video import CheckpointError, ConfigError, create_model
 from ired_video.data.annotations import load_annotations
 from ired_video.engine import TrainingError, load_train_config, train
 from ired_video.engine.config import dump
+from ired_video.engine.evaluate import near_chance
 from tests.training import REPO, TINY, config, settings
 
 train_module = importlib.import_module("ired_video.engine.train")
@@ -159,9 +160,9 @@ def test_two_processes_train_resume_and_evaluate_like_one(demo_data, tmp_path, c
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517"]
 
     def launch(*args: str) -> str:
-        done = subprocess.run([*run, str(REPO / "tools/train.py"), "--config", str(REPO / "configs/train/demo_micro.yaml"),
-                               *overrides, "train.batch_size=2", *args], capture_output=True, text=True, env=env,
-                              timeout=300)
+        config = str(REPO / "configs/train/demo_micro.yaml")
+        command = [*run, str(REPO / "tools/train.py"), "--config", config, *overrides, "train.batch_size=2", *args]
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
 
@@ -305,7 +306,7 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_work(demo_dat
 
 
 def test_demo_recipe_matches_its_yaml(tmp_path):
-    from ired_video.commands.demo import demo_config
+    from ired_video.engine.recipes import demo_config
     in_code = demo_config(tmp_path, tmp_path / "out")
     in_yaml = load_train_config(REPO / "configs/train/demo_micro.yaml",
                                 [f"data.train={tmp_path / 'train.csv'}", f"data.val={tmp_path / 'val.csv'}",
@@ -333,3 +334,26 @@ def test_checkpoint_progress_knows_the_best_score(demo_data, tmp_path):
     report = train(config(demo_data, tmp_path / "run", "train.epochs=1"))
     progress = json.loads((latest(tmp_path / "run") / "progress.json").read_text())
     assert progress["best_top1"] == pytest.approx(report["top1"])
+
+
+def test_near_chance_uses_two_binomial_standard_errors():
+    # 12 classes on 600 videos: chance 0.0833, two standard errors 0.0226
+    assert near_chance(0.10, 12, 600) is not None and "at chance (0.083 for 12 classes" in near_chance(0.10, 12, 600)
+    assert near_chance(0.11, 12, 600) is None
+    assert near_chance(0.40, 6, 6) is not None  # 6 videos cannot tell 2 right from chance
+
+
+@pytest.mark.parametrize("top1,warned", [(1 / 6, True), (0.9, False)])
+def test_training_warns_when_validation_stays_at_chance(demo_data, tmp_path, monkeypatch, caplog, top1, warned):
+    real = train_module.evaluate
+
+    def evaluate_at(*args, **kwargs):
+        return {**real(*args, **kwargs), "top1": top1}
+
+    monkeypatch.setattr(train_module, "evaluate", evaluate_at)
+    report = train(config(demo_data, tmp_path / "run", "eval.every=1", "eval.chance_warning_after=0.75"))
+    messages = [r.getMessage() for r in caplog.records if "at chance" in r.getMessage()]
+    assert len(messages) == (1 if warned else 0)  # epoch 1 of 2 is before 0.75 of the schedule
+    if warned:
+        assert messages[0].startswith("epoch 2:") and "not learning" in report["warning"]
+    assert ("warning" in json.loads((tmp_path / "run" / "eval_report.json").read_text())) == warned

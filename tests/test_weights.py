@@ -192,7 +192,8 @@ def _our_checkpoint_edited(tmp_path: Path, **edits) -> Path:
 
 @pytest.mark.parametrize("edit,message", [
     ({"data_config": lambda c: {**c, "num_frames": 0}}, "stored data_config.num_frames=0: expected at least 1"),
-    ({"data_config": lambda c: {**c, "std": [0, 0, 0]}}, r"stored data_config.std=\[0.0, 0.0, 0.0\]: expected numbers > 0"),
+    ({"data_config": lambda c: {**c, "std": [0, 0, 0]}},
+     r"stored data_config.std=\[0.0, 0.0, 0.0\]: expected numbers > 0"),
     ({"model_config": None}, "stored model_config: missing"),
     ({"data_config": None}, "stored data_config: missing"),
     ({"model_config": lambda c: {**c, "patch_size": 0}}, "stored model_config.patch_size=0: expected at least 1"),

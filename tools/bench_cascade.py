@@ -40,10 +40,10 @@ from torch.utils.data import DataLoader
 
 from ired_video.budget import tome_r_for_gmacs
 from ired_video.cascade_calibration import calibrate
-from ired_video.commands.demo import demo_config
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.engine.recipes import demo_config
 from ired_video.engine.train import train
 from ired_video.models.registry import create_model
 from ired_video.models.weights import save_checkpoint

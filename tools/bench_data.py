@@ -34,8 +34,7 @@ from torch.utils.data import DataLoader
 from ired_video.config import DataConfig
 from ired_video.data.annotations import VideoRecord, load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.data.decoding import (DECODERS, DecodeError, available_backends, decord,
-                                      read_clip, read_clip_torchcodec)
+from ired_video.data.decoding import DECODERS, DecodeError, available_backends, decord, read_clip, read_clip_torchcodec
 from ired_video.data.demo import demo_data_config, make_demo_dataset
 from ired_video.data.sampling import DenseSampler
 
@@ -308,7 +307,7 @@ def cuda_table(paths: list[str], cfg: DataConfig, clips: int) -> int:
     for path in paths:
         rng = np.random.default_rng(0)
 
-        def choose(n: int, fps: float) -> Sequence[int]:
+        def choose(n: int, fps: float, rng: np.random.Generator = rng) -> Sequence[int]:
             return sampler(n, fps, "train", rng=rng).indices
 
         try:

@@ -1,7 +1,9 @@
-"""Accuracy vs GMACs on the demo dataset: every reducer at matched keep ratios, trained alike.
+"""Accuracy vs GMACs on the demo dataset: every reducer at matched keep ratios, trained alike,
+with several seeds and 95% confidence intervals.
 
-From one trained plain checkpoint (``ired-video demo`` writes ``runs/demo/plain/best.pth``),
-each reducer at each keep ratio is evaluated training-free, then fine-tuned with the same
+For each seed, a plain model is trained with the demo recipe (or given with ``--plain``, one
+checkpoint per seed), and from it each reducer at each keep ratio is evaluated
+training-free, then fine-tuned with the same
 recipe (the demo's, for ``--epochs`` epochs at ``--lr``, cross-entropy; with ``--distill W``
 also distillation from the frozen plain model, logits (KL) and final tokens (MSE), each
 weighted W) and evaluated on ``--test`` (default: the validation split). IA-RED²'s
@@ -10,9 +12,11 @@ term and the keep-ratio target (keep per stage, compounded over the stages); the
 reducer's predictor is first fitted to the indicator on the plain model (training clips;
 ``ired-video fit-interaction``), and both its rows start from that checkpoint. ToMe's ``r``
 is chosen so its GMACs match top-k's at the same keep. Writes a Markdown table (stdout and
-``--out``/table.md), the rows as JSON and an SVG plot (``--replot`` redraws them).
+``--out``/table.md), the rows as JSON and an SVG plot (``--replot`` redraws them). Top-1 is
+the mean over seeds with a bootstrap interval over seeds and test videos; the difference to
+the plain model is paired (same seed, same videos: ``ired_video.stats``).
 
-    python tools/bench_demo.py --plain runs/demo/plain/best.pth --data runs/demo/data --out runs/bench_demo
+    python tools/bench_demo.py --data runs/demo/data --test runs/demo_test/val.csv --seeds 0 1 2 --out runs/bench_demo
 
 A larger held-out split resolves smaller differences (96 validation videos: 1 video = 1.04
 points); ``ired-video make-demo-data runs/demo_test --seed 1 --videos-per-class 101
@@ -24,16 +28,19 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import numpy as np
 
 from ired_video.budget import tome_r_for_gmacs
-from ired_video.commands.demo import demo_config, reducer_settings
-from ired_video.commands.fit_interaction import reducer_start
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.engine.interaction_fit import reducer_start
+from ired_video.engine.recipes import demo_config, reducer_settings
 from ired_video.engine.train import train
 from ired_video.models.registry import create_model
 from ired_video.reducers import default_stages, reducer_config
+from ired_video.stats import accuracy_interval, difference_interval
 
 REDUCERS = {"random": ("random", {}), "topk": ("topk", {}), "topk+fuse": ("topk", {"fuse": True}),
             "attention_received": ("attention_received", {}), "interaction": ("interaction", {}),
@@ -123,25 +130,79 @@ def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
     path.write_text("\n".join(parts))
 
 
+def per_video_correct(views_file: Path) -> np.ndarray:
+    """Share of each test video's views predicted right, ordered by video index, from an
+    evaluation's ``*_views.jsonl``."""
+    right: dict[int, list[float]] = {}
+    for line in views_file.read_text().splitlines():
+        view = json.loads(line)
+        right.setdefault(view["video_index"], []).append(float(view["prediction"] == view["label"]))
+    return np.array([np.mean(right[index]) for index in sorted(right)])
+
+
+def evaluate_scores(checkpoint: Path, test: str, out: Path, reducer: Any = None) -> tuple[dict[str, Any], np.ndarray]:
+    """The evaluation report and per-video scores of ``checkpoint`` on ``test`` (files under ``out``)."""
+    report = evaluate_checkpoint(checkpoint, test, reducer=reducer, output=out)
+    return report, per_video_correct(out.with_name(out.stem + "_views.jsonl"))
+
+
+def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: np.ndarray,
+              plain_scores: np.ndarray, reducer: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """One table row from per-seed reports and the (seeds, videos) score matrix: mean top-1
+    with its interval, and the paired difference to the plain model's matrix."""
+    accuracy = accuracy_interval(scores)
+    difference = difference_interval(scores, plain_scores)
+    return {"name": name, "trained": trained, "reducer": reducer, "seeds": len(reports), "videos": scores.shape[1],
+            "top1": accuracy.mean, "top1_low": accuracy.low, "top1_high": accuracy.high,
+            "delta": difference.mean, "delta_low": difference.low, "delta_high": difference.high,
+            "top1_per_seed": [float(r["top1"]) for r in reports],
+            "gmacs_per_view": float(np.mean([r["gmacs_per_view"] for r in reports])),
+            "scores": scores.tolist()}
+
+
 def write_results(rows: list[dict[str, Any]], out: Path) -> str:
     """table.md, rows.json and accuracy_vs_gmacs.svg under ``out``; returns the table."""
     base = rows[0]
-    table = ["| model | top-1 (%) | Δ top-1 vs plain | GMACs/view | GMACs saved |", "|---|---|---|---|---|"]
+    table = ["| model | top-1 (%) [95% CI] | Δ top-1 vs plain [95% CI] | GMACs/view | GMACs saved | seeds x videos |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         saved = 1 - row["gmacs_per_view"] / base["gmacs_per_view"]
-        table.append(f"| {row['name']} | {100 * row['top1']:.1f} | {100 * (row['top1'] - base['top1']):+.1f} "
-                     f"| {row['gmacs_per_view']:.4f} | {100 * saved:.0f}% |")
+        delta = "" if row is base else (f"{100 * row['delta']:+.1f} [{100 * row['delta_low']:+.1f}, "
+                                        f"{100 * row['delta_high']:+.1f}]")
+        table.append(f"| {row['name']} | {100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, "
+                     f"{100 * row['top1_high']:.1f}] | {delta} | {row['gmacs_per_view']:.4f} | {100 * saved:.0f}% "
+                     f"| {row['seeds']} x {row['videos']} |")
     (out / "table.md").write_text("\n".join(table) + "\n")
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     svg_plot(rows, out / "accuracy_vs_gmacs.svg")
     return "\n".join(table)
 
 
+def plain_checkpoints(args: argparse.Namespace) -> list[Path]:
+    """One plain checkpoint per seed: the given ones, or trained now with the demo recipe."""
+    if args.plain:
+        if len(args.plain) != len(args.seeds):
+            raise SystemExit(f"--plain: give one checkpoint per seed ({len(args.seeds)}), got {len(args.plain)}")
+        return list(args.plain)
+    paths = []
+    for seed in args.seeds:
+        run = args.out / f"plain_seed{seed}"
+        if not (run / "last.pth").is_file():
+            train(demo_config(args.data, run, f"train.seed={seed}", f"train.epochs={args.plain_epochs}",
+                              "eval.every=0"), overwrite=True)
+        paths.append(run / "last.pth")
+    return paths
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--plain", type=Path, help="trained plain checkpoint (our format)")
     parser.add_argument("--data", type=Path, help="demo dataset folder (train.csv, val.csv)")
     parser.add_argument("--out", required=True, type=Path, help="folder for runs, table, JSON and plot")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="training seeds: one plain model and one fine-tune per reducer each (default: 0 1 2)")
+    parser.add_argument("--plain", type=Path, nargs="+", default=None,
+                        help="trained plain checkpoints, one per seed (default: train them with the demo recipe)")
+    parser.add_argument("--plain-epochs", type=int, default=24, help="epochs of each plain model (default: 24)")
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--test", type=Path, default=None,
                         help="annotations to report on (default: DATA/val.csv; see above for a larger split)")
@@ -159,42 +220,54 @@ def main() -> int:
     if args.replot:
         print(write_results(json.loads((args.out / "rows.json").read_text()), args.out))
         return 0
-    if args.plain is None or args.data is None:
-        parser.error("--plain and --data are required (unless --replot)")
+    if args.data is None:
+        parser.error("--data is required (unless --replot)")
     if "tome" in args.reducers and "topk" not in args.reducers:
         parser.error("--reducers tome needs topk too: ToMe's r is chosen to match top-k's GMACs")
-
+    plains = plain_checkpoints(args)
     test = str(args.test or args.data / "val.csv")
-    depth = create_model(checkpoint=args.plain).config.depth
-    recipe = [f"init.checkpoint={args.plain}", f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}",
-              f"optim.lr={args.lr}", "schedule.warmup_epochs=0", "eval.every=0"]
-    if args.distill:
-        recipe += [f"objective.distill={args.distill}", f"objective.distill_tokens={args.distill}"]
-    rows = [{"name": "plain", "trained": True, **evaluate_checkpoint(args.plain, test)}]
+    evaluations = [evaluate_scores(path, test, args.out / f"plain_seed{seed}_test.json")
+                   for seed, path in zip(args.seeds, plains)]
+    plain_scores = np.stack([scores for _, scores in evaluations])  # (seeds, videos)
+    rows = [summarise("plain", True, [report for report, _ in evaluations], plain_scores, plain_scores)]
     for keep in args.keeps:
-        topk_gmacs = None
+        topk_gmacs: Optional[float] = None
         for key in [key for key in REDUCERS if key in args.reducers]:  # REDUCERS' order: tome after topk
-            name, extra = REDUCERS[key]
-            knobs = {"r": tome_r_for(args.plain, topk_gmacs)} if name == "tome" else {"keep": keep}
-            cfg = reducer_config(name, **extra, **knobs)
-            label = f"{key} {keep}"
-            run = args.out / label.replace(" ", "_")
-            start, free_reducer, fit = reducer_start(args.plain, cfg, args.data, run / "fit")
-            if fit is not None:
-                print(f"{label}: predictor fitted, Spearman per frame on val "
-                      f"{ {b: round(a['spearman_frame'], 3) for b, a in fit['agreement_after'].items()} }", flush=True)
-            free = evaluate_checkpoint(start, test, reducer=free_reducer)
-            rows.append({"name": f"{label} (no training)", "trained": False, "reducer": to_dict(cfg), **free})
-            train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe,
-                              f"init.checkpoint={start}"), overwrite=True)
-            tuned = evaluate_checkpoint(run / "last.pth", test)
-            rows.append({"name": label, "trained": True, "reducer": to_dict(cfg), **tuned})
+            rows += reducer_rows(args, key, keep, plains, test, plain_scores, topk_gmacs)
             if key == "topk":
-                topk_gmacs = tuned["gmacs_per_view"]
-            print(f"{label}: top-1 {tuned['top1']:.3f} ({free['top1']:.3f} without training), "
-                  f"{tuned['gmacs_per_view']:.4f} GMACs/view", flush=True)
+                topk_gmacs = rows[-1]["gmacs_per_view"]
+            print(f"{rows[-1]['name']}: top-1 {rows[-1]['top1']:.3f} [{rows[-1]['top1_low']:.3f}, "
+                  f"{rows[-1]['top1_high']:.3f}] ({rows[-2]['top1']:.3f} without training), "
+                  f"{rows[-1]['gmacs_per_view']:.4f} GMACs/view", flush=True)
     print(write_results(rows, args.out))
     return 0
+
+
+def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[Path], test: str,
+                 plain_scores: np.ndarray, topk_gmacs: Optional[float]) -> list[dict[str, Any]]:
+    """The training-free and the fine-tuned row of one reducer at one keep, over the seeds."""
+    name, extra = REDUCERS[key]
+    depth = create_model(checkpoint=plains[0]).config.depth
+    recipe = [f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}",
+              "schedule.warmup_epochs=0", "eval.every=0"]
+    if args.distill:
+        recipe += [f"objective.distill={args.distill}", f"objective.distill_tokens={args.distill}"]
+    label = f"{key} {keep}"
+    free_runs, tuned_runs = [], []
+    for seed, plain in zip(args.seeds, plains):
+        knobs = {"r": tome_r_for(plain, topk_gmacs)} if name == "tome" else {"keep": keep}
+        cfg = reducer_config(name, **extra, **knobs)
+        run = args.out / f"{label.replace(' ', '_')}_seed{seed}"
+        start, free_reducer, _ = reducer_start(plain, cfg, args.data, run / "fit")
+        free_runs.append(evaluate_scores(start, test, run / "training_free.json", free_reducer))
+        train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe,
+                          f"init.checkpoint={start}", f"train.seed={seed}"), overwrite=True)
+        tuned_runs.append(evaluate_scores(run / "last.pth", test, run / "test.json"))
+    settings = to_dict(cfg)
+    return [summarise(f"{label} (no training)", False, [r for r, _ in free_runs],
+                      np.stack([s for _, s in free_runs]), plain_scores, settings),
+            summarise(label, True, [r for r, _ in tuned_runs], np.stack([s for _, s in tuned_runs]),
+                      plain_scores, settings)]
 
 
 if __name__ == "__main__":

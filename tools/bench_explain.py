@@ -22,12 +22,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from ired_video.commands.demo import demo_config, reducer_settings
-from ired_video.commands.faithfulness import DEFAULT_REDUCERS
 from ired_video.commands.common import reducer_from_args
+from ired_video.engine.recipes import demo_config, reducer_settings
 from ired_video.engine.train import train
 from ired_video.explain.methods import METHODS
-from ired_video.explain.table import build_table, demo_items
+from ired_video.explain.table import DEFAULT_REDUCERS, build_table, demo_items
 from ired_video.inference import load_model
 from ired_video.reducers import reducer_config
 
@@ -56,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, default=None, help="first N videos only (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="points per deletion/insertion curve minus one")
     parser.add_argument("--interpreter-epochs", type=int, default=4,
-                        help="epochs of the IA-RED² stage when the checkpoint has no interpreter (default: %(default)s)")
+                        help="epochs of the IA-RED² stage when the checkpoint has no interpreter "
+                             "(default: %(default)s)")
     return parser
 
 

@@ -1,15 +1,10 @@
 """``ired-video bench``: GMACs and measured throughput of every reducer, side by side.
 
-For each model: the plain model, then every reducer at each keep ratio and mode, then the
-plain model again (a drift check). Each row reports GMACs per view (``info.gmacs``), the
-GMACs ratio plain / reduced, and for each measurement and batch size: clips/s (median of
-``--iters`` timed calls after ``--warmup``), the speed-up over the plain model and the
-*efficiency*, speed-up / GMACs ratio (1.0: the saved MACs turn fully into saved time).
-Measurements: inference (always), training steps (``--train``: forward, backward,
-optimizer step), each eager and, with ``--compile``, under ``torch.compile``; peak GPU
-memory on CUDA. ToMe's ``r`` is the one whose GMACs match top-k's at the same keep.
-IA-RED²'s interpreters are untrained and the interaction reducer's predictor is fitted for
-20 steps on one random clip: only their speed means anything, not their choice of tokens.
+Per model and reducer setting: exact GMACs per view from the forward's billing, clips/s
+(inference; training steps with ``--train``; compiled with ``--compile``), peak CUDA
+memory, and efficiency = measured speed-up / GMACs ratio. Markdown tables, JSON rows.
+
+Design notes: docs/design.md, "ired_video.commands.bench".
 """
 from __future__ import annotations
 
@@ -29,8 +24,10 @@ from tqdm import tqdm
 
 from ired_video import speed
 from ired_video.budget import reduced_gmacs, tome_r_for_gmacs
+from ired_video.config import ConfigError
 from ired_video.devices import resolve_device
 from ired_video.models import create_model, list_models
+from ired_video.paths import writable_file, write_atomically
 from ired_video.reducers import apply_reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
 
@@ -67,11 +64,13 @@ EPILOG = """Efficiency = (measured speed-up over the plain model) / (GMACs ratio
 Timing is wall clock with the device synchronised; the median of --iters after --warmup.
 Compiled rows: torch.compile (default mode, static shapes); its first calls compile, so
 --warmup must be >= 1 with --compile. "graphs" is how many graphs dynamo splits the eval
-forward into (1: no host synchronisation).
+forward into (1: no host synchronisation). --paired (eager rows): each reducer and the
+plain model run in alternating rounds and the speed-up is the median per-round ratio, which
+a machine whose speed drifts does not bias (use it on shared CPUs).
 
 examples:
   ired-video bench --quick --output /tmp/bench.json
-  ired-video bench --models timesformer_small_patch16_224 --batches 1 8 --iters 3 --warmup 1
+  ired-video bench --models timesformer_small_patch16_224 --batches 1 8 --iters 5 --warmup 1 --paired
   ired-video bench --models timesformer_base_patch16_224 --device cuda --dtype bf16 --compile --train \\
       --keeps 0.7 0.5 --batches 8 32
   ired-video bench --reducers tome topk --keeps 0.7 --modes tube frame --img-size 112 --frames 4
@@ -105,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches", nargs="+", type=int, help="batch sizes to time (default: 1 8)")
     parser.add_argument("--warmup", type=int, help="untimed calls before timing (default: 2)")
     parser.add_argument("--iters", type=int, help="timed calls; the median is reported (default: 5)")
+    parser.add_argument("--paired", action="store_true",
+                        help="time every reducer in alternation with the plain model (eager runs) and take the "
+                             "speed-up as the median of the per-round ratios: robust to a machine whose speed "
+                             "drifts (shared CPUs); twice the eager timing work")
     parser.add_argument("--train", action="store_true",
                         help="also time training steps (forward + backward + AdamW step, training mode)")
     parser.add_argument("--compile", action="store_true",
@@ -127,34 +130,37 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
     """Fill the defaults that depend on --quick; refuse impossible settings (exit 2)."""
-    quick = args.quick
-    if args.models is None:
-        args.models = [QUICK_MODEL] if quick else list(DEFAULT_MODELS)
-    if args.batches is None:
-        args.batches = [1, 2] if quick else [1, 8]
-    if args.warmup is None:
-        args.warmup = 1 if quick else 2
-    if args.iters is None:
-        args.iters = 1 if quick else 5
-    if args.threads is None:
-        args.threads = available_cores()
+    defaults = {"models": [QUICK_MODEL], "batches": [1, 2], "warmup": 1, "iters": 1} if args.quick else \
+        {"models": list(DEFAULT_MODELS), "batches": [1, 8], "warmup": 2, "iters": 5}
+    for key, value in {**defaults, "threads": available_cores()}.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     try:
         args.torch_device = resolve_device(args.device)
         args.torch_dtype = speed.check_dtype(args.dtype, args.torch_device)
     except ValueError as err:
         parser.error(str(err))
-    for keep in args.keeps:
-        if not 0 < keep <= 1:
-            parser.error(f"keep {keep} is not a fraction in (0, 1]")
-    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0 or args.threads < 1:
-        parser.error("batches, --iters and --threads must be >= 1, --warmup >= 0")
-    if args.compile and args.warmup < 1:
-        parser.error("--compile needs --warmup >= 1 (the first calls compile)")
+    problem = _impossible(args)
+    if problem:
+        parser.error(problem)
     if args.output:
-        folder = os.path.dirname(os.path.abspath(args.output))
-        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-            parser.error(f"--output {args.output}: folder {folder} does not exist or is not writable")
+        try:
+            writable_file(args.output, "--output")
+        except ConfigError as err:
+            parser.error(str(err))
     return args
+
+
+def _impossible(args: argparse.Namespace) -> Optional[str]:
+    """What makes these settings impossible to run, or None."""
+    bad_keeps = [keep for keep in args.keeps if not 0 < keep <= 1]
+    if bad_keeps:
+        return f"keep {bad_keeps[0]} is not a fraction in (0, 1]"
+    if any(b < 1 for b in args.batches) or args.iters < 1 or args.warmup < 0 or args.threads < 1:
+        return "batches, --iters and --threads must be >= 1, --warmup >= 0"
+    if args.compile and args.warmup < 1:
+        return "--compile needs --warmup >= 1 (the first calls compile)"
+    return None
 
 
 def measurements(args: argparse.Namespace) -> list[str]:
@@ -215,20 +221,29 @@ def configure(model: torch.nn.Module, spec: Spec, mode: str, keep: float, row: d
         row["note"] = "predictor fitted on one random clip: speed only"
 
 
-def time_kind(kind: str, model: torch.nn.Module, inputs: Inputs, batch: int, args: argparse.Namespace
-              ) -> speed.Timing:
-    """One measurement of one batch size, compiled afresh where asked. Training steps run
-    on a copy (the weights change)."""
-    video = inputs.videos[batch]
-    dtype = args.torch_dtype
+def time_kind(kind: str, model: torch.nn.Module, inputs: Inputs, batch: int, args: argparse.Namespace,
+              baseline: Optional[torch.nn.Module] = None) -> tuple[speed.Timing, Optional[speed.PairedTiming]]:
+    """One measurement of one batch size, compiled afresh where asked; with ``baseline`` (eager
+    kinds) timed in alternation with it. Training steps run on copies (the weights change)."""
+    video, labels, dtype = inputs.videos[batch], inputs.labels[batch], args.torch_dtype
     torch._dynamo.reset()
+    compiled = kind.endswith("compiled")
     if kind.startswith("inference"):
-        runner = speed.compile_model(model) if kind.endswith("compiled") else model
-        return speed.time_inference(runner, video, args.warmup, args.iters, dtype)
-    trainee = copy.deepcopy(model)
-    runner = speed.compile_model(trainee) if kind.endswith("compiled") else trainee
-    optimizer = torch.optim.AdamW(trainee.parameters(), lr=1e-5)
-    return speed.time_training_step(runner, video, inputs.labels[batch], optimizer, args.warmup, args.iters, dtype)
+        runner = speed.compile_model(model) if compiled else model
+        call = speed.inference_call(runner, video, dtype)
+        base_call = None if baseline is None else speed.inference_call(baseline, video, dtype)
+    else:
+        trainee = copy.deepcopy(model)
+        runner = speed.compile_model(trainee) if compiled else trainee
+        call = speed.training_call(runner, video, labels, torch.optim.AdamW(trainee.parameters(), lr=1e-5), dtype)
+        base_call = None
+        if baseline is not None:
+            base = copy.deepcopy(baseline)
+            base_call = speed.training_call(base, video, labels, torch.optim.AdamW(base.parameters(), lr=1e-5), dtype)
+    if base_call is None or compiled:
+        return speed.time_calls(call, video.device, args.warmup, args.iters), None
+    paired = speed.time_paired(base_call, call, video.device, args.warmup, args.iters)
+    return paired.second, paired
 
 
 def new_row(name: str, spec: Spec, mode: str, keep: float) -> dict[str, Any]:
@@ -236,8 +251,10 @@ def new_row(name: str, spec: Spec, mode: str, keep: float) -> dict[str, Any]:
             "tokens_per_block": None, "runs": {}, "graphs": None, "note": "", "error": None}
 
 
-def measure_row(model: torch.nn.Module, row: dict[str, Any], inputs: Inputs, args: argparse.Namespace) -> None:
-    """Fill ``row`` with GMACs, token counts, graph counts and every timing (errors noted)."""
+def measure_row(model: torch.nn.Module, row: dict[str, Any], inputs: Inputs, args: argparse.Namespace,
+                baseline: Optional[torch.nn.Module] = None) -> None:
+    """Fill ``row`` with GMACs, token counts, graph counts and every timing (errors noted);
+    with ``baseline``, eager timings alternate with it and keep the paired speed-up."""
     smallest = inputs.videos[min(inputs.videos)][:1]
     model.eval()
     with torch.inference_mode():
@@ -254,15 +271,18 @@ def measure_row(model: torch.nn.Module, row: dict[str, Any], inputs: Inputs, arg
     for kind in measurements(args):
         for batch in args.batches:
             try:
-                timing = time_kind(kind, model, inputs, batch, args)
+                timing, paired = time_kind(kind, model, inputs, batch, args, baseline)
             except Exception as err:  # noqa: BLE001 - report and go on
                 errors.append(f"{kind} @{batch}: {short_error(err)}")
                 if args.torch_device.type == "cuda":
                     torch.cuda.empty_cache()
                 continue
-            row["runs"].setdefault(kind, {})[str(batch)] = {
-                "clips_per_s": batch / timing.seconds, "seconds": timing.seconds, "times": timing.times,
-                "peak_mib": timing.peak_mib}
+            cell = {"clips_per_s": batch / timing.seconds, "seconds": timing.seconds, "times": timing.times,
+                    "peak_mib": timing.peak_mib}
+            if paired is not None:
+                cell.update(paired_speedup=paired.ratio, paired_ratios=paired.ratios,
+                            paired_plain_times=paired.first.times)
+            row["runs"].setdefault(kind, {})[str(batch)] = cell
     if errors:
         row["error"] = "; ".join(errors)
 
@@ -275,8 +295,11 @@ def add_ratios(row: dict[str, Any], plain: Optional[dict[str, Any]]) -> None:
     for kind, by_batch in row["runs"].items():
         for batch, cell in by_batch.items():
             base = plain["runs"].get(kind, {}).get(batch)
-            if base is not None:
+            if "paired_speedup" in cell:
+                cell["speedup"] = cell["paired_speedup"]
+            elif base is not None:
                 cell["speedup"] = cell["clips_per_s"] / base["clips_per_s"]
+            if "speedup" in cell:
                 cell["efficiency"] = cell["speedup"] / row["gmacs_ratio"]
 
 
@@ -313,6 +336,7 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
                     disable=args.no_progress)
     current: Optional[str] = None
     model: Optional[torch.nn.Module] = None
+    baseline: Optional[torch.nn.Module] = None  # the plain model, for --paired timing
     inputs: Optional[Inputs] = None
     plain: dict[str, dict[str, Any]] = {}
     drop_gmacs: dict[tuple[str, float], float] = {}
@@ -321,13 +345,14 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
         row = new_row(name, spec, mode, keep)
         try:
             if name != current:
-                model = inputs = current = None
+                model = baseline = inputs = current = None
                 torch.manual_seed(args.seed)
                 model = create_model(name, **overrides).eval().to(args.torch_device)
+                baseline = copy.deepcopy(model) if args.paired else None
                 inputs = make_inputs(model, args.batches, args.seed, args.torch_device)
                 current, drop_gmacs = name, {}
             configure(model, spec, mode, keep, row, drop_gmacs, inputs)
-            measure_row(model, row, inputs, args)
+            measure_row(model, row, inputs, args, None if spec in (PLAIN, PLAIN_END) else baseline)
         except Exception as err:  # noqa: BLE001 - one failing configuration must not stop the bench
             row["error"] = short_error(err)
         if spec is PLAIN:
@@ -429,10 +454,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     def write(rows: list[dict[str, Any]]) -> None:
         if args.output:
-            tmp = f"{args.output}.tmp"
-            with open(tmp, "w") as handle:
-                json.dump({"setup": setup, "rows": rows}, handle, indent=1)
-            os.replace(tmp, args.output)
+            write_atomically(args.output, json.dumps({"setup": setup, "rows": rows}, indent=1))
 
     rows = run(args, on_row=write)
     try:

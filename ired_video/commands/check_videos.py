@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from ired_video.data.annotations import AnnotationError
+from ired_video.data.checking import check_annotations, write_clean_annotations
 from ired_video.data.decoding import BACKENDS
 from ired_video.paths import writable_file, write_atomically
 
@@ -64,8 +66,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     """Run the check; exit 0 when the report is written (bad files are not an error)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
-    from ired_video.data.annotations import AnnotationError
-    from ired_video.data.checking import check_annotations, write_clean_annotations
 
     writable_file(args.output, "--output")  # before decoding anything
     if args.clean_output:

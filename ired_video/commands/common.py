@@ -36,3 +36,14 @@ def reducer_from_args(spec: Optional[list[str]]) -> Optional[ReducerConfig]:
         return from_dict(ReducerConfig, apply_overrides(values, overrides), prefix="reducer.")
     except ConfigError as err:
         raise ConfigError(f"{head}: {err}" if from_file else str(err)) from None
+
+
+def parse_clip(text: str, prog: str) -> tuple[int, int]:
+    """``"1/4"`` -> (clip 1, of 4)."""
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise SystemExit(f"{prog}: --clip {text!r}: expected I/N, e.g. 0/1") from None
+    if not 0 <= index < count:
+        raise SystemExit(f"{prog}: --clip {text!r}: need 0 <= I < N")
+    return index, count

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
-from ired_video.commands.fit_interaction import reducer_start
 from ired_video.commands.overlay import main as overlay_main
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.data.demo import make_demo_dataset
-from ired_video.engine.config import TrainConfig, load_train_config
 from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.engine.interaction_fit import reducer_start
+from ired_video.engine.recipes import demo_config, reducer_settings
 from ired_video.engine.train import train
 
 EPILOG = """examples:
@@ -32,28 +32,7 @@ runs: logs, checkpoints, eval reports, per-view JSONL), overlay.mp4/.png (what t
 reducer kept, stage by stage, on a validation clip), summary.json.
 """
 
-# The demo recipe; configs/train/demo_micro.yaml holds the same values (a test checks).
-DEMO_SETTINGS = [
-    "model.name=timesformer_micro", "model.drop_path_rate=0.0",
-    "data.num_workers=2", "data.preprocess.num_frames=8", "data.preprocess.sampling_rate=4",
-    "data.preprocess.target_fps=20.0", "data.preprocess.crop_size=64", "data.preprocess.train_short_side=[64,80]",
-    "data.preprocess.test_short_side=64", "data.preprocess.flip=false",
-    "optim.name=adamw", "optim.lr=0.001", "optim.weight_decay=0.05",
-    "schedule.name=cosine", "schedule.warmup_epochs=1",
-    "train.epochs=24", "train.batch_size=16", "train.clip_grad=1.0", "train.label_smoothing=0.1",
-    "train.log_every=5", "eval.clips=1", "eval.crops=1", "eval.every=5",
-]
 DEFAULT_REDUCER = ["topk", "keep=0.5", "mode=tube"]
-
-
-def demo_config(data_dir: Path, output: Path, *extra: str) -> TrainConfig:
-    return load_train_config(None, [*DEMO_SETTINGS, f"data.train={data_dir / 'train.csv'}",
-                                    f"data.val={data_dir / 'val.csv'}", f"output={output}", *extra])
-
-
-def reducer_settings(cfg: ReducerConfig) -> list[str]:
-    """A ReducerConfig as ``reducer.key=value`` settings for ``demo_config``/``load_train_config``."""
-    return [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Optional
 
 from ired_video.commands.common import add_annotation_arguments, add_reducer_argument, reducer_from_args
-from ired_video.inference import parse_views
 from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.inference import parse_views
 from ired_video.paths import writable_file
 
 EPILOG = """examples:

@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ired_video.commands.common import parse_clip
 from ired_video.commands.infer import add_model_arguments, load_from_args
-from ired_video.commands.overlay import default_scale, parse_clip
+from ired_video.data.decoding import DecodeError
 from ired_video.explain.methods import METHODS, MissingInterpreter, explain
 from ired_video.inference import decode_views, top_k
+from ired_video.overlay_view import default_scale
 from ired_video.viz.draw import blend_heatmap, denormalize, scale_image, tile_grid, with_caption
 
 EPILOG = """examples:
@@ -68,12 +70,11 @@ def _target(text: Optional[str], names: list[str], predicted: int) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    clip_index, num_clips = parse_clip(args.clip)
+    clip_index, num_clips = parse_clip(args.clip, "ired-video explain")
     if not Path(args.video).is_file():
         print(f"ired-video explain: error: {args.video}: no such file", file=sys.stderr)
         return 2
     loaded = load_from_args(args)
-    from ired_video.data.decoding import DecodeError
 
     data = loaded.data_config
     try:

@@ -11,7 +11,7 @@ from typing import Optional
 from ired_video.commands.common import reducer_from_args
 from ired_video.data.decoding import BACKENDS
 from ired_video.explain.methods import METHODS
-from ired_video.explain.table import build_table, demo_items
+from ired_video.explain.table import DEFAULT_REDUCERS, build_table, demo_items
 from ired_video.inference import load_model
 
 EPILOG = """examples:
@@ -27,11 +27,6 @@ share of object patches their last stage kept, next to the share of all patches 
 The interpreter column needs a checkpoint with an iared2 reducer (tools/bench_explain.py
 trains one). Writes OUT/faithfulness.md and OUT/faithfulness.json.
 """
-DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5 score=indicator",
-                    "interaction keep=0.7 score=indicator", "attention_received keep=0.5",
-                    "attention_received keep=0.7", "random keep=0.5", "random keep=0.7"]
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ired-video faithfulness", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,

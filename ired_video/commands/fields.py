@@ -14,6 +14,8 @@ from tqdm import tqdm
 
 from ired_video.commands.common import add_annotation_arguments
 from ired_video.config import ConfigError
+from ired_video.data.annotations import AnnotationError, load_annotations
+from ired_video.data.dataset import VideoDataset
 from ired_video.data.decoding import BACKENDS
 from ired_video.explain.field_summary import format_summary, summarize
 from ired_video.explain.fields import accumulate_fields
@@ -93,8 +95,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if model.config.attention_type != "divided_space_time":
         return _fail(f"{args.checkpoint}: responsive fields need divided_space_time attention, "
                      f"the model has {model.config.attention_type}")
-    from ired_video.data.annotations import AnnotationError, load_annotations
-    from ired_video.data.dataset import VideoDataset
 
     try:
         ann = load_annotations(args.data, video_root=args.root, split=args.split,

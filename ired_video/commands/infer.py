@@ -9,9 +9,19 @@ from typing import Optional
 
 from ired_video.commands.common import add_reducer_argument, reducer_from_args
 from ired_video.data.decoding import BACKENDS
-from ired_video.inference import (DEFAULT_MODEL, RANDOM_WEIGHTS_WARNING, LoadedModel, collect_videos,
-                                  infer_paths, load_model, parse_views, report, summary_table)
+from ired_video.inference import (
+    DEFAULT_MODEL,
+    RANDOM_WEIGHTS_WARNING,
+    LoadedModel,
+    collect_videos,
+    infer_paths,
+    load_model,
+    parse_views,
+    report,
+    summary_table,
+)
 from ired_video.models import list_models
+from ired_video.models.cascade import apply_budget
 from ired_video.paths import writable_file, write_atomically
 
 EPILOG = """examples:
@@ -94,7 +104,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     loaded = load_from_args(args)
     if args.budget is not None:
-        from ired_video.models.cascade import apply_budget
         row = apply_budget(loaded.model, args.budget)
         print(f"budget {args.budget:g} GMACs/clip: thresholds {row['thresholds']} (held-out: "
               f"{row['gmacs']:.4f} GMACs/clip, top-1 {row['top1']:.3f})")

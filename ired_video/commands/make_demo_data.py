@@ -6,6 +6,8 @@ import sys
 import time
 from typing import Optional
 
+from ired_video.data.demo import make_demo_dataset
+
 EPILOG = """\
 Six classes, "<shape> moving <direction>" (circle/square/triangle x left/right), with
 distracting shapes and a textured, sometimes panning background; per-frame masks of the
@@ -50,7 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """Write the dataset and print where its parts are."""
     args = build_parser().parse_args(argv)
-    from ired_video.data.demo import make_demo_dataset
 
     start = time.perf_counter()
     demo = make_demo_dataset(args.out, args.videos_per_class, args.seed, args.val_fraction,

@@ -1,24 +1,12 @@
 """Annotations: Kinetics CSV, ``path label`` list files and class folders -> ``VideoRecord`` lists.
 
-Three input forms, one output (:class:`Annotations`):
+Kinetics CSVs find files by ``{youtube_id}_{start:06d}_{end:06d}.*`` anywhere under the
+root; list files split each line once from the right (paths may hold spaces or commas);
+class folders take every video extension. Class indices follow the sorted class names
+(``_`` read as a space: the Kinetics-400 label order) or a given ``class_names`` list.
+Missing files are dropped and reported once, with a count.
 
-* **Kinetics CSV** (``label,youtube_id,time_start,time_end,split`` plus any extra column such
-  as ``is_cc``), parsed with :mod:`csv` (labels contain commas and quotes). Files are found
-  by name, ``{youtube_id}_{start:06d}_{end:06d}.<any video ext>``, anywhere under the video
-  root: flat (CVDF ``k400/train/*.mp4``) or per-class folders (``train/<label>/*.mp4``).
-* **List file**: one ``path label`` per line, separated by a tab, a comma or whitespace,
-  split once *from the right* so paths may contain spaces or commas; a line with only a
-  path gets label -1 (an unlabelled test split).
-* **Class folders**: ``root/<class name>/**/<video>``, every video extension.
-
-Class indices follow the class names sorted with ``_`` read as a space, which is the order
-of the common Kinetics-400 label map (mmaction2 ``label_map_k400.txt``) whether the
-folders use spaces or underscores. Pass ``class_names`` (e.g. from a checkpoint) to map
-labels with a fixed list instead. Missing files are dropped and reported once, with a count.
-
-Why not pytorchvideo's ``LabeledVideoPaths``: its directory mode lists only ``.mp4``/``.avi``
-(``.mkv``/``.webm`` silently dropped), its list mode splits on whitespace only and has no
-class names, and it has no Kinetics CSV reader; we need all three plus missing-file reports.
+Design notes: docs/design.md, "ired_video.data.annotations".
 """
 from __future__ import annotations
 

@@ -20,8 +20,7 @@ from typing import Any, Optional, Sequence, Union
 
 from tqdm import tqdm
 
-from ired_video.data.annotations import (Annotations, VideoRecord, is_kinetics_csv,
-                                         load_annotations)
+from ired_video.data.annotations import Annotations, VideoRecord, is_kinetics_csv, load_annotations
 from ired_video.data.decoding import DecodeError, read_clip, read_clip_pyav
 
 PathLike = Union[str, os.PathLike]

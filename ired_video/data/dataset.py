@@ -6,16 +6,7 @@ dataset, pytorchvideo's included, is duplicated or broadcast instead). Item ``i`
 ``(video_index, clip_index, crop_index) = divmod``-decoded from ``i`` with crops innermost,
 so the views of one video are consecutive; aggregate test predictions by ``video_index``.
 
-**Bad files.** When a video cannot be decoded (missing, corrupt, no video stream, ...),
-the warning names its path and reason, and the item is rebuilt from another video chosen
-by a generator seeded with ``(seed, index, attempt)``: the same index is always replaced by
-the same video, at most ``max_retries`` times before a ``RuntimeError`` lists every failure.
-The item then carries the replacement's ``label``/``video_index``/``path`` and the failed
-paths in ``failed_paths`` (newline-joined; ``""`` when none), so the training loop counts
-bad files in the main process whatever the number of DataLoader workers
-(:class:`BadFileTracker`). Evaluation code should drop items whose ``failed_paths`` is not
-empty, or better, run ``ired-video check-videos`` first and build the dataset from the
-cleaned annotations.
+Design notes: docs/design.md, "ired_video.data.dataset".
 """
 from __future__ import annotations
 
@@ -28,8 +19,8 @@ from torch.utils.data import Dataset
 
 from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
-from ired_video.data.decoding import DecodeError, check_backend, read_clip
-from ired_video.data.sampling import PAD_MODES, ClipSample, make_sampler
+from ired_video.data.decoding import DecodedClip, DecodeError, check_backend, read_clip
+from ired_video.data.sampling import PAD_MODES, ClipSample, Sampler, sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
@@ -49,9 +40,25 @@ def check_data_config(cfg: DataConfig) -> None:
     if cfg.temporal_pad not in PAD_MODES:
         raise ConfigError(f"temporal_pad={cfg.temporal_pad!r}: expected one of {PAD_MODES}")
     try:
-        make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps, cfg.temporal_pad)
+        sampler_for(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+def read_sampled_clip(path: str, sampler: Sampler, mode: str, clip_index: int, num_clips: int, backend: str,
+                      short_side: Optional[int], rng: Optional[np.random.Generator] = None,
+                      max_frames: Optional[int] = None) -> tuple[DecodedClip, ClipSample]:
+    """Decode the frames ``sampler`` picks for clip ``clip_index`` of ``num_clips`` (``mode``:
+    train, val or test) from ``path``; the decoded clip and the sample it came from. The one
+    decode path of the dataset and of inference. Raises ``DecodeError`` naming the file."""
+    chosen: list[ClipSample] = []
+
+    def choose(num_frames: int, fps: float) -> tuple[int, ...]:
+        chosen.append(sampler(num_frames, fps, mode, clip_index, num_clips, rng))
+        return chosen[-1].indices
+
+    clip = read_clip(path, choose, backend, short_side=short_side, max_frames=max_frames)
+    return clip, chosen[-1]
 
 
 class VideoDataset(Dataset):
@@ -91,9 +98,7 @@ class VideoDataset(Dataset):
         self.max_retries, self.seed = max_retries, seed
         self.epoch = 0
         self.frame_counts = dict(frame_counts or {})
-        self.sampler = make_sampler(data_config.sampling, data_config.num_frames,
-                                    data_config.sampling_rate, data_config.target_fps,
-                                    data_config.temporal_pad)
+        self.sampler = sampler_for(data_config)
         self.bad_files: dict[str, str] = {}  # path -> reason, seen by *this* process only
         self._cache: tuple[Any, Any] = (None, None)  # last decoded (key, clip) for crops
 
@@ -119,19 +124,11 @@ class VideoDataset(Dataset):
         if self.mode != "train" and self._cache[0] == key:
             return self._cache[1]
         path = self.records[video_index].path
-        chosen: list[ClipSample] = []
-
-        def choose(num_frames: int, fps: float) -> tuple[int, ...]:
-            chosen.append(self.sampler(num_frames, fps, self.mode, clip_index,
-                                       self.num_clips, rng))
-            return chosen[-1].indices
-
         short = self.cfg.train_short_side[1] if self.mode == "train" else self.cfg.test_short_side
-        clip = read_clip(path, choose, self.backend, short_side=short,
-                         max_frames=self.frame_counts.get(path))
-        if clip.note:
-            logger.warning("%s: %s", path, clip.note)
-        result = (clip, chosen[-1])
+        result = read_sampled_clip(path, self.sampler, self.mode, clip_index, self.num_clips, self.backend,
+                                   short, rng, self.frame_counts.get(path))
+        if result[0].note:
+            logger.warning("%s: %s", path, result[0].note)
         if self.mode != "train":
             self._cache = (key, result)
         return result

@@ -6,55 +6,7 @@ sees, and returns only those frames as uint8 ``(T, H, W, 3)`` RGB, upright. Fram
 the ``i``-th frame in presentation order, in every backend (tested against a sequential
 decode, frame by frame).
 
-* **PyAV** (the default; ``thread_type="SLICE"``: frame threading hangs in DataLoader
-  workers). One demux pass (no decoding) counts the video packets (the header may lie or
-  be absent; packets an edit list discards are not frames) and records their timestamps
-  and keyframes. When the timestamps are
-  trustworthy (present, unique), it seeks to the last keyframe at or before the first
-  needed frame and decodes forward, and for H.264 it tells the decoder to skip
-  *non-reference* pictures that are not needed (nothing else refers to them, so the
-  needed frames are bit-identical; about a third of the decoding work on x264 files with
-  B-frames). Every decoded frame is checked against the index (a keyframe first, strictly
-  increasing indices); on any mismatch (AVI's packed B-frames, open GOPs) it falls back to
-  the plain sequential decode from frame 0. Only the needed frames are converted to RGB.
-  If decoding stops early (a file that decodes only partway), the decodable prefix is
-  taken as the video, the chooser is asked again with that count and the note says so.
-* **decord** (``num_threads=1``; ``.asnumpy()``, never the thread-local torch bridge;
-  ``torch`` imported first, which avoids decord's import-order crashes). ``len(vr)`` comes
-  from the packet index decord builds when it opens the file, and indices are clamped to
-  it. Any decord error (they are many, see the pitfalls notes) counts as a failure.
-* **torchcodec** (``seek_mode="exact"``, ``num_ffmpeg_threads=1``): exact mode scans the
-  file once like our demux pass; ``"approximate"`` trusts the header and returned wrong
-  frames on a variable-frame-rate file. It needs the system's FFmpeg shared libraries
-  (pip does not install them), so it is never chosen by ``"auto"``; imported on first use.
-  ``device="cuda"`` decodes on the GPU (frames stay a CUDA tensor).
-* ``"auto"``: the installed backends in :data:`AUTO_ORDER`, each tried when the previous
-  one raised; the note names every failure.
-* **Rotation**: decord 0.6 and torchcodec apply the display matrix (phone videos come out
-  upright); PyAV reports it as ``frame.rotation`` and we rotate the same way
-  (``np.rot90``), so all backends return identical frames.
-* **Decode-time resize** pays when the source is much larger than what the transforms
-  need (a 4K phone video for a 224 model: 25x less memory and colour conversion); with
-  ``short_side`` set, frames of sources whose short side exceeds it by ``1.25x`` are
-  resized while decoding, keeping the aspect ratio (decord resizes each axis
-  independently, so we compute both sides ourselves).
-
-Why not pytorchvideo's ``EncodedVideo`` (PyAV): it selects frames by time, decodes the whole
-time window and converts *every* frame in it to RGB float32 (an 8.5 s window at 240x320 is
-~225 MB, and colour conversion dominates the cost), logs decode errors at debug level and
-returns ``None``, and decodes the whole file when the header has no duration. We need
-exact frame indices, conversion of the sampled frames only, and errors that name the file.
-
-**Hang guard.** decord's ``get_batch`` past the frames that really decode spins forever
-*holding the GIL* (decord#373), so no thread, signal or timeout inside the process can stop
-it; only killing the process can. Per item, the affordable guards are the ones here:
-indices clamped to decord's packet-index length (truncated files fail at open or report
-only their complete packets; corrupt packets raise instead of spinning), errors turned into
-fallbacks, and frame counts verified offline by ``ired-video check-videos`` (which
-decodes each file in a killable process with a timeout; pass its report to the dataset to
-drop bad files and clamp to verified counts). A subprocess per item would cost a process
-start (~10 ms fork, far more with spawn) and a copy of every clip through a pipe on every
-sample of every epoch; that price buys nothing once the dataset has been checked.
+Design notes: docs/design.md, "ired_video.data.decoding".
 """
 from __future__ import annotations
 

@@ -1,30 +1,13 @@
 """A small generated dataset in the official Kinetics layout, with ground-truth masks.
 
-Each video shows one *target* shape (circle, square or triangle) crossing the frame left or
-right; the class is ``"<shape> moving <direction>"`` (6 classes), so a model needs both
-appearance (which shape) and motion (which way). Each shape has its own vivid hue family
-(circle red, square green, triangle blue, jittered), a cue a tiny model learns from
-scratch in minutes. Distractors (diamonds and crosses, muted colours) stay still or drift
-slowly (several times slower than the target), and the
-textured background is static or pans slowly: most patches are redundant over time, the
-setting token reduction is for. The target is about 2.5 patches across at the demo's 64 px
-input.
-Colours, sizes, speeds, positions and the number of distractors are random.
+Each video shows one target shape (circle, square, triangle) crossing the frame left or
+right among slower distractors on a static or panning textured background; the class is
+``"<shape> moving <direction>"`` (6 classes). Written under ``out_dir``, deterministic from
+``seed``: ``train/`` and ``val/`` class folders of H.264 MP4s with a ``.npz`` mask per video
+(``mask`` bool (T, H, W) on the target's pixels), Kinetics CSVs, list files, ``classes.txt``
+and the ``data_config.yaml`` to train on it.
 
-Layout written under ``out_dir`` (all deterministic from ``seed``)::
-
-    train/<class name>/<youtube_id>_<start:06d>_<end:06d>.mp4   H.264, yuv420p
-    train/<class name>/<same stem>.npz                           masks, see below
-    val/<class name>/...
-    kinetics_train.csv, kinetics_val.csv   label,youtube_id,time_start,time_end,split,is_cc
-    train.csv, val.csv                     list files: "<relative path> <label index>"
-    classes.txt                            class names, one a line, in label order
-    data_config.yaml                       the DataConfig to train on it
-
-Mask file (``numpy.load``): ``mask`` bool ``(T, H, W)``, True on the target's pixels in each
-frame (it is drawn on top, so the whole mask is visible); ``label`` int, ``class_name``,
-``shape``, ``direction`` str, ``fps`` float. Video ids are 11 characters of the YouTube
-alphabet and some start with ``-``, as real ones do.
+Design notes: docs/design.md, "ired_video.data.demo".
 """
 from __future__ import annotations
 
@@ -235,6 +218,22 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
         raise ValueError("need videos_per_class >= 1, num_frames >= 2, width/height >= 32")
     root = Path(out_dir)
     names = demo_class_names()
+    specs, rows = _plan_videos(root, names, videos_per_class, seed, val_fraction, (width, height, num_frames, fps))
+    _encode(specs, jobs, progress)
+    paths = {split: _write_annotations(root, split, rows) for split in ("train", "val")}
+    (root / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
+    cfg = demo_data_config(fps, height)
+    (root / "data_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False),
+                                           encoding="utf-8")
+    return DemoDataset(root, names, paths["train"][0], paths["val"][0], paths["train"][1],
+                       paths["val"][1], cfg)
+
+
+def _plan_videos(root: Path, names: list[str], videos_per_class: int, seed: int, val_fraction: float,
+                 geometry: tuple[int, int, int, int]) -> tuple[list[_Spec], list[tuple]]:
+    """Every video to write (its spec) and its annotation row (split, path, class, id,
+    start, label), all drawn from ``seed``; the class folders are created."""
+    width, height, num_frames, fps = geometry
     rng = np.random.default_rng(seed)
     ids = _youtube_ids(rng, len(names) * videos_per_class)
     n_val = min(videos_per_class - 1, max(1, round(videos_per_class * val_fraction))) \
@@ -250,9 +249,13 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
             specs.append(_Spec(str(root / rel), int(rng.integers(2**31)), shape, direction,
                                label, width, height, num_frames, fps))
             rows.append((split, rel, name, vid, start, label))
-    for name in names:
         for split in ("train", "val"):
             (root / split / name).mkdir(parents=True, exist_ok=True)
+    return specs, rows
+
+
+def _encode(specs: list[_Spec], jobs: int, progress: bool) -> None:
+    """Render and encode every video, in ``jobs`` processes."""
     bar = tqdm(total=len(specs), desc="demo videos", unit="video", disable=not progress)
     if jobs > 1:
         with get_context("fork").Pool(jobs) as pool:
@@ -263,25 +266,21 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
             _write_one(spec)
             bar.update()
     bar.close()
-    paths = {}
-    for split in ("train", "val"):
-        kin = root / f"kinetics_{split}.csv"
-        with open(kin, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f, lineterminator="\n")
-            writer.writerow(["label", "youtube_id", "time_start", "time_end", "split", "is_cc"])
-            for s, _, name, vid, start, _ in rows:
-                if s == split:
-                    writer.writerow([name, vid, start, start + 10, split, 0])
-        lst = root / f"{split}.csv"
-        lst.write_text("".join(f"{rel} {label}\n" for s, rel, _, _, _, label in rows
-                               if s == split), encoding="utf-8")
-        paths[split] = (lst, kin)
-    (root / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
-    cfg = demo_data_config(fps, height)
-    (root / "data_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False),
-                                           encoding="utf-8")
-    return DemoDataset(root, names, paths["train"][0], paths["val"][0], paths["train"][1],
-                       paths["val"][1], cfg)
+
+
+def _write_annotations(root: Path, split: str, rows: list[tuple]) -> tuple[Path, Path]:
+    """The list file and the Kinetics CSV of one split."""
+    kinetics = root / f"kinetics_{split}.csv"
+    with open(kinetics, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["label", "youtube_id", "time_start", "time_end", "split", "is_cc"])
+        for s, _, name, vid, start, _ in rows:
+            if s == split:
+                writer.writerow([name, vid, start, start + 10, split, 0])
+    listing = root / f"{split}.csv"
+    listing.write_text("".join(f"{rel} {label}\n" for s, rel, _, _, _, label in rows if s == split),
+                       encoding="utf-8")
+    return listing, kinetics
 
 
 def load_mask(video_path: Union[str, os.PathLike]) -> np.ndarray:

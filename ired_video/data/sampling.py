@@ -4,35 +4,7 @@ Every sampler is a small object called with the video's frame count and fps, the
 the clip's position among ``num_clips`` views; it returns a :class:`ClipSample` (a named
 tuple) of ``num_frames`` indices in ``[0, num_video_frames)``.
 
-**Dense ``T x rate`` sampling** (:class:`DenseSampler`, TimeSformer's "8x32"): frames are
-``rate`` frames apart *at ``target_fps``*. A video at ``fps`` is stepped by
-``stride = rate * fps / target_fps`` native frames, so 8x32 covers the same
-``8 * 32 / 30 = 8.53 s`` window at any fps. Index ``i`` of a clip starting at ``s`` is
-``floor(s + i * stride)``; the window is ``W = num_frames * stride`` native frames and
-starts may range over ``[0, max(n - W, 0)]``. (TimeSformer's code instead spreads the frames
-with ``linspace`` over the window, spacing ``W / (T - 1)``; mmaction2 ``SampleFrames`` uses
-an exact native stride: ours equals mmaction2 with fps normalisation.)
-
-* ``train``: start uniform over the integer starts ``0 .. floor(max(n - W, 0))``.
-* ``val`` / ``test`` with ``num_clips = N``: clip ``k`` starts at ``(k + 0.5) / N`` of the
-  start range, so one clip is centred (the TimeSformer paper's protocol; its code uses
-  offset 0) and N clips are spread uniformly, each centred in its share (mmaction2).
-
-**Uniform segment sampling** (:class:`SegmentSampler`, TSN): the video is cut into
-``num_frames`` equal segments and one frame taken from each: a random one (train) or the
-one at ``(k + 0.5) / N`` of the segment (test clip ``k`` of ``N``).
-
-**Short videos**: when the window runs past the last frame, indices past it follow
-``pad``: ``"repeat_last"`` (default; clamp to the last frame, as TimeSformer) or ``"loop"``
-(wrap to the start, mmaction2's default). ``ClipSample.padded`` says it happened; nothing
-ever indexes past the video.
-
-Why not pytorchvideo's ``clip_sampling``: its samplers work in seconds and return time
-ranges (the decoder then picks the frames), are stateful iterators over one video at a time
-(``ConstantClipsPerVideoSampler`` keeps the clip counter, which breaks random access by a
-map-style dataset), draw from the global ``random`` module, start clip 0 of N at offset 0
-rather than centred, and have no fps normalisation or pad rule. We need exact frame indices
-as a pure function of (frame count, fps, view), which is what this module is.
+Design notes: docs/design.md, "ired_video.data.sampling".
 """
 from __future__ import annotations
 
@@ -41,6 +13,8 @@ import math
 from typing import NamedTuple, Optional
 
 import numpy as np
+
+from ired_video.config import DataConfig
 
 logger = logging.getLogger(__name__)
 
@@ -153,3 +127,8 @@ def make_sampler(kind: str, num_frames: int, sampling_rate: int = 1, target_fps:
     if kind == "uniform":
         return SegmentSampler(num_frames, pad)
     raise ValueError(f"sampling={kind!r}: expected 'dense' or 'uniform'")
+
+
+def sampler_for(cfg: DataConfig) -> Sampler:
+    """The sampler a data config describes (``sampling``, frames, rate, fps, pad)."""
+    return make_sampler(cfg.sampling, cfg.num_frames, cfg.sampling_rate, cfg.target_fps, cfg.temporal_pad)

@@ -6,11 +6,7 @@ scaled to ``test_short_side``, then the centre crop or 3 crops along the long si
 top, centre, right/bottom: TimeSformer's 3-crop test). Normalisation returns float
 ``(C, T, H, W)``, the model's input layout.
 
-Resizing uses ``torchvision.transforms.v2.functional.resize`` (antialiased bilinear,
-native on uint8); everything else is slicing. We do not use ``pytorchvideo.transforms``:
-it fails to import on torchvision >= 0.17 (it imports the removed
-``torchvision.transforms.functional_tensor``) and patching that is touching library
-internals. Random choices come from an explicit ``numpy.random.Generator``.
+Design notes: docs/design.md, "ired_video.data.transforms".
 """
 from __future__ import annotations
 

@@ -1,28 +1,11 @@
 """Resumable training checkpoints: plain data only, written so a kill never loses the last one.
 
-A checkpoint is a folder ``checkpoints/step_<global step>`` holding exactly:
+A checkpoint is a folder ``checkpoints/step_<global step>`` of tensors-only ``.pt`` files
+(model, optimizer, per-rank RNG) and JSON (scheduler, scaler, progress), loaded with
+``weights_only=True``; a ``COMPLETE`` manifest written last marks it whole. Anything else
+in the folder is refused. Saving writes a temporary folder and renames it.
 
-    model.pt        the unwrapped model's state dict                  (tensors)
-    optimizer.pt    the optimizer's state dict                        (tensors, numbers)
-    scheduler.json  the LR scheduler's state                          (numbers)
-    scaler.json     the fp16 GradScaler's state, fp16 runs only       (numbers)
-    rng_<rank>.pt   each process's RNG states (python, numpy, torch CPU/CUDA) and
-                    accelerate's gradient-accumulation counter         (ints, uint8 tensors)
-    progress.json   epoch, batches done in it, optimizer steps, best metric
-    COMPLETE        written last: the name and size of every file above
-
-**Nothing is unpickled.** ``.pt`` files are read with ``torch.load(weights_only=True)``,
-the rest as JSON. A folder holding any other name (accelerate's ``*.pkl`` pickles, which
-earlier versions wrote, or anything planted) is refused by name before a byte is read.
-
-**Saving never removes the last complete checkpoint first.** Files go to ``step_N.tmp``
-(each flushed to disk), ``COMPLETE`` is written last, then the folder is renamed into
-place. A ``step_N`` already there (the epoch-end save of a step ``ckpt_every`` saved) is
-first renamed ``step_N.old`` and deleted only after the new one is in; every deletion
-renames to ``step_N.del`` first, so no half-deleted folder keeps its name. A kill at any
-point leaves the newest complete state as ``step_N`` or, mid-swap, as a complete
-``.tmp``/``.old``: :func:`recover` (run by ``--resume auto``) renames that into place and
-deletes partial and stray folders; the main process does the renames (shared filesystem).
+Design notes: docs/design.md, "ired_video.engine.checkpoints".
 """
 from __future__ import annotations
 

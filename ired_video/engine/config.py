@@ -153,10 +153,14 @@ class EvalSection:
     crops: int = 1
     every: int = 1  # epochs; 0 = only at the end
     batch_size: int = 8
+    # warn when validation top-1 is still at chance after this share of the epochs (1: never)
+    chance_warning_after: float = 0.25
 
     def __post_init__(self) -> None:
         for key in ("clips", "batch_size"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "at least 1")
+        require(0.0 <= self.chance_warning_after <= 1.0, "chance_warning_after", self.chance_warning_after,
+                "a share of the epochs in [0, 1]")
         require(self.crops in (1, 3), "crops", self.crops, "1 (centre) or 3 (along the long side)")
         require(self.every >= 0, "every", self.every, "at least 0 (0: only at the end)")
 

@@ -20,8 +20,12 @@ from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.accelerator import new_accelerator
+from ired_video.models.cascade import apply_budget
+from ired_video.models.registry import create_model
+from ired_video.reducers import apply_reducer
 
 
 @torch.no_grad()
@@ -82,7 +86,7 @@ def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str
         "gmacs_per_video": float(video_gmacs[evaluated].mean()) if evaluated.any() else 0.0,
         "tokens_per_block": views["tokens"][ok].float().mean(dim=0).tolist(),
         "latency_ms_per_view": 1000 * float(views["latency"].mean()),
-        "bad_files": sorted({dataset.records[requested].path for requested in _requested(views, dataset)[~ok].tolist()}),
+        "bad_files": sorted({dataset.records[index].path for index in _requested(views, dataset)[~ok].tolist()}),
         **_exit_shares(views, ok),
     }
 
@@ -100,6 +104,18 @@ def _exit_shares(views: dict[str, torch.Tensor], ok: torch.Tensor) -> dict[str, 
     exits = views["exit_stage"][ok]
     counts = torch.bincount(exits, minlength=int(exits.max()) + 1).double() / len(exits)
     return {"exit_shares": {str(k + 1): float(c) for k, c in enumerate(counts)}}
+
+
+def near_chance(top1: float, num_classes: int, videos: int) -> Optional[str]:
+    """A warning when top-1 is within two binomial standard errors of chance (1 / classes),
+    else None: the recipe has not learned these classes (yet)."""
+    chance = 1.0 / num_classes
+    margin = 2.0 * (chance * (1.0 - chance) / max(videos, 1)) ** 0.5
+    if top1 > chance + margin:
+        return None
+    return (f"validation top-1 {top1:.3f} is at chance ({chance:.3f} for {num_classes} classes, within "
+            f"{margin:.3f} on {videos} videos): the model is not learning these classes. Check the labels "
+            "and the data (ired-video check-videos), lower optim.lr, or train longer from a pretrained checkpoint")
 
 
 def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset) -> None:
@@ -132,12 +148,6 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, roo
                         budget: Optional[float] = None) -> dict[str, Any]:
     """Load our checkpoint (optionally with another reducer), evaluate it on annotated
     videos with its own preprocessing, and write the report and per-view JSONL."""
-    from ired_video.data.annotations import load_annotations
-    from ired_video.models.registry import create_model
-    from ired_video.reducers import apply_reducer
-
-    from ired_video.models.cascade import apply_budget
-
     model = create_model(checkpoint=checkpoint)
     if reducer is not None:
         apply_reducer(model, reducer)

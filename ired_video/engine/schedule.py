@@ -2,7 +2,7 @@
 
 The scheduler is stepped once per optimizer step by the training loop and is *not*
 prepared by accelerate: a prepared scheduler steps ``num_processes`` times per call
-(video-pitfalls.md 32), which would shorten every schedule on several GPUs.
+(accelerate multiplies scheduler steps by the process count), which would shorten every schedule on several GPUs.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ from ired_video.engine.accelerator import new_accelerator
 from ired_video.engine.checkpoints import (Progress, check_folder, clear_run, earlier_run, find_checkpoint,
                                            load_training_state, recover, save_training_state)
 from ired_video.engine.config import TrainConfig, dump, model_overrides, model_settings, preprocess_config
-from ired_video.engine.evaluate import evaluate
+from ired_video.engine.evaluate import evaluate, near_chance
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
 from ired_video.engine.schedule import lr_multiplier
@@ -347,6 +347,11 @@ def _evaluate_and_keep_best(cfg: TrainConfig, accelerator: Accelerator, model: n
                       run_dir / "eval_views.jsonl", desc=f"eval epoch {epoch + 1}")
     if accelerator.is_main_process:
         report["epoch"] = epoch + 1
+        if (epoch + 1) >= cfg.eval.chance_warning_after * cfg.train.epochs and cfg.eval.chance_warning_after < 1:
+            warning = near_chance(report["top1"], unwrapped.config.num_classes, report["videos"])
+            if warning:
+                log.warning("epoch %d: %s", epoch + 1, warning)
+                report["warning"] = warning
         (run_dir / "eval_report.json").write_text(json.dumps(report, indent=1))
         logger.log_evaluation(report, progress.global_step)
         accelerator.print(f"epoch {epoch + 1}: top-1 {report['top1']:.3f}, top-5 {report['top5']:.3f}, "

@@ -5,17 +5,7 @@ Every explanation method here reads or perturbs the attention of an *unreduced* 
 (reducers set aside, attention on the explicit path, eval mode) and restores it after;
 ``attention_calls`` registers hooks on every attention module that
 
-- record the probabilities each call used, ``(G, heads, L, L)``, through the module's own
-  ``AttentionProbe`` (so they are the very tensors of the forward pass, differentiable);
-- add an optional extra logit bias ``(G, 1, L, L)`` (shared by the heads) returned by a
-  callback, e.g. ``-inf`` on one edge to remove it, or zeros with ``requires_grad`` to
-  differentiate the score with respect to every edge.
-
-Sites. One attention module is one *site*: ``(block, kind)`` with kind ``temporal``
-(divided blocks: the frames of one location, G = B*N groups of L = T), ``spatial``
-(divided blocks: one frame with its copy of the class token, G = B*T, L = 1+N),
-``space_only`` (same layout as spatial) or ``joint`` (G = B, L = 1+T*N, patch t*N+n at
-1 + t*N + n). Groups are clip-major: group g of clip b is b * (G/B) + g'.
+Design notes: docs/design.md, "ired_video.explain.capture".
 """
 from __future__ import annotations
 

@@ -1,20 +1,7 @@
 r"""Deletion and insertion curves: does removing (adding) the patches an explanation ranks
 first change the class score fastest?
 
-Patches (t, n) of a clip are ranked by importance over all T x N (ties keep the original
-order). At fraction f of the T*N patches,
-    deletion(f)  = p_c(x with the round(f T N) most important patches removed),
-    insertion(f) = p_c(x with only the round(f T N) most important patches kept),
-with p_c the softmax probability of the target class c (default: the class the model
-predicts on the whole clip). AUC is the trapezoid area under the curve over f in [0, 1]:
-lower deletion AUC and higher insertion AUC mean a more faithful ranking.
-
-Removal is real removal, by key masking: the removed tokens are marked invalid in the
-token state before the first block (``TokenState.valid``), so no other token, the class
-token included, ever reads them, in temporal or spatial attention; the class token's
-output then depends only on the kept patches, exactly as if they had been dropped.
-(They are still computed, so this measures faithfulness, not speed.) At f = 1 of
-deletion only the class token remains.
+Design notes: docs/design.md, "ired_video.explain.faithfulness".
 """
 from __future__ import annotations
 

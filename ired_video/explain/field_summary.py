@@ -5,13 +5,7 @@ Edges are the (query, key) pairs of divided attention in one clip: spatial atten
 T frames x (1+N)^2 pairs (the class token's row and column are never masked), temporal
 attention N locations x T^2 pairs. A window masks the pairs outside a query's field.
 
-Compute, honestly. A windowed model with ``window_kernel: masked`` computes the masked
-attention densely and is billed the plain model's GMACs. The default gathered kernel
-(``ired_video.models.window``) computes, per frame, the class token's row and each row
-tile's band (``SpatialPlan.pairs_per_frame``): more than the kept pairs, fewer than dense
-(2 D MACs per pair for q k^T and attn v); temporal windows stay masked and dense. The
-"kept pairs" figure is analytic: the attention products of only the kept pairs, a lower
-bound no kernel here reaches.
+Design notes: docs/design.md, "ired_video.explain.field_summary".
 """
 from __future__ import annotations
 

@@ -1,54 +1,14 @@
 r"""The patch-interaction indicator: how much each attention edge, and each patch's
 interactions, matter to the prediction.
 
-Ma et al. ("Visualizing and Understanding Patch Interactions in Vision Transformer",
-TNNLS 2023) define an indicator of how much each patch's interactions with the other
-patches matter, use it to design windows and to remove indiscriminative patches, and
-derive adaptive windows from each patch's "effective responsive field". Their formula,
-window rule, keep ratios and FLOPs are **not public** (methods.md 3.3: only the abstract
-is confirmed). What follows is our own definition, chosen to be exact, checkable and
-cheap to estimate; it is not a reproduction of theirs.
+Edge effect Delta_ij: change of the class logit when token i stops reading token j (its
+attention row renormalised without j), exact by one forward per edge
+(``exact_edge_effects``) or to first order by gradient x attention centred per row
+(``first_order_edge_effects``, one backward for every edge). A patch's indicator sums
+|Delta| over its spatial and temporal edges and blocks. Our definition: Ma et al.'s
+formula is not public.
 
-Definition (one clip, target class c, score S = the class-c logit).
-In block l an attention site (temporal or spatial, ``ired_video.explain.capture``) has,
-per group g and head h, probabilities A^h_{ij} = softmax_j(z^h_{ij}) of query i over keys
-j. *Removing the interaction j -> i* (token i no longer reads token j, in every head)
-means the logits z^h_{ij} -> -inf, i.e. row i renormalised without j:
-
-    A'^h_{ik} = A^h_{ik} / (1 - A^h_{ij})   (k != j),    A'^h_{ij} = 0.
-
-The edge effect is the change of the score when only that edge is removed:
-
-    Delta^l_{ij} = S(x) - S(x; edge j -> i of block l removed).                  (1)
-
-(1) is computed exactly by one forward pass per edge (``exact_edge_effects``, batched).
-First-order estimate: add a logit bias b_{ij} shared by the heads; b = log g for a gate
-g in [0, 1] on the edge (g = 1: the model, g = 0: edge removed). Linearising S in g
-at g = 1 gives Delta_{ij} ~ dS/dg_{ij} = dS/db_{ij} at b = 0, and by the softmax Jacobian
-
-    dS/db_{ij} = sum_h A^h_{ij} ( dS/dA^h_{ij} - sum_k A^h_{ik} dS/dA^h_{ik} ),   (2)
-
-"gradient x attention", centred per row. One forward and one backward pass give (2) for
-every edge of every block at once (``first_order_edge_effects``).
-
-Per-patch indicator. A patch p interacts *as a key* (others read it) and *as a query* (it
-reads others). For block l and role "key":
-
-    I^{l,spatial}_p  = sum_{i != p, i in p's frame, class token included} |Delta^l_{p -> i}|
-    I^{l,temporal}_p = sum_{t' != t(p)} |Delta^l_{p -> (t', n(p))}|                 (3)
-
-(role "query" swaps the edge direction: sum_j |Delta^l_{j -> p}|; role "both" adds the
-two: every interaction p takes part in). Spatial edges are the
-divided block's spatial attention (within one frame), temporal edges its temporal
-attention (one location across frames). For joint attention, edges within a frame count
-as spatial and edges across frames as temporal; space-only models have no temporal
-part. Self-edges (i = p) are not interactions and are left out. Magnitudes are summed
-(``absolute=True``) so that evidence for and against the class both count as "mattering";
-``absolute=False`` keeps signs (positive = the interaction supports the class).
-The indicator of patch p is sum_l (I^{l,spatial}_p + I^{l,temporal}_p).
-
-Unconfirmed relative to the paper: whether Ma et al. remove edges, patches or use
-gradients; their aggregation; their use of the class token; anything about video.
+Design notes: docs/design.md, "ired_video.explain.interaction".
 """
 from __future__ import annotations
 

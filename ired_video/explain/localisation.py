@@ -5,16 +5,7 @@ Object masks come at pixel resolution; the model sees patches. ``patch_coverage`
 (T, h, w) in [0, 1]; demo masks are first mapped through the test-time preprocessing
 (frame selection, short-side resize, centre crop: ``demo_patch_coverage``).
 
-Definitions (one clip; importance and coverage (T, N)):
-- pointing game: per frame where the object is visible (some coverage > 0), a hit if
-  the frame's most important patch touches the object (coverage > 0); the score is the
-  share of hits over those frames.
-- mask IoU: O = object patches (coverage >= ``min_cover``, default 0.5; any touched patch
-  when none reaches it); P = the |O| most important patches over the whole clip;
-  IoU = |P & O| / |P | O|.
-- object share kept: for a keep mask K (a reducer's surviving patches), |K & O| / |O|;
-  compare with |K| / (T N), the share of all patches kept (a blind reducer keeps object
-  patches at that rate).
+Design notes: docs/design.md, "ired_video.explain.localisation".
 """
 from __future__ import annotations
 

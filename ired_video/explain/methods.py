@@ -1,27 +1,11 @@
 r"""Explanation methods: one function per method, each clip -> importance per patch (B, T, N).
 
-- ``interpreter``: IA-RED²'s keep probabilities (Pan et al. 2021; ``reducers.iared2``).
-  Every interpreter of the model scores the *unreduced* state at its block, per frame;
-  the importance is the product over stages, the probability that a patch survives all
-  of them if each drew its decision independently. Needs a model with an ``iared2``
-  reducer (a trained interpreter): ``MissingInterpreter`` otherwise.
-- ``attention``: the class token's head-mean attention in the last block (its spatial
-  attention for divided and space-only blocks: per frame; over all tokens for joint).
-- ``rollout``: attention rollout (Abnar & Zuidema 2020), R = prod_l (A_l + I)/2 with head
-  means, over the token set [CLS, T x N patches]. A divided block applies temporal, then
-  spatial attention, so it contributes two factors, R <- S~ T~ R, with
-    T (temporal): patch (t, n) reads (t', n) with A^temp_n[t, t']; the class token is
-      untouched (identity row);
-    S (spatial): patch (t, n) reads the class token and (t, m) with frame t's A^spat;
-      the class token's row is the mean over frames of its per-frame rows (its update is
-      the mean of its per-frame copies' updates, as in the model).
-  Joint blocks contribute their one map; space-only blocks their per-frame maps with
-  the class token's row averaged over frames. Importance = R[CLS, patches].
-- ``interaction``: the first-order patch-interaction indicator (``explain.interaction``),
-  summed over blocks, spatial + temporal, role "both" (every interaction the patch
-  takes part in, as the token read and as the reader).
-- ``random``: uniform noise, the control every method must beat.
-Explanations are always of the unreduced model (``capture.explain_mode``).
+``interpreter`` (IA-RED²'s keep probabilities, product over stages), ``attention`` (the
+class token's last-block attention), ``rollout`` (Abnar & Zuidema, divided blocks as two
+factors), ``interaction`` (the first-order patch-interaction indicator) and ``random`` (the
+control). Explanations are always of the unreduced model (``capture.explain_mode``).
+
+Design notes: docs/design.md, "ired_video.explain.methods".
 """
 from __future__ import annotations
 

@@ -28,6 +28,13 @@ from ired_video.inference import decode_views
 from ired_video.reducers import apply_reducer
 from ired_video.viz.masks import stage_masks_from_info
 
+# reducers whose object-patch share the faithfulness table reports by default
+DEFAULT_REDUCERS = ["topk keep=0.5", "topk keep=0.7", "interaction keep=0.5 score=indicator",
+                    "interaction keep=0.7 score=indicator", "attention_received keep=0.5",
+                    "attention_received keep=0.7", "random keep=0.5", "random keep=0.7"]
+
+
+CPU = torch.device("cpu")
 METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "mask_iou")
 
 
@@ -93,14 +100,14 @@ def _with_reducer(model: nn.Module, cfg: ReducerConfig) -> nn.Module:
     """A copy of ``model`` running ``cfg``: its own reducer (trained interpreters
     included) when that is the one asked for, else a freshly applied one."""
     reduced = copy.deepcopy(model)
-    if getattr(model, "reducer_config", None) != cfg:
+    if model.reducer_config != cfg:
         apply_reducer(reduced, cfg)
     return reduced.eval()
 
 
 def build_table(model: nn.Module, items: Sequence[tuple[Path, int]], methods: Sequence[str],
                 reducers: Sequence[ReducerConfig] = (), steps: int = 20, backend: str = "auto",
-                device: torch.device = torch.device("cpu"), progress: bool = True) -> Table:
+                device: torch.device = CPU, progress: bool = True) -> Table:
     """Evaluate ``methods`` and ``reducers`` on ``items`` (demo videos and labels)."""
     data = model.data_config
     patch = model.config.patch_size

@@ -11,6 +11,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from ired_video.models.window import SpatialPlan, add_window, gathered_attention
@@ -74,15 +75,12 @@ class Attention(nn.Module):
 
     def split_qkv(self, qkv: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(G, L, 3D) projections -> q, k, v, each (G, heads, L, head_dim)."""
-        groups, length, _ = qkv.shape
-        qkv = qkv.reshape(groups, length, 3, self.num_heads, self.head_dim)
-        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, G, heads, L, head_dim)
+        qkv = rearrange(qkv, "g l (three h d) -> three g h l d", three=3, h=self.num_heads)
         return qkv[0], qkv[1], qkv[2]
 
     def merge_heads(self, out: Tensor) -> Tensor:
         """(G, heads, L, head_dim) -> (G, L, D) through the output projection."""
-        groups, _, length, _ = out.shape
-        out = out.transpose(1, 2).reshape(groups, length, -1)  # (G, L, D)
+        out = rearrange(out, "g h l d -> g l (h d)")
         return self.proj_drop(self.proj(out))
 
     def core(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor]) -> Tensor:

@@ -7,11 +7,10 @@ parameter names plus whatever configs the source carries.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
-
-import warnings
 
 import torch
 from safetensors import SafetensorError

@@ -6,16 +6,12 @@ A snapshot is a folder with ``config.json`` (``model_type: timesformer``), the w
 transformers: the JSON and the weights are read directly (safetensors, or
 ``torch.load(weights_only=True)``), and ``save_snapshot`` writes the same three files.
 
-The tensors are TimeSformer's own, under other names (``KeyMap`` below); shapes are
-equal. ``config.json`` gives the architecture and ``id2label`` the class names;
-``preprocessor_config.json`` gives mean/std, resize and crop. Temporal sampling is in
-neither; it follows the TimeSformer recipe for the frame count (see docs/weights.md).
+Design notes: docs/design.md, "ired_video.models.hf_weights".
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,6 +22,7 @@ from ired_video.config import ATTENTION_TYPES, ConfigError, DataConfig, ModelCon
 from ired_video.models.checkpoint_file import Checkpoint, CheckpointError, PathLike, read_file, tensors_only
 from ired_video.models.key_map import KeyMap
 from ired_video.models.timesformer import TimeSformer
+from ired_video.paths import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +325,10 @@ def save_snapshot(model: TimeSformer, folder: PathLike, overwrite: bool = False)
     written = []
     for name, content in files.items():
         path = folder / name
-        tmp = path.with_name(f".{name}.tmp{os.getpid()}")
-        try:
-            if name == WEIGHTS[0]:
-                save_file(content, str(tmp), metadata={"format": "pt"})
-            else:
-                tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        if name == WEIGHTS[0]:
+            write_atomically(path, lambda tmp, tensors=content: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+        else:
+            write_atomically(path, json.dumps(content, indent=2, sort_keys=True) + "\n")
         written.append(path)
     return written
 

@@ -8,10 +8,7 @@ fc1, ``layers.1`` = fc2). Joint and space-only blocks hold ``norms.0``, ``attent
 ``norms.1`` and ``ffns.0``. ``in_proj_weight`` stacks the q, k, v projections as our
 ``qkv`` does and ``out_proj`` is our ``proj``, so every tensor maps one to one.
 
-The checkpoint stores no config: the architecture is read from the tensor shapes, except
-the number of heads, which is mmaction2's default (12) unless ``create_model`` is given
-``num_heads``. The data config is mmaction2's recipe (8x32 sampling, mean = std = 127.5
-in 0-255 units); see docs/weights.md.
+Design notes: docs/design.md, "ired_video.models.mmaction_weights".
 """
 from __future__ import annotations
 

@@ -12,8 +12,14 @@ from typing import Any, NamedTuple, Optional, Union
 
 from ired_video.config import ConfigError, DataConfig, ModelConfig, ReducerConfig, from_dict
 from ired_video.models.timesformer import TimeSformer
-from ired_video.models.weights import (FORMAT, Checkpoint, CheckpointError, check_stored_config, load_checkpoint,
-                                      load_weights)
+from ired_video.models.weights import (
+    FORMAT,
+    Checkpoint,
+    CheckpointError,
+    check_stored_config,
+    load_checkpoint,
+    load_weights,
+)
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,7 @@ One clip (B, C, T, H, W) -> per-frame patch embedding -> spatial position embedd
 (shared by all frames) -> time embedding (shared by all locations; not in the space-only
 model) -> blocks -> class token -> norm -> linear head.
 
-Semantics follow the official implementation (``timesformer/models/vit.py``), including
-its details: the class token gets the spatial position embedding but no time embedding;
-in divided attention it never enters temporal attention and its spatial updates are
-averaged over frames; the space-only model averages per-frame class tokens before the
-final norm; position and time embeddings are resized at run time (2-D / 1-D nearest)
-when the input grid or frame count differs from the model's.
+Design notes: docs/design.md, "ired_video.models.timesformer".
 """
 from __future__ import annotations
 
@@ -20,11 +15,12 @@ from typing import Any, Optional, Union
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from timm.layers import PatchEmbed, trunc_normal_
 from torch import Tensor, nn
 
 from ired_video import flops
-from ired_video.config import DataConfig, ModelConfig
+from ired_video.config import DataConfig, ModelConfig, ReducerConfig
 from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
 from ired_video.tokens import TokenState
@@ -85,8 +81,10 @@ class TimeSformer(nn.Module):
             if isinstance(module, nn.LayerNorm):
                 module.eps = config.layer_norm_eps
         self.head = nn.Linear(dim, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        # Token reducers keyed by the index of the block they act at (see ired_video.reducers).
+        # Token reducers keyed by the index of the block they act at, and the config they were
+        # built from (set by ired_video.reducers.apply_reducer; saved with the checkpoint).
         self.reducers = nn.ModuleDict()
+        self.reducer_config: Optional[ReducerConfig] = None
         self.init_weights()
 
     # ------------------------------------------------------------------ init
@@ -127,15 +125,14 @@ class TimeSformer(nn.Module):
         """(B, C, T, H, W) video -> start token state with patches (B, T, N, D)."""
         if video.ndim != 5:
             raise ValueError(f"expected a video tensor (B, C, T, H, W), got shape {tuple(video.shape)}")
-        batch, chans, frames, height, width = video.shape
+        batch, chans, frames, _, _ = video.shape
         if chans != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
                              f"(input must be (B, C, T, H, W))")
-        images = video.transpose(1, 2).reshape(batch * frames, chans, height, width)  # (B*T, C, H, W)
-        patches = self.patch_embed(images)  # (B*T, h, w, D)
+        patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
         grid = (patches.shape[1], patches.shape[2])
         dim = patches.shape[-1]
-        patches = patches.reshape(batch, frames, grid[0] * grid[1], dim)  # (B, T, N, D)
+        patches = rearrange(patches, "(b t) h w d -> b t (h w) d", b=batch)
 
         pos = self._spatial_pos_embed(grid)
         patches = self.pos_drop(patches + pos[:, None, 1:])

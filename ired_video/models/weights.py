@@ -6,27 +6,12 @@ a checkpoint cannot run code. Loading is strict: a state dict that does not fit 
 raises ``CheckpointError`` naming the missing, unexpected and mis-shaped keys (in the
 file's own names).
 
-Recognised sources:
-- official TimeSformer ``.pyth`` (PySlowFast ``save_checkpoint``): a dict whose
-  ``model_state`` holds keys prefixed ``model.``; our parameter names equal the official
-  ones once the prefix is stripped;
-- timm / DeiT ImageNet ViT weights (``.pth`` with the state dict at the top level or under
-  ``model`` / ``state_dict``, or ``.safetensors``): mapped the way TimeSformer initialises
-  from ViT (``attn`` copied into ``temporal_attn``, ``norm1`` into ``temporal_norm1``,
-  ``temporal_fc`` and ``time_embed`` zero), so the result starts as a per-frame ViT;
-- a Hugging Face transformers snapshot folder, or its weights file (``hf_weights``);
-- an mmaction2 TimeSformer checkpoint (``mmaction_weights``);
-- our checkpoints (``format: ired_video``), which also carry the model and data configs.
-
-Position embeddings are resized 2-D (bicubic, as timm does when fine-tuning at a new
-resolution) and time embeddings 1-D (nearest, as TimeSformer does) when the file's grid
-or frame count differs from the model's, with a log line saying so.
+Design notes: docs/design.md, "ired_video.models.weights".
 """
 from __future__ import annotations
 
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -37,9 +22,14 @@ from torch import Tensor, nn
 
 from ired_video.config import to_dict
 from ired_video.models.checkpoint_file import Checkpoint, CheckpointError, PathLike, read_file, tensors_only
-from ired_video.models.hf_weights import (looks_like_transformers, read_snapshot, snapshot_weights_file,
-                                         transformers_state)
+from ired_video.models.hf_weights import (
+    looks_like_transformers,
+    read_snapshot,
+    snapshot_weights_file,
+    transformers_state,
+)
 from ired_video.models.mmaction_weights import looks_like_mmaction, mmaction_checkpoint
+from ired_video.paths import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -221,15 +211,10 @@ def save_checkpoint(path: PathLike, model: nn.Module, **extra: Any) -> None:
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION,
                "model_config": to_dict(model.config), "data_config": to_dict(model.data_config),
                "model_state": model.state_dict(), **extra}
-    reducer = getattr(model, "reducer_config", None)
+    reducer = model.reducer_config
     if reducer is not None:
         payload["reducer_config"] = to_dict(reducer)
     extras = getattr(model, "checkpoint_extras", None)  # a cascade adds its cascade config
     if extras is not None:
         payload.update(extras())
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))

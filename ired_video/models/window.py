@@ -81,20 +81,6 @@ def spatial_allowed(window: Tensor, location: Tensor) -> Tensor:
     return allowed
 
 
-def check_fields(radius: Optional[list[list[int]]], span: Optional[list[list[int]]], depth: int,
-                 num_patches: int) -> Optional[str]:
-    """None if the per-block, per-location fields fit the model, else what is wrong."""
-    for key, values in (("window_radius", radius), ("window_span", span)):
-        if values is None:
-            continue
-        if len(values) != depth:
-            return f"{key}: {len(values)} blocks given, the model has depth={depth}"
-        for block, row in enumerate(values):
-            if len(row) != num_patches or min(row) < 0:
-                return f"{key}[{block}]: expected {num_patches} non-negative values (one per patch location)"
-    return None
-
-
 class SpatialPlan(nn.Module):
     """Which (query, key) pairs the gathered kernel computes for one block's radii on a grid.
 

@@ -5,11 +5,7 @@ Score of patch j, from this block's spatial attention A (head mean, rows = queri
 
     R_j = sum_{i != j} A_ij
 
-the attention mass the other tokens (class token included) draw from patch j: a patch
-no other token reads from can be removed without changing anyone else's update at this
-layer. Self-attention A_jj is excluded; padding tokens do not count as readers. This is
-a cheap attention statistic, not the patch-interaction indicator (which weighs each edge
-by its effect on the prediction): the ``interaction`` reducer drops by that one.
+Design notes: docs/design.md, "ired_video.reducers.attention_received".
 """
 from __future__ import annotations
 

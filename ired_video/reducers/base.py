@@ -6,17 +6,7 @@ A reducer is a small ``nn.Module`` called with the token state, returning a new 
 the attention and the MLP with that block's ``AttentionMaps`` (ToMe, top-k, BAT,
 interaction drop), as their papers place them. ``needs`` names the maps it reads.
 
-Modes keep divided attention valid:
-- ``tube``: one decision per spatial location, shared by all frames (scores averaged
-  over frames); temporal attention is untouched.
-- ``frame``: each frame decides for itself, all frames keeping the same count; temporal
-  attention then links tokens through every patch location each one holds (see
-  ``DividedSpaceTimeBlock._temporal_by_location``).
-- ``flat`` (joint-attention models only): one sequence of all frames' tokens, so tokens
-  may be dropped or merged across frames.
-
-A reducer that would remove nothing returns its input state untouched, so the model's
-output stays bit-identical.
+Design notes: docs/design.md, "ired_video.reducers.base".
 """
 from __future__ import annotations
 

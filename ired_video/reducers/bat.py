@@ -1,18 +1,13 @@
 """BAT, "Beyond Attentive Tokens" (Long et al., CVPR 2023): importance and diversity.
 
-Inside the block, after attention and before the MLP (BAT builds on EViT's placement):
-1. rank tokens by the class token's attention; keep the top ``keep`` fraction as
-   *attentive*;
-2. cluster the *inattentive* rest with DPC-KNN (density-peak clustering on k nearest
-   neighbours, as in TCFormer) into ``cluster_ratio`` x their count clusters, and fold
-   each cluster into one token, averaged with weights size x class attention
-   (importance-weighted), so that background diversity survives in a few tokens;
-3. merge the ``match_ratio`` x (attentive count) most similar pairs of attentive tokens
-   by bipartite matching on their features (size-weighted), removing homogeneous
-   duplicates among the important tokens.
-Merged tokens stand for several patches: with ``prop_attn`` (default) attention adds
-log(size) to their logits, as ToMe's proportional attention. No parameters. BAT's exact pair-matching rule and its DPC parameters are not public
-(methods.md 3.2); the choices above are ours and are stated so.
+After attention, before the MLP: keep the ``keep`` fraction of tokens the class token
+attends to most; fold the inattentive rest into ``cluster_ratio`` x their count tokens by
+DPC-KNN clustering (weighted by size x attention); merge the ``match_ratio`` x (attentive
+count) most similar attentive pairs by bipartite matching. Merged tokens carry their size
+(proportional attention with ``prop_attn``). No parameters; BAT's pair rule and DPC
+parameters are not public, ours are stated in docs/reducers.md.
+
+Design notes: docs/design.md, "ired_video.reducers.bat".
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ mean, this block's spatial attention) and, with ``fuse=True``, folds the dropped
 into one extra token per frame, sum_i a_i x_i with a_i their class attention, as EViT
 does (Liang et al., ICLR 2022). It runs inside the block, after attention and before the
 MLP, as EViT. Random drop keeps a uniformly random subset: reviewers' first baseline,
-and one that is hard to beat on Kinetics (methods.md 3.13).
+and one that is hard to beat on Kinetics (LITE, "Principles of Visual Tokens for Efficient Video Understanding", 2024).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ import torch
 from torch import Tensor
 
 from ired_video.models.blocks import AttentionMaps
-from ired_video.reducers.base import (Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing,
-                                      select_top)
+from ired_video.reducers.base import Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing, select_top
 from ired_video.tokens import TokenState, merge_slots
 
 

@@ -8,16 +8,7 @@ through which another token reads it in block l's attention,
 
     I_p = sum_{i != p} |Delta_{p -> i}|,   Delta_{p -> i} = sum_h A^h_ip (g^h_ip - sum_k A^h_ik g^h_ik),
 
-with A the attention probabilities and g = dS/dA their gradients (explain formula (2)).
-Edges are spatial (the token's frame, class token included) and, in divided blocks,
-temporal (the other frames at the locations it holds); in joint blocks, every token. The
-gradients come from running the rest of the model once more from the block's input,
-without further reduction, and one backward pass through it.
-
-``score="indicator"`` computes this at every stage: exact, but that extra pass costs more
-than the tokens it saves (docs/reducers.md). ``score="predictor"`` (default) ranks by a
-small per-token head fitted to the indicator (``fit_interaction_predictors``); an unfitted
-predictor is refused rather than used.
+Design notes: docs/design.md, "ired_video.reducers.interaction".
 """
 from __future__ import annotations
 

@@ -4,11 +4,7 @@ Both run the model with every interaction reducer scoring by the indicator itsel
 each stage sees the tokens the indicator would keep) and read, from each stage's record,
 the indicator of every token and the predictor's inputs and scores on the same state.
 
-Fitting: per stage, full-batch Adam on the predictor's parameters, loss = 1 - Pearson
-correlation between its scores and log(indicator), per frame (rows of one frame's tokens;
-one row per clip in ``flat`` mode). Agreement: Spearman rank correlation between the
-predictor's scores and the indicator, per frame, and per clip over tube scores (the
-frame-mean scores tube mode ranks by), averaged over rows.
+Design notes: docs/design.md, "ired_video.reducers.interaction_fit".
 """
 from __future__ import annotations
 

@@ -5,21 +5,7 @@ placement), ``bipartite_soft_matching`` builds a merge plan from this block's he
 attention keys and the tokens merge by size-weighted mean; sizes add up, and with
 ``prop_attn`` attention adds log(size) to its logits.
 
-The official rules with a class token (``tome/merge.py``), which ours reproduce: the split
-runs over the whole sequence [CLS, p0, p1, ...], set A = even indices (CLS, p1, p3, ...)
-and set B = odd indices (p0, p2, ...); the class token's scores are -inf so it never
-merges; r is capped at (tokens - 1) // 2; the unmerged A tokens are sorted back to their
-original order; the new sequence is [unmerged A, B]. Our state keeps the class token
-apart, so in slot terms A = odd slots, B = even slots. Without a class token (kept for
-the unit tests and other users) A = even slots, B = odd slots, and unmerged A tokens stay
-best-match-first. Ties: each A token takes the first of equally similar B tokens
-(``max``), and A tokens of equal similarity keep their order (stable sort; the official
-code's default sort leaves that order to the sort kernel). Differences from the
-official code, and why, are listed in ``docs/reducers.md``.
-
-Modes: ``tube`` matches locations by their keys averaged over frames and merges the same
-locations in every frame; ``frame`` matches within each frame (same r per frame); ``flat``
-(joint models) matches across all frames. On one frame all three are the official rule.
+Design notes: docs/design.md, "ired_video.reducers.tome".
 """
 from __future__ import annotations
 

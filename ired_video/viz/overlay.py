@@ -14,8 +14,16 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from ired_video.viz.draw import (blend_heatmap, dim_dropped, fit_text, outline_groups, scale_image, text_strip,
-                                 tile_grid, with_caption)
+from ired_video.viz.draw import (
+    blend_heatmap,
+    dim_dropped,
+    fit_text,
+    outline_groups,
+    scale_image,
+    text_strip,
+    tile_grid,
+    with_caption,
+)
 from ired_video.viz.masks import StageMasks
 
 HEATMAPS = ("auto", "attention", "none")
