@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="docs/bench/fields.json")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
+    parser.add_argument("--tiles-only", action="store_true",
+                        help="only time the attention call for tiles of 1-4 grid rows (14x14) and add that "
+                             "table to an existing --out file")
     parser.add_argument("--radii", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--masked-radii", type=int, nargs="*", default=[1],
                         help="radii also timed with the masked kernel (it costs what dense attention costs; "
@@ -143,6 +146,22 @@ def kernel_table(radii: list[int], masked_radii: list[int], repeats: int, grid: 
                     "speedup_vs_dense": dense / times[label]["cpu"]["median_ms"]} for label in calls}
 
 
+def tile_table(radii: list[int], repeats: int) -> dict[str, Any]:
+    """The 14x14 attention call of ``kernel_table`` with tiles of 1-4 grid rows (which chose
+    ``DEFAULT_TILE_ROWS``): CPU ms per call by radius and tile rows, dense for reference."""
+    torch.manual_seed(0)
+    q, k, v = torch.randn(3, 8, 6, 197, 64).unbind(0)
+    calls: dict[str, Callable[[], Any]] = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
+    pairs = {"dense": 197 ** 2}
+    for radius in radii:
+        for rows in (1, 2, 3, 4):
+            plan = SpatialPlan([radius] * 196, (14, 14), rows)
+            calls[f"r{radius}_rows{rows}"] = lambda plan=plan: gathered_attention(q, k, v, plan, 0.125, True)
+            pairs[f"r{radius}_rows{rows}"] = plan.pairs_per_frame()
+    times = time_interleaved(calls, repeats)
+    return {label: {**times[label], "pair_share": pairs[label] / pairs["dense"]} for label in calls}
+
+
 def load_clips(model: TimeSformer, data: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Every clip of ``data`` preprocessed for ``model`` (test mode), and the labels."""
     ann = load_annotations(data, class_names=model.data_config.class_names or None)
@@ -163,6 +182,13 @@ def accuracy(model: TimeSformer, clips: torch.Tensor, labels: torch.Tensor) -> d
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.tiles_only:
+        result = json.loads(Path(args.out).read_text())
+        result["tile_rows_14x14_attention_call"] = tile_table(args.radii, 3 * args.repeats)
+        result["tile_rows_command"] = "python tools/bench_fields.py " + " ".join(argv or sys.argv[1:])
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(json.dumps(result["tile_rows_14x14_attention_call"], indent=1))
+        return 0
     started = time.perf_counter()
     fields = ResponsiveFields.load(args.fields)
     result: dict[str, Any] = {
@@ -181,7 +207,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             variants[f"r{radius}_{kernel}"] = {"window_radius": uniform(small, radius), "window_kernel": kernel}
     result["small_8x224_forward"] = timing_table(small, video, variants, args.repeats, name=SMALL)
     print("small forward", json.dumps(result["small_8x224_forward"], indent=1))
-    result["small_8x224_spatial_attention_call"] = kernel_table(args.radii, args.masked_radii, 3 * args.repeats, (14, 14))
+    result["small_8x224_spatial_attention_call"] = kernel_table(args.radii, args.masked_radii, 3 * args.repeats,
+                                                                (14, 14))
     print("kernel", json.dumps(result["small_8x224_spatial_attention_call"], indent=1))
     # The same call on a 448 px frame (28x28 patches): where the gathered kernel has room to pay.
     result["small_8x448_spatial_attention_call"] = kernel_table(args.radii, args.masked_radii, args.repeats, (28, 28))

@@ -31,7 +31,6 @@ from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, GatherWindow, key_mask_bias
 from ired_video.tokens import TokenState, pool_to_slots
 
-
 Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
 
 
