@@ -47,9 +47,9 @@ SMALL = "timesformer_small_patch16_224"
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_fields.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="demo micro checkpoint (ired-video train / demo)")
-    parser.add_argument("--data", required=True, help="annotations to measure top-1 on (the demo val.csv)")
-    parser.add_argument("--fields", required=True, help="fields JSON of the checkpoint (ired-video fields)")
+    parser.add_argument("--checkpoint", help="demo micro checkpoint (ired-video train / demo)")
+    parser.add_argument("--data", help="annotations to measure top-1 on (the demo val.csv)")
+    parser.add_argument("--fields", help="fields JSON of the checkpoint (ired-video fields)")
     parser.add_argument("--out", default="docs/bench/fields.json")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: %(default)s)")
@@ -189,6 +189,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         Path(args.out).write_text(json.dumps(result, indent=1))
         print(json.dumps(result["tile_rows_14x14_attention_call"], indent=1))
         return 0
+    missing = [name for name in ("checkpoint", "data", "fields") if getattr(args, name) is None]
+    if missing:
+        build_parser().error(f"--{', --'.join(missing)} required (all but --tiles-only runs)")
     started = time.perf_counter()
     fields = ResponsiveFields.load(args.fields)
     result: dict[str, Any] = {
