@@ -61,6 +61,9 @@ class ModelConfig:
     # Usually written by ``ired_video.explain.fields``; None = full attention.
     window_radius: Optional[list[list[int]]] = None
     window_span: Optional[list[list[int]]] = None
+    # How the spatial window is computed: "gathered" (only the pairs inside the fields,
+    # billed so) or "masked" (dense attention with a -inf mask, billed as full attention).
+    window_kernel: str = "gathered"
 
     def __post_init__(self) -> None:
         for key in ("img_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads"):
@@ -79,6 +82,8 @@ class ModelConfig:
         if self.embed_dim % self.num_heads:
             raise ConfigError(
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
+        require(self.window_kernel in ("gathered", "masked"), "window_kernel", self.window_kernel,
+                "'gathered' or 'masked'")
         if self.window_radius is not None or self.window_span is not None:
             if self.attention_type != "divided_space_time":
                 raise ConfigError("window_radius/window_span: windows are implemented for "

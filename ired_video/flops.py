@@ -32,19 +32,26 @@ def mlp_macs(tokens: Count, dim: int, mlp_ratio: float) -> Count:
     return 2 * mlp_ratio * linear_macs(tokens, dim, dim)
 
 
-def divided_attention_macs(frame_counts: Tensor, dim: int, temporal_pairs: Optional[Tensor] = None) -> Tensor:
+def divided_attention_macs(frame_counts: Tensor, dim: int, temporal_pairs: Optional[Tensor] = None,
+                           spatial_pairs: Optional[Tensor] = None) -> Tensor:
     """Temporal then spatial attention of a divided block (no MLP), per clip.
 
     frame_counts: (B, F) real tokens in each frame. temporal_pairs: (B,) (query, key) pairs
     of temporal attention; by default every slot attends over all frames (K * F^2).
+    spatial_pairs: (B,) (query, key) pairs spatial attention computed over all frames (a
+    gathered window kernel); by default each frame's (S_t + 1)^2.
     """
     frames = frame_counts.shape[-1]
     if temporal_pairs is None:
         temporal_pairs = frame_counts.amax(dim=-1) * frames * frames
     temporal = 5 * linear_macs(frame_counts.sum(-1), dim, dim) + 2 * temporal_pairs * dim
     per_frame = frame_counts + 1  # each frame's copy of the class token
-    spatial = 4 * linear_macs(per_frame, dim, dim) + attention_macs(per_frame, dim)
-    return temporal + spatial.sum(-1)
+    spatial = 4 * linear_macs(per_frame, dim, dim).sum(-1)
+    if spatial_pairs is None:
+        spatial = spatial + attention_macs(per_frame, dim).sum(-1)
+    else:
+        spatial = spatial + 2 * spatial_pairs * dim
+    return temporal + spatial
 
 
 def joint_attention_macs(frame_counts: Tensor, dim: int) -> Tensor:

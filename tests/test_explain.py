@@ -368,10 +368,17 @@ def test_window_attention_full_field_is_the_plain_model_and_small_fields_are_loc
         x_full, y_full = (full.forward_blocks(full.embed(v)).x for v in (video, other))
     assert torch.allclose(x[0, 0, 0], y[0, 0, 0], atol=1e-6)  # frame 0, patch (0, 0)
     assert not torch.allclose(x_full[0, 0, 0], y_full[0, 0, 0], atol=1e-3)  # full attention does see them
-    # Masked attention runs densely: billed as full attention, which is what FlopCounterMode sees.
+    # The gathered kernel (default) computes fewer spatial pairs and is billed so; the masked
+    # kernel runs densely and is billed as full attention; FlopCounterMode sees either bill.
+    masked = create_model("timesformer_test", depth=1, window_radius=[[0] * 16], window_span=[[0] * 16],
+                          window_kernel="masked").eval()
+    masked.load_state_dict(local.state_dict())
     _, info = local(video, return_info=True)
+    _, masked_info = masked(video, return_info=True)
     assert float(info.gmacs[0]) == pytest.approx(count_flops(local, video) / 2e9, rel=1e-6)
-    assert float(info.gmacs[0]) == pytest.approx(local.static_gmacs(), rel=1e-6)
+    assert float(masked_info.gmacs[0]) == pytest.approx(count_flops(masked, video) / 2e9, rel=1e-6)
+    assert float(masked_info.gmacs[0]) == pytest.approx(local.static_gmacs(), rel=1e-6)
+    assert float(info.gmacs[0]) < float(masked_info.gmacs[0])
     with pytest.raises(ConfigError, match="window_radius"):
         create_model("timesformer_test", window_radius=[[0] * 16])  # depth 2: one block missing
 

@@ -35,9 +35,10 @@ their magnitudes are summed per block and query location by distance: Chebyshev 
 in patches (spatial) and frame gap (temporal). A location's radius / span is the smallest
 distance holding --coverage of its interaction mass. The summary shows, per block, the
 radius and span (mean [min,max]) and the share of spatial and temporal attention edges the
-window would mask. GMACs: the windowed model computes masked attention densely and is
-billed the plain model's GMACs; the "gathered kernel" figure is analytic (kept pairs
-only) and is not what this implementation spends.
+window would mask. GMACs per clip: "billed" is what the windowed model spends with the
+gathered kernel (the default, model.window_kernel=gathered: per frame the class token's row
+plus each row tile's band of keys), "masked" with window_kernel=masked (= the plain model),
+"kept pairs" an analytic lower bound no kernel here reaches.
 """
 
 

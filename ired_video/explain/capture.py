@@ -98,7 +98,8 @@ def attention_calls(model: nn.Module, add_bias: Optional[BiasFn] = None) -> Iter
             if extra is not None:
                 bias = extra if bias is None else bias + extra
             calls.append(AttentionCall(site, probs=torch.empty(0), extra_bias=extra))
-            return (x,), {"bias": bias, "probe": probe}
+            window = kwargs.get("window")  # a gathered field window: applied as a mask (probs wanted)
+            return (x,), {"bias": bias, "probe": probe, **({} if window is None else {"window": window})}
 
         def after(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Tensor) -> None:
             calls[-1].probs = kwargs["probe"].probs

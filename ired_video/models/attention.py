@@ -1,4 +1,5 @@
-"""Multi-head self-attention with a fused path and an explicit path that returns maps.
+"""Multi-head self-attention with a fused path and an explicit path that returns maps, and
+a gathered path for responsive-field windows (``ired_video.models.window``).
 
 Parameter names (``qkv``, ``proj``) follow timm's ViT and the official TimeSformer, so
 their weights load unchanged.
@@ -12,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from ired_video.models.window import SpatialPlan, add_window, gathered_attention
 
 
 @dataclass
@@ -32,6 +35,19 @@ class AttentionProbe:
     keys: Optional[Tensor] = None
     probs: Optional[Tensor] = None
     logits: Optional[Tensor] = None
+
+
+@dataclass
+class GatherWindow:
+    """A spatial responsive-field window for one attention call over [class token, full grid].
+
+    plan: the block's ``SpatialPlan``. gathered: filled in by the call, True when the
+    gathered kernel ran (only its pairs were computed), False when the window was applied
+    as a dense mask (a probe wanted full maps, or another logit bias came in).
+    """
+
+    plan: SpatialPlan
+    gathered: bool = False
 
 
 class Attention(nn.Module):
@@ -78,10 +94,27 @@ class Attention(nn.Module):
             q, k, v, attn_mask=bias, dropout_p=self.attn_drop.p if self.training else 0.0)
 
     def forward(self, x: Tensor, bias: Optional[Tensor] = None,
-                probe: Optional[AttentionProbe] = None) -> Tensor:
-        """(G, L, D) -> (G, L, D), filling ``probe`` if one is given."""
+                probe: Optional[AttentionProbe] = None, window: Optional[GatherWindow] = None) -> Tensor:
+        """(G, L, D) -> (G, L, D), filling ``probe`` if one is given; ``window`` restricts
+        each query to its field (gathered kernel when nothing needs the dense maps)."""
         q, k, v = self.split_qkv(self.qkv(x))
+        if window is not None:
+            wants_maps = probe is not None and (probe.want_probs or probe.want_logits)
+            if bias is None and not wants_maps:
+                return self.merge_heads(self._gathered(q, k, v, window, probe))
+            allowed = window.plan.allowed[None].expand(x.shape[0], -1, -1)  # (G, L, L)
+            bias = add_window(bias, allowed, x.dtype)
         return self.merge_heads(self.attend(q, k, v, bias, probe))
+
+    def _gathered(self, q: Tensor, k: Tensor, v: Tensor, window: GatherWindow,
+                  probe: Optional[AttentionProbe]) -> Tensor:
+        """Per-head outputs (G, heads, L, head_dim) of the gathered kernel; marks ``window``."""
+        dropout = self.attn_drop.p if self.training else 0.0
+        out = gathered_attention(q, k, v, window.plan, self.scale, self.fused, dropout)
+        window.gathered = True
+        if probe is not None:  # the class token's row is not masked: the dense row, as the fused path
+            _fill_probe(probe, k, cls_attn=_cls_row(q, k, None, self.scale) if probe.want_cls_attn else None)
+        return out
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Optional[Tensor] = None,
                probe: Optional[AttentionProbe] = None) -> Tensor:

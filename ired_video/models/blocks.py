@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ired_video import flops
 from ired_video.models import window as windows
-from ired_video.models.attention import Attention, AttentionProbe, key_mask_bias
+from ired_video.models.attention import Attention, AttentionProbe, GatherWindow, key_mask_bias
 from ired_video.tokens import TokenState, pool_to_slots
 
 Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
@@ -158,13 +158,16 @@ class Block(nn.Module):
 
     def _attention_residual(self, tokens: Tensor, valid: Optional[Tensor], size: Optional[Tensor],
                             probe: Optional[AttentionProbe] = None, allowed: Optional[Tensor] = None,
-                            extra: Optional[Tensor] = None) -> Tensor:
+                            extra: Optional[Tensor] = None, window: Optional[GatherWindow] = None) -> Tensor:
         """(G, L, D) tokens, (G, L) valid/size or None, (G, L, L) window or None -> (G, L, D)
-        attention residual; ``extra`` is added to the logits."""
+        attention residual; ``extra`` is added to the logits; ``window`` (full grid only)
+        goes to the attention's gathered kernel."""
         bias = _add_bias(_bias(valid, size, tokens.dtype), extra)
         if allowed is not None:
             bias = windows.add_window(bias, allowed, tokens.dtype)
-        return self.drop_path(self.attn(self.norm1(tokens), bias, probe))
+        if window is None:
+            return self.drop_path(self.attn(self.norm1(tokens), bias, probe))
+        return self.drop_path(self.attn(self.norm1(tokens), bias, probe, window=window))
 
     def feed_forward(self, state: TokenState) -> TokenState:
         """Pre-norm MLP with residual on the class token(s) and every patch token."""
@@ -242,17 +245,33 @@ class DividedSpaceTimeBlock(Block):
         self.temporal_norm1 = _layer_norm(dim)
         self.temporal_attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, fused_attention)
         self.temporal_fc = nn.Linear(dim, dim)
-        # Window-free attention (set_window): (N, N) and (N, T, T) bool key masks, or None.
+        # Window-free attention (set_window): (N, N) and (N, T, T) bool key masks, or None;
+        # the gathered kernel's plan of the spatial window, or None (masked kernel).
         self.register_buffer("spatial_window", None, persistent=False)
         self.register_buffer("temporal_window", None, persistent=False)
+        self.spatial_plan: Optional[windows.SpatialPlan] = None
 
     def set_window(self, radius: Optional[list[int]], span: Optional[list[int]], grid: tuple[int, int],
-                   frames: int) -> None:
+                   frames: int, kernel: str = "gathered") -> None:
         """Restrict attention to per-location fields (``ired_video.models.window``); derived from
-        the config, so kept out of the state dict."""
+        the config, so kept out of the state dict. ``kernel``: "gathered" computes only the
+        spatial pairs inside the fields on full-grid frames (where that is fewer pairs than
+        dense attention), "masked" masks dense attention."""
+        if kernel not in windows.WINDOW_KERNELS:
+            raise ValueError(f"window kernel {kernel!r}: expected one of {windows.WINDOW_KERNELS}")
         spatial = None if radius is None else windows.spatial_window(radius, grid)
         temporal = None if span is None else windows.temporal_window(span, frames)
         self.spatial_window, self.temporal_window = spatial, temporal
+        gathers = radius is not None and kernel == "gathered"
+        self.spatial_plan = windows.gathered_plan(radius, grid) if gathers else None  # type: ignore[arg-type]
+
+    def _full_grid(self, state: TokenState) -> bool:
+        """Every frame holds the whole grid in order, one unmasked patch per slot (what the
+        gathered kernel needs); reduced, padded or masked states take the masked kernel."""
+        if state.valid is not None or state.size is not None or state.num_slots != state.num_patches:
+            return False
+        location = torch.arange(state.num_patches, device=state.pos.device)
+        return bool(torch.equal(state.pos % state.num_patches, location.expand_as(state.pos)))
 
     def _temporal_allowed(self, location: Tensor, frames: int) -> Optional[Tensor]:
         """(G,) locations -> (G, F, F) temporal window rows, or None without a window."""
@@ -337,18 +356,23 @@ class DividedSpaceTimeBlock(Block):
         cls_copies = state.cls.expand(batch, frames, dim).reshape(batch * frames, 1, dim)
         tokens = torch.cat([cls_copies, xt.reshape(batch * frames, slots, dim)], dim=1)  # (B*F, 1+K, D)
         size = state.size if state.prop_attn else None
-        allowed = None
-        if self.spatial_window is not None:
+        extra, probe = self._hooked_attention(state, "spatial", probe)
+        allowed, window = None, None
+        if self.spatial_plan is not None and extra is None and self._full_grid(state):
+            window = GatherWindow(self.spatial_plan)
+        elif self.spatial_window is not None:
             location = (state.pos % state.num_patches).reshape(batch * frames, slots)  # (B*F, K)
             allowed = windows.spatial_allowed(self.spatial_window, location)
-        extra, probe = self._hooked_attention(state, "spatial", probe)
         res = self._attention_residual(tokens, _with_cls(_frames_as_batch(state.valid), batch * frames, slots),
                                        _with_cls(_frames_as_batch(size), batch * frames, slots), probe, allowed,
-                                       extra)
+                                       extra, window)
         self._hand_logits(state, "spatial", probe)
         cls_res = res[:, 0].reshape(batch, frames, dim).mean(dim=1, keepdim=True)  # (B, 1, D)
         patch_res = res[:, 1:].reshape(batch, frames, slots, dim)  # (B, F, K, D)
-        state.spend(flops.divided_attention_macs(self._frame_counts(state), dim, pairs))
+        spatial_pairs = None
+        if window is not None and window.gathered:  # the kernel computed only the plan's pairs
+            spatial_pairs = state.macs.new_full((batch,), float(frames * window.plan.pairs_per_frame()))
+        state.spend(flops.divided_attention_macs(self._frame_counts(state), dim, pairs, spatial_pairs))
         return state.with_tokens(state.cls + cls_res, xt + patch_res)
 
 

@@ -74,7 +74,8 @@ class TimeSformer(nn.Module):
         if config.window_radius is not None or config.window_span is not None:
             for index, block in enumerate(self.blocks):
                 block.set_window(config.window_radius and config.window_radius[index],
-                                 config.window_span and config.window_span[index], self.patch_grid, config.num_frames)
+                                 config.window_span and config.window_span[index], self.patch_grid, config.num_frames,
+                                 config.window_kernel)
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         for module in self.blocks.modules():  # the blocks build their norms with the default epsilon
             if isinstance(module, nn.LayerNorm):
