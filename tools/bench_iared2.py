@@ -77,13 +77,15 @@ def decode_views(data_dir: Path, model: nn.Module, cache: Path) -> dict[str, tup
 def run_eval(model: nn.Module, videos: Tensor, labels: Tensor, batch: int = 16) -> dict[str, Tensor]:
     """Per clip: logits, GMACs and patch tokens after the last block's reducers."""
     model.eval()
-    logits, gmacs, final = [], [], []
+    logits, gmacs, final, per_block = [], [], [], []
     for start in range(0, len(videos), batch):
         out, info = model(videos[start:start + batch], return_info=True)
         logits.append(out)
         gmacs.append(info.gmacs)
         final.append(info.state.real_tokens())
-    return {"logits": torch.cat(logits), "gmacs": torch.cat(gmacs), "tokens": torch.cat(final)}
+        per_block.append(info.tokens)
+    return {"logits": torch.cat(logits), "gmacs": torch.cat(gmacs), "tokens": torch.cat(final),
+            "tokens_per_block": torch.cat(per_block)}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -100,7 +102,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def summarise(name: str, result: dict[str, Tensor], labels: Tensor, total: int,
-              confidence: Optional[np.ndarray]) -> dict[str, Any]:
+              confidence: Optional[np.ndarray], plain_correct: Optional[np.ndarray] = None) -> dict[str, Any]:
     """One row: accuracy, compute, and the per-clip kept count's spread and correlations."""
     kept = result["tokens"].double().numpy()
     row: dict[str, Any] = {
@@ -109,6 +111,7 @@ def summarise(name: str, result: dict[str, Tensor], labels: Tensor, total: int,
         "kept_tokens_mean": float(kept.mean()), "kept_tokens_std": float(kept.std()),
         "kept_tokens_min": int(kept.min()), "kept_tokens_max": int(kept.max()),
         "gmacs_std": float(result["gmacs"].std()),
+        "tokens_per_block": [round(float(t), 1) for t in result["tokens_per_block"].double().mean(dim=0)],
     }
     if confidence is not None and kept.std() > 0:
         confident = confidence >= np.median(confidence)
@@ -116,6 +119,9 @@ def summarise(name: str, result: dict[str, Tensor], labels: Tensor, total: int,
                    spearman_kept_vs_confidence=spearman(kept, confidence),
                    kept_tokens_confident_half=float(kept[confident].mean()),
                    kept_tokens_less_confident_half=float(kept[~confident].mean()))
+    if plain_correct is not None and kept.std() > 0 and 0 < plain_correct.mean() < 1:
+        row.update(kept_tokens_plain_right=float(kept[plain_correct].mean()),
+                   kept_tokens_plain_wrong=float(kept[~plain_correct].mean()))
     return row
 
 
@@ -157,11 +163,14 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/iared2_bench", help="data, plain model and caches (default: %(default)s)")
     parser.add_argument("--json", default="docs/bench/iared2_adaptive.json")
-    parser.add_argument("--plain-epochs", type=int, default=12, help="epochs of the plain model when it is trained here")
-    parser.add_argument("--weights", type=float, nargs="+", default=[0.25, 1.0, 4.0],
+    parser.add_argument("--plain-epochs", type=int, default=24,
+                        help="epochs of the plain model when it is trained here (default: the demo recipe, %(default)s)")
+    parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 0.05, 0.25, 1.0, 4.0],
                         help="objective.reward_efficiency values (default: %(default)s)")
     parser.add_argument("--fixed-keeps", type=float, nargs="*", default=[0.7, 0.5],
-                        help="keep ratios of the fixed-ratio references (default: %(default)s)")
+                        help="keep ratios of the training-free fixed-ratio references (default: %(default)s)")
+    parser.add_argument("--train-fixed-keep", type=float, default=0.7,
+                        help="also train IA-RED² fixed_ratio at this keep, as the adaptive runs (0: no)")
     parser.add_argument("--epochs-per-group", type=int, default=2)
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -182,9 +191,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     total = plain.config.num_frames * plain.patch_grid[0] * plain.patch_grid[1]
     base = run_eval(plain, val_x, val_y)
     confidence = base["logits"].softmax(-1).max(-1).values.double().numpy()
+    plain_correct = (base["logits"].argmax(-1) == val_y).numpy()
     rows = [summarise("plain", base, val_y, total, None)]
     rows[0]["confidence_mean"], rows[0]["confidence_min"] = float(confidence.mean()), float(confidence.min())
     print(f"plain: top-1 {rows[0]['top1']:.3f}, confidence mean {confidence.mean():.3f} min {confidence.min():.3f}")
+    untrained = apply_reducer(copy.deepcopy(plain), "iared2")  # adaptive, interpreters as initialised
+    rows.append({**summarise("iared2 adaptive (training-free)", run_eval(untrained, val_x, val_y), val_y, total,
+                             confidence, plain_correct), "trained": False})
     for keep in args.fixed_keeps:  # fixed-ratio references, training-free
         for name, kwargs in (("topk", {"keep": keep}), ("iared2", {"regime": "fixed_ratio", "keep": keep})):
             model = apply_reducer(copy.deepcopy(plain), name, **kwargs)
@@ -192,7 +205,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                                      total, confidence), "trained": False})
             print(rows[-1]["name"], f"top-1 {rows[-1]['top1']:.3f} GMACs {rows[-1]['gmacs_per_view']:.4f}")
     runs = [("adaptive", w, {}) for w in args.weights]
-    runs += [("fixed_ratio", 1.0, {"regime": "fixed_ratio", "keep": keep}) for keep in args.fixed_keeps[:1]]
+    if args.train_fixed_keep:
+        runs.append(("fixed_ratio", 1.0, {"regime": "fixed_ratio", "keep": args.train_fixed_keep}))
     for regime, weight, kwargs in runs:
         for seed in args.seeds:
             tick = time.perf_counter()
@@ -202,7 +216,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                                    args.lr, args.batch, seed)
             name = (f"iared2 adaptive, efficiency {weight}" if regime == "adaptive"
                     else f"iared2 fixed_ratio keep={kwargs['keep']}") + f", seed {seed}"
-            row = summarise(name, run_eval(model, val_x, val_y), val_y, total, confidence)
+            row = summarise(name, run_eval(model, val_x, val_y), val_y, total, confidence, plain_correct)
             rows.append({**row, "trained": True, "regime": regime, "reward_efficiency": weight, "seed": seed,
                          "train_log": log, "seconds": time.perf_counter() - tick})
             print(f"{name}: kept {row['kept_fraction']:.3f} (std {row['kept_tokens_std']:.1f} tokens, "
