@@ -19,6 +19,7 @@ import yaml
 T = TypeVar("T")
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+REGIMES = ("adaptive", "fixed_ratio")  # IA-RED²: per-clip counts from the interpreter, or a fixed share
 
 
 class ConfigError(ValueError):
@@ -156,8 +157,14 @@ class ReducerConfig:
     name: none | random | topk | attention_received | interaction | bat | tome | iared2.
     stages: blocks the reducer acts at (default: a quarter, half and three quarters of
         the depth); ToMe acts at every block its ``r`` schedule gives tokens to.
-    keep: fraction of tokens kept at each stage, in (0, 1] (iared2: or ``threshold``
-        for adaptive).
+    keep: fraction of tokens kept at each stage, in (0, 1] (iared2: only in the
+        ``fixed_ratio`` regime).
+    regime: iared2 only. ``adaptive`` (the default, the paper's): no rescaling; training
+        keeps each token by a Bernoulli draw of its probability, evaluation keeps every
+        token whose probability exceeds ``threshold`` (0.5), so the reward decides how many
+        tokens each clip keeps. ``fixed_ratio``: ``keep`` of the tokens per stage (training
+        rescales the probabilities per clip to that mean). Left unset it follows ``keep``
+        (given: fixed_ratio, else adaptive), as configs written before it did.
     r: ToMe's tokens merged per block: an int >= 0, or a per-block list; with
         ``r_inflection`` (-1..1) an int r becomes a linear ramp with mean r (-1: from 2r
         down to 0), as ToMe's schedules.
@@ -177,6 +184,7 @@ class ReducerConfig:
     stages: Optional[list[int]] = None
     keep: Optional[float] = None
     threshold: Optional[float] = None
+    regime: Optional[str] = None  # iared2: adaptive (default) | fixed_ratio (needs keep)
     mode: str = "tube"
     r: Union[int, list[int]] = 0
     r_inflection: float = 0.0
@@ -196,6 +204,7 @@ class ReducerConfig:
         if self.threshold is not None:
             require(is_number(self.threshold) and 0 < self.threshold < 1, "threshold", self.threshold,
                     "a fraction in (0, 1)")
+        self._check_regime()
         counts = self.r if isinstance(self.r, list) else [self.r]
         require(all(r >= 0 for r in counts), "r", self.r, "tokens merged per block >= 0")
         require(is_number(self.r_inflection) and -1 <= self.r_inflection <= 1, "r_inflection", self.r_inflection,
@@ -209,6 +218,27 @@ class ReducerConfig:
         if self.interpreter_heads is not None:
             require(self.interpreter_heads >= 1, "interpreter_heads", self.interpreter_heads, "at least 1")
         require(self.score in ("predictor", "indicator"), "score", self.score, "'predictor' or 'indicator'")
+
+    def _check_regime(self) -> None:
+        """``regime`` names IA-RED²'s rule; it must agree with ``keep``/``threshold``."""
+        if self.regime is None:
+            return
+        require(self.regime in REGIMES, "regime", self.regime, f"one of {REGIMES}")
+        if self.name != "iared2":
+            raise ConfigError(f"regime={self.regime!r} applies to reducer 'iared2' only (this is {self.name!r})")
+        if self.regime == "adaptive" and self.keep is not None:
+            raise ConfigError(f"regime='adaptive' lets the interpreter choose each clip's count: drop keep="
+                              f"{self.keep}, or set regime=fixed_ratio to keep that share per stage")
+        if self.regime == "fixed_ratio" and self.keep is None:
+            raise ConfigError("regime='fixed_ratio' needs keep=<fraction of tokens kept per stage>")
+        if self.regime == "fixed_ratio" and self.threshold is not None:
+            raise ConfigError(f"regime='fixed_ratio' keeps a ratio: threshold={self.threshold} is for "
+                              "regime=adaptive")
+
+    @property
+    def iared2_regime(self) -> str:
+        """IA-RED²'s regime as it runs: the one given, else ``fixed_ratio`` when ``keep`` is set."""
+        return self.regime or ("fixed_ratio" if self.keep is not None else "adaptive")
 
 
 def _type_name(tp: Any) -> str:

@@ -17,7 +17,7 @@ coarser grid; the first is DVT's DeiT setting, the second its T2T setting.
 Training (``model.train()`` or ``all_exits=True``) runs every stage on every clip and
 returns every stage's logits (``CascadeInfo.stage_logits``) for the summed loss; the
 per-stage cumulative GMACs (``stage_gmacs``) feed threshold calibration
-(``ired_video.cascade.calibration``). Reuse between stages: ``cascade_reuse``.
+(``ired_video.cascade.calibration``). Reuse between stages: ``ired_video.cascade.reuse``.
 
 Every stage starts from one set of weights (``build_cascade(..., checkpoint=...)``): the
 patch-embedding kernel is resampled to the stage's patch size (FlexiViT's pseudo-inverse

@@ -36,7 +36,7 @@ from ired_video.data.dataset import check_data_config
 from ired_video.data.decoding import BACKENDS
 from ired_video.explain.fields import settings_from_file
 from ired_video.models.registry import data_config, model_config
-from ired_video.reducers import REDUCERS
+from ired_video.reducers import REDUCERS, default_stages
 from ired_video.reducers.base import MODES
 
 
@@ -136,7 +136,14 @@ class TrainSection:
 @dataclass
 class ObjectiveSection:
     """Loss = ce * CE + distill * KL(teacher) + distill_tokens * MSE(tokens, teacher's)
-    + keep_ratio * (kept - keep_target)^2 + policy * REINFORCE."""
+    + keep_ratio * (kept - keep_target)^2 + policy * REINFORCE.
+
+    REINFORCE's reward weighs accuracy and efficiency (``reward_accuracy``,
+    ``reward_efficiency``; ``ired_video.reducers.objectives``). ``curriculum: groupwise``
+    (IA-RED²): the interpreters learn one group at a time, the earlier ones fixed and the
+    backbone frozen, then the backbone is fine-tuned with every interpreter fixed;
+    ``curriculum_epochs`` gives each phase's epochs (one per interpreter, then the
+    fine-tuning), summing to ``train.epochs`` (``ired_video.engine.curriculum``)."""
 
     ce: float = 1.0
     distill: float = 0.0
@@ -147,9 +154,25 @@ class ObjectiveSection:
     keep_target: float = 0.7
     policy: float = 0.0
     wrong_penalty: float = -1.0
+    reward_accuracy: float = 1.0  # REINFORCE reward: accuracy - efficiency * kept^2 if correct,
+    reward_efficiency: float = 1.0  # else accuracy * wrong_penalty
     freeze_backbone: bool = False  # train only the reducer's parameters (IA-RED² stage 1)
+    curriculum: str = "none"  # none | groupwise (IA-RED²: interpreter groups one at a time, then the backbone)
+    curriculum_epochs: list[int] = field(default_factory=list)  # groupwise: epochs per interpreter, then fine-tuning
 
     def __post_init__(self) -> None:
+        choose(self.curriculum, "curriculum", ("none", "groupwise"))
+        if self.curriculum == "groupwise":
+            require(len(self.curriculum_epochs) >= 2 and all(e >= 1 for e in self.curriculum_epochs[:-1])
+                    and self.curriculum_epochs[-1] >= 0, "curriculum_epochs", self.curriculum_epochs,
+                    "epochs >= 1 per interpreter group, then the fine-tuning's epochs >= 0")
+            require(not self.freeze_backbone, "freeze_backbone", self.freeze_backbone,
+                    "false with curriculum=groupwise (the curriculum freezes what each phase leaves alone)")
+        elif self.curriculum_epochs:
+            raise ConfigError(f"curriculum_epochs={self.curriculum_epochs} needs curriculum=groupwise")
+        for key in ("reward_accuracy", "reward_efficiency"):
+            value = getattr(self, key)
+            require(is_number(value) and value >= 0, key, value, "a reward weight >= 0")
         for key in ("ce", "distill", "distill_tokens", "keep_ratio", "policy"):
             value = getattr(self, key)
             require(is_number(value) and value >= 0, key, value, "a loss weight >= 0")
@@ -217,6 +240,32 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.objective.freeze_backbone and cfg.reducer.name not in ("iared2",):
         raise ConfigError("objective.freeze_backbone leaves only reducer parameters to train: "
                           "only iared2 has any")
+    if cfg.objective.curriculum == "groupwise":
+        _validate_curriculum(cfg)
+
+
+def _validate_curriculum(cfg: TrainConfig) -> None:
+    """The group-wise curriculum needs IA-RED², one phase per interpreter plus the
+    fine-tuning, and phases that fill ``train.epochs``."""
+    if cfg.reducer.name != "iared2":
+        raise ConfigError("objective.curriculum=groupwise trains IA-RED² interpreters group by group: "
+                          "set reducer.name=iared2")
+    if cfg.cascade:
+        raise ConfigError("objective.curriculum=groupwise is for plain models, not a cascade")
+    stages = sorted(set(cfg.reducer.stages if cfg.reducer.stages is not None
+                        else default_stages(model_settings(cfg).depth)))
+    epochs = cfg.objective.curriculum_epochs
+    if len(epochs) != len(stages) + 1:
+        raise ConfigError(f"objective.curriculum_epochs={epochs}: expected {len(stages) + 1} entries, the epochs "
+                          f"of each of the {len(stages)} interpreters (stages {list(stages)}) then the fine-tuning's")
+    if not cfg.objective.policy:
+        raise ConfigError("objective.curriculum=groupwise: the interpreters learn by REINFORCE, set objective.policy > 0")
+    if epochs[-1] and not (cfg.objective.ce or cfg.objective.distill or cfg.objective.distill_tokens):
+        raise ConfigError(f"objective.curriculum_epochs={epochs} fine-tunes the backbone for {epochs[-1]} epochs: "
+                          "set objective.ce (or distill) > 0, or give the fine-tuning 0 epochs")
+    if sum(epochs) != cfg.train.epochs:
+        raise ConfigError(f"objective.curriculum_epochs={epochs} sum to {sum(epochs)} but train.epochs="
+                          f"{cfg.train.epochs}: make them agree")
 
 
 def model_settings(cfg: TrainConfig) -> ModelConfig:

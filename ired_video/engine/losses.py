@@ -120,7 +120,8 @@ def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Te
         parts["keep_ratio"] = cfg.keep_ratio * ((kept - cfg.keep_target) ** 2).mean()
     logged: dict[str, float] = {}
     if cfg.policy:
-        policy, stats = policy_gradient_loss(logits, labels, records, cfg.wrong_penalty)
+        policy, stats = policy_gradient_loss(logits, labels, records, cfg.wrong_penalty, cfg.reward_accuracy,
+                                             cfg.reward_efficiency)
         parts["policy"] = cfg.policy * policy
         logged["reward"] = stats["reward"]  # logged, not part of the loss
     total = sum(parts.values())

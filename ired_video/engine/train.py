@@ -47,7 +47,22 @@ from ired_video.engine.checkpoints import (
     recover,
     save_training_state,
 )
-from ired_video.engine.config import TrainConfig, dump, model_overrides, model_settings, preprocess_config
+from ired_video.engine.config import (
+    ObjectiveSection,
+    TrainConfig,
+    dump,
+    model_overrides,
+    model_settings,
+    preprocess_config,
+)
+from ired_video.engine.curriculum import (
+    drop_frozen_grads,
+    end_curriculum,
+    interpreters,
+    phase_objective,
+    phase_of_epoch,
+    set_phase,
+)
 from ired_video.engine.evaluate import evaluate, near_chance
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
@@ -180,7 +195,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
                           "--resume auto, start over with --overwrite, or set output= to another folder")
     if cfg.data.train is None:
         raise ConfigError("data.train is required for training")
-    needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone
+    curriculum = cfg.objective.curriculum == "groupwise"
+    needs_unused = cfg.reducer.name == "iared2" or cfg.objective.freeze_backbone or curriculum
     accelerator = new_accelerator(
         cpu=cfg.train.cpu, mixed_precision=cfg.train.precision, gradient_accumulation_steps=cfg.train.grad_accum,
         log_with=_trackers(), project_dir=str(run_dir),
@@ -228,6 +244,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
 
     for epoch in range(progress.epoch, cfg.train.epochs):
         data.train.set_epoch(epoch)
+        objective_cfg = _enter_phase(cfg, accelerator.unwrap_model(model), epoch) if curriculum else cfg.objective
         loader = accelerator.prepare_data_loader(DataLoader(
             data.train, batch_size=cfg.train.batch_size, sampler=EpochPermutation(len(data.train), cfg.train.seed, epoch),
             num_workers=cfg.data.num_workers, drop_last=True))
@@ -242,10 +259,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
             bad_files.update(batch)
             torch.manual_seed(step_seed(cfg.train.seed, epoch, index, accelerator.process_index))
             with accelerator.accumulate(model):
-                loss, parts, info = _train_step(cfg, model, teacher, batch, epoch, index, accelerator)
+                loss, parts, info = _train_step(cfg, model, teacher, batch, epoch, index, accelerator, objective_cfg)
                 if not math.isfinite(float(loss.detach())):
                     _stop_on_nan(accelerator, run_dir, cfg, progress, epoch, index, parts, (model, optimizer, scheduler))
                 accelerator.backward(loss)
+                if curriculum:
+                    drop_frozen_grads(model)
                 if accelerator.sync_gradients and cfg.train.clip_grad:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
                 optimizer.step()
@@ -279,8 +298,21 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         save_training_state(accelerator, run_dir, progress, cfg.train.keep_last, model, optimizer, scheduler)
         if stopped:
             break
+    if curriculum:
+        end_curriculum(accelerator.unwrap_model(model))
     accelerator.end_training()
     return report
+
+
+def _enter_phase(cfg: TrainConfig, model: nn.Module, epoch: int) -> ObjectiveSection:
+    """Set the group-wise curriculum's phase for ``epoch`` (a function of the epoch alone,
+    so a resumed run is in the same phase); returns that phase's objective."""
+    phase = phase_of_epoch(cfg.objective.curriculum_epochs, epoch)
+    groups = len(interpreters(model))
+    set_phase(model, phase)
+    log.info("epoch %d: curriculum phase %d (%s)", epoch + 1, phase,
+             "backbone fine-tuning" if phase == groups else f"interpreter {phase + 1} of {groups}")
+    return phase_objective(cfg.objective, phase, groups)
 
 
 def check_precision(precision: str, device: torch.device) -> None:
@@ -321,7 +353,8 @@ def _report_bad_files(accelerator: Accelerator, bad_files: BadFileTracker, epoch
 
 
 def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module], batch: dict[str, Any],
-                epoch: int, index: int, accelerator: Accelerator) -> tuple[torch.Tensor, dict[str, float], Any]:
+                epoch: int, index: int, accelerator: Accelerator, objective_cfg: Optional[ObjectiveSection] = None
+                ) -> tuple[torch.Tensor, dict[str, float], Any]:
     video, labels = batch["video"], batch["label"]
     classes = accelerator.unwrap_model(model).config.num_classes
     targets = soft_targets(labels, classes, cfg.train.label_smoothing)
@@ -333,7 +366,7 @@ def _train_step(cfg: TrainConfig, model: nn.Module, teacher: Optional[nn.Module]
             teacher_logits, teacher_info = teacher(video, return_info=True)
     logits, info = model(video, return_info=True)
     token_states = (info.state, teacher_info.state) if cfg.objective.distill_tokens else None
-    loss, parts = objective(cfg.objective, logits, targets, labels, info.records, teacher_logits,
+    loss, parts = objective(objective_cfg or cfg.objective, logits, targets, labels, info.records, teacher_logits,
                             getattr(info, "stage_logits", None), token_states)
     return loss, parts, info
 

@@ -3,7 +3,8 @@
     from ired_video import create_model, apply_reducer
     model = create_model("timesformer_base_patch16_224")
     apply_reducer(model, "tome", r=16)
-    apply_reducer(model, "iared2", stages=(4, 7, 10), keep=0.7, mode="tube")
+    apply_reducer(model, "iared2", stages=(0, 4, 8))               # adaptive: each clip keeps p > 0.5
+    apply_reducer(model, "iared2", regime="fixed_ratio", keep=0.7)  # or a set share per stage
 
 Every reducer follows one contract (``ired_video.reducers.base``): a module called with
 the token state, at a block, returning a new state.
@@ -101,9 +102,10 @@ def apply_reducer(model: nn.Module, name: Union[str, ReducerConfig], **kwargs: A
     """Put a reducer into ``model`` (replacing any other), configured by keyword arguments.
     Asked for the configuration it already runs, the model keeps its reducers as they are.
 
-    Names: ``random``, ``topk``, ``attention_received``, ``interaction``, ``bat``, ``iared2``
-    (act at ``stages``, keeping ``keep`` of the tokens each time), ``tome`` (merges ``r``
-    tokens per block),
+    Names: ``random``, ``topk``, ``attention_received``, ``interaction``, ``bat`` (act at
+    ``stages``, keeping ``keep`` of the tokens each time), ``iared2`` (at ``stages``: each
+    clip keeps the tokens its interpreter gives p > 0.5, or ``regime="fixed_ratio"`` with
+    ``keep``), ``tome`` (merges ``r`` tokens per block),
     ``none`` (removes reducers). ``mode``: ``tube`` (default), ``frame``, or ``flat`` for
     joint-attention models. Returns the model.
     """

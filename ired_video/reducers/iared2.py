@@ -16,15 +16,26 @@ LayerNorm's affine folded in), so REINFORCE refines a sensible ranking instead o
 one. On the demo model this alone took keep-0.5 accuracy from 77% to 84% before any
 training (96 validation clips); ``interpreter_init=random`` gives the fresh start.
 
-- Training (``model.train()``): keep decisions are sampled, a ~ Bernoulli(p) (with a
-  ratio, p scaled per clip to a mean of ``keep``, so training sees as many tokens as
-  evaluation), and the dropped tokens are masked (not removed, so shapes stay static and
-  gradients flow); the record carries log pi(a) for the policy-gradient objective
-  (``ired_video.reducers.objectives``).
-- Evaluation: keep the ``keep`` fraction with the highest p (static shapes), or every
-  token with p > ``threshold`` (adaptive: clips keep different counts; the batch is
-  padded and masked, and each clip is billed for its own count).
+Two regimes (``ReducerConfig.regime``):
+
+- ``adaptive`` (the default, the paper's): no rescaling. Training (``model.train()``)
+  keeps each decision unit by a Bernoulli draw of its own probability; evaluation keeps
+  exactly the units whose probability exceeds ``threshold`` (0.5; tube mode: per spatial
+  location, its probability averaged over the frames; frame mode: every frame keeps the
+  clip's mean count of such units, the count divided attention needs), at least one per
+  clip. Clips keep different counts: the batch is padded and masked, each clip billed for
+  its own count, and a clip's result does not depend on the clips batched with it. How
+  many tokens stay is learned from the reward (``ired_video.reducers.objectives``).
+- ``fixed_ratio``: evaluation keeps the ``keep`` fraction with the highest p (static
+  shapes); training scales p per clip to a mean of ``keep`` before sampling, so training
+  sees as many tokens as evaluation and the count is not learned.
+
+In training the dropped tokens are masked (not removed, so shapes stay static and
+gradients flow); the record carries log pi(a) for the policy-gradient objective.
 Dropped tokens stay dropped (the next interpreter sees only survivors).
+
+The group-wise curriculum (``ired_video.engine.curriculum``) switches a stage ``off``
+(it passes every token on) or ``fixed`` (it decides as in evaluation, even in training).
 """
 from __future__ import annotations
 
@@ -98,18 +109,34 @@ class IARED2(Reducer):
         if self.threshold is not None:
             check_fraction("threshold", self.threshold, allow_one=False)
         self.interpreter = Interpreter(dim, num_heads)
+        self.role = "learn"  # curriculum: learn (sample in training) | fixed (always decide) | off (pass through)
+
+    @property
+    def regime(self) -> str:
+        """``fixed_ratio`` with a ``keep``, else ``adaptive``."""
+        return "fixed_ratio" if self.keep is not None else "adaptive"
 
     def extra_repr(self) -> str:
         rule = f"keep={self.keep}" if self.keep is not None else f"threshold={self.threshold}"
-        return f"{super().extra_repr()}, {rule}"
+        return f"{super().extra_repr()}, {self.regime}, {rule}"
+
+    def set_role(self, role: str) -> None:
+        """``learn``: sample in training, decide in evaluation (the default); ``fixed``:
+        decide as in evaluation even in training (a frozen interpreter); ``off``: pass
+        every token on and leave no record (a later curriculum group not trained yet)."""
+        if role not in ROLES:
+            raise ValueError(f"role={role!r}: expected one of {ROLES}")
+        self.role = role
 
     def forward(self, state: TokenState, maps: Optional[AttentionMaps] = None) -> TokenState:
+        if self.role == "off":
+            return state
         state = self.prepare(state)
         cls_tokens = state.cls if state.cls.shape[1] == state.num_frames else state.cls.mean(dim=1, keepdim=True)
         probs = self.interpreter(cls_tokens, state.x)  # (B, F, K)
         state.spend(self.interpreter.macs(state.real_tokens(), cls_tokens.shape[1]))
         unit_probs = self.unit_scores(probs, state)  # (B, U, K)
-        if self.training:
+        if self.training and self.role == "learn":
             return self._sample(state, unit_probs)
         counts = self._eval_counts(state, unit_probs)
         self.record(state, keep_prob=unit_probs.detach(), pos=state.pos)
@@ -118,8 +145,10 @@ class IARED2(Reducer):
         return drop_to(self, state, unit_probs, counts)
 
     def _eval_counts(self, state: TokenState, unit_probs: Tensor) -> Counts:
-        """Tokens to keep per unit: a ratio's from the shapes; a threshold's per clip (frame
-        mode keeps the clip's mean count per frame), read from the device once."""
+        """Tokens to keep per unit: a ratio's from the shapes; adaptive, the units above the
+        threshold per clip (at least one; frame mode keeps the clip's mean count per frame),
+        read from the device once. ``drop_to`` keeps the best-scoring ones, so in tube mode
+        these are exactly the units with p > threshold."""
         if self.keep is not None:
             return ratio_counts(self, state, self.keep)
         above = ((unit_probs > self.threshold) & self.unit_valid(state)).sum(dim=-1)  # (B, U)
@@ -129,10 +158,10 @@ class IARED2(Reducer):
     def _sample(self, state: TokenState, unit_probs: Tensor) -> TokenState:
         """Training: sample keep decisions, mask the dropped tokens, record log pi(a).
 
-        With a ratio (``keep``) the probabilities are first scaled per clip to a mean of
-        ``keep`` over the real units: training then drops as many tokens, in expectation,
-        as evaluation will (raw probabilities near 0.5 would train the model at about half
-        the tokens per stage whatever ``keep`` says)."""
+        Adaptive: a ~ Bernoulli(p), p as the interpreter gives it, so the expected share kept
+        (``expected_keep``, differentiable) moves with the interpreter. Fixed ratio: p is
+        first scaled per clip to a mean of ``keep`` over the real units, so training drops
+        as many tokens, in expectation, as evaluation will (and that share cannot move)."""
         valid_units = self.unit_valid(state)
         policy = unit_probs if self.keep is None else scale_to_mean(unit_probs, valid_units, self.keep)
         probs = policy.clamp(1e-6, 1 - 1e-6)
@@ -145,6 +174,9 @@ class IARED2(Reducer):
         self.record(state, keep_prob=unit_probs, pos=state.pos, log_prob=log_prob,
                     kept_fraction=actions.sum(dim=(1, 2)) / before, expected_keep=expected)
         return replace(state, valid=new_valid, tokens=list(state.tokens), records=list(state.records))
+
+
+ROLES = ("learn", "fixed", "off")
 
 
 def scale_to_mean(probs: Tensor, valid: Tensor, mean: float) -> Tensor:
