@@ -121,8 +121,8 @@ def test_curriculum_moves_one_interpreter_at_a_time_then_only_the_backbone():
         decided = [r["block"] for r in info.records if "log_prob" not in r]
         assert sampled == ([stages[phase].block] if phase < len(stages) else [])
         assert decided == [s.block for s in stages[:phase]]  # earlier: fixed; later: off, no record
-        loss, _ = objective(phase_objective(cfg, phase, len(stages)), logits, soft_targets(labels, logits.shape[-1], 0.0), labels,
-                            info.records)
+        targets = soft_targets(labels, logits.shape[-1], 0.0)
+        loss, _ = objective(phase_objective(cfg, phase, len(stages)), logits, targets, labels, info.records)
         optimizer.zero_grad()
         loss.backward()
         drop_frozen_grads(model)

@@ -159,10 +159,12 @@ def train_curriculum(model: nn.Module, videos: Tensor, labels: Tensor, cfg: Obje
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_iared2.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/iared2_bench", help="data, plain model and caches (default: %(default)s)")
+    parser.add_argument("--out", default="runs/iared2_bench",
+                        help="data, plain model and caches (default: %(default)s)")
     parser.add_argument("--json", default="docs/bench/iared2_adaptive.json")
     parser.add_argument("--plain-epochs", type=int, default=24,
-                        help="epochs of the plain model when it is trained here (default: the demo recipe, %(default)s)")
+                        help="epochs of the plain model when it is trained here "
+                             "(default: the demo recipe, %(default)s)")
     parser.add_argument("--weights", type=float, nargs="*", default=[0.0, 0.05, 0.25, 1.0, 4.0],
                         help="objective.reward_efficiency values (default: %(default)s)")
     parser.add_argument("--fixed-keeps", type=float, nargs="*", default=[0.7, 0.5],

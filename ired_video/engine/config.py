@@ -259,7 +259,8 @@ def _validate_curriculum(cfg: TrainConfig) -> None:
         raise ConfigError(f"objective.curriculum_epochs={epochs}: expected {len(stages) + 1} entries, the epochs "
                           f"of each of the {len(stages)} interpreters (stages {list(stages)}) then the fine-tuning's")
     if not cfg.objective.policy:
-        raise ConfigError("objective.curriculum=groupwise: the interpreters learn by REINFORCE, set objective.policy > 0")
+        raise ConfigError("objective.curriculum=groupwise: the interpreters learn by REINFORCE, "
+                          "set objective.policy > 0")
     if epochs[-1] and not (cfg.objective.ce or cfg.objective.distill or cfg.objective.distill_tokens):
         raise ConfigError(f"objective.curriculum_epochs={epochs} fine-tunes the backbone for {epochs[-1]} epochs: "
                           "set objective.ce (or distill) > 0, or give the fine-tuning 0 epochs")

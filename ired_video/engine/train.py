@@ -179,6 +179,29 @@ def _step_row(accelerator: Accelerator, epoch: int, step: int, loss: torch.Tenso
             "tokens_kept": means[-2], "gmacs_per_clip": means[-1], "clips_per_s": clips_per_s}
 
 
+@dataclasses.dataclass
+class _Run:
+    """What one training run holds from epoch to epoch."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    run_dir: Path
+    data: Datasets
+    model: nn.Module
+    teacher: Optional[nn.Module]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    progress: Progress
+    logger: StepLogger
+    batches_per_epoch: int
+    curriculum: bool
+    bad_files: BadFileTracker = dataclasses.field(default_factory=BadFileTracker)
+
+    @property
+    def state(self) -> tuple[nn.Module, torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+        return self.model, self.optimizer, self.scheduler
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> dict[str, Any]:
     """Train as configured; returns the final evaluation report (empty without val data).
 
@@ -188,6 +211,23 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     Everything that can be checked before training is (the output folder, the precision on
     this device, the checkpoint to resume from); errors are ``ConfigError``/``CheckpointError``.
     """
+    run = _start(cfg, resume, overwrite)
+    report: dict[str, Any] = {}
+    for epoch in range(run.progress.epoch, cfg.train.epochs):
+        stopped = _train_epoch(run, epoch)
+        evaluated = _end_epoch(run, epoch, stopped)
+        report = report if evaluated is None else evaluated
+        if stopped:
+            break
+    if run.curriculum:
+        end_curriculum(run.accelerator.unwrap_model(run.model))
+    run.accelerator.end_training()
+    return report
+
+
+def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
+    """Check the run folder and settings, build data, model, optimizer and schedule, and
+    restore them from a checkpoint when resuming."""
     run_dir = Path(cfg.output)
     left = [] if resume else earlier_run(run_dir)
     if left and not overwrite:
@@ -211,11 +251,10 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
         accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
     data = build_datasets(cfg)
-    world = accelerator.num_processes
-    batches_per_epoch = len(data.train) // (cfg.train.batch_size * world)
+    batches_per_epoch = len(data.train) // (cfg.train.batch_size * accelerator.num_processes)
     if batches_per_epoch == 0:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {world} processes exceeds the "
-                          f"{len(data.train)} training clips")
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {accelerator.num_processes} processes "
+                          f"exceeds the {len(data.train)} training clips")
     model = build_model(cfg, data.data_config)
     teacher = _teacher(cfg, model, accelerator)
     if not cfg.cascade:  # a cascade got its reducer when built
@@ -239,68 +278,81 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     logger = StepLogger(accelerator, run_dir)
     if resume:
         logger.resume_at(progress.global_step, progress.epoch)  # rows of steps after the checkpoint go
-    bad_files = BadFileTracker()
-    report: dict[str, Any] = {}
+    return _Run(cfg, accelerator, run_dir, data, model, teacher, optimizer, scheduler, progress, logger,
+                batches_per_epoch, curriculum)
 
-    for epoch in range(progress.epoch, cfg.train.epochs):
-        data.train.set_epoch(epoch)
-        objective_cfg = _enter_phase(cfg, accelerator.unwrap_model(model), epoch) if curriculum else cfg.objective
-        loader = accelerator.prepare_data_loader(DataLoader(
-            data.train, batch_size=cfg.train.batch_size, sampler=EpochPermutation(len(data.train), cfg.train.seed, epoch),
-            num_workers=cfg.data.num_workers, drop_last=True))
-        skipped = progress.batches_in_epoch if progress.epoch == epoch else 0
-        if skipped:
-            loader = accelerator.skip_first_batches(loader, skipped)
-        model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skipped, total=batches_per_epoch,
-                   disable=not accelerator.is_main_process)
-        tick = time.perf_counter()
-        for index, batch in enumerate(bar, start=skipped):
-            bad_files.update(batch)
-            torch.manual_seed(step_seed(cfg.train.seed, epoch, index, accelerator.process_index))
-            with accelerator.accumulate(model):
-                loss, parts, info = _train_step(cfg, model, teacher, batch, epoch, index, accelerator, objective_cfg)
-                if not math.isfinite(float(loss.detach())):
-                    _stop_on_nan(accelerator, run_dir, cfg, progress, epoch, index, parts, (model, optimizer, scheduler))
-                accelerator.backward(loss)
-                if curriculum:
-                    drop_frozen_grads(model)
-                if accelerator.sync_gradients and cfg.train.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad()
-            progress.batches_in_epoch = index + 1
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            progress.global_step += 1
-            if progress.global_step % cfg.train.log_every == 0 or index + 1 == batches_per_epoch:
-                seconds = time.perf_counter() - tick
-                row = _step_row(accelerator, epoch, progress.global_step, loss, parts, info,
-                                scheduler.get_last_lr()[0],
-                                cfg.train.batch_size * world * cfg.train.log_every / max(seconds, 1e-9))
-                logger.log(row, progress.global_step)
-                bar.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['tokens_kept']:.2f}",
-                                gmacs=f"{row['gmacs_per_clip']:.3f}")
-                tick = time.perf_counter()
-            if cfg.train.ckpt_every and progress.global_step % cfg.train.ckpt_every == 0:
-                save_training_state(accelerator, run_dir, progress, cfg.train.keep_last, model, optimizer, scheduler)
-            if cfg.train.max_steps and progress.global_step >= cfg.train.max_steps:
-                break
-        _report_bad_files(accelerator, bad_files, epoch)
-        stopped = bool(cfg.train.max_steps and progress.global_step >= cfg.train.max_steps)
-        last_epoch = epoch + 1 == cfg.train.epochs or stopped
-        if not stopped or progress.batches_in_epoch == batches_per_epoch:
-            progress = Progress(epoch + 1, 0, progress.global_step, progress.best_top1)
-        if data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
-            # before saving the state, so a resumed run knows the best score so far
-            report = _evaluate_and_keep_best(cfg, accelerator, model, data.val, run_dir, progress, epoch, logger)
-        save_training_state(accelerator, run_dir, progress, cfg.train.keep_last, model, optimizer, scheduler)
-        if stopped:
+
+def _train_epoch(run: _Run, epoch: int) -> bool:
+    """One epoch of optimizer steps (from where a resumed run stopped); True when
+    ``train.max_steps`` ended the run."""
+    cfg, accelerator, progress = run.cfg, run.accelerator, run.progress
+    run.data.train.set_epoch(epoch)
+    objective_cfg = _enter_phase(cfg, accelerator.unwrap_model(run.model), epoch) if run.curriculum else cfg.objective
+    sampler = EpochPermutation(len(run.data.train), cfg.train.seed, epoch)
+    loader = accelerator.prepare_data_loader(DataLoader(
+        run.data.train, batch_size=cfg.train.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+        drop_last=True))
+    skipped = progress.batches_in_epoch if progress.epoch == epoch else 0
+    if skipped:
+        loader = accelerator.skip_first_batches(loader, skipped)
+    run.model.train()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skipped, total=run.batches_per_epoch,
+               disable=not accelerator.is_main_process)
+    tick = time.perf_counter()
+    for index, batch in enumerate(bar, start=skipped):
+        run.bad_files.update(batch)
+        torch.manual_seed(step_seed(cfg.train.seed, epoch, index, accelerator.process_index))
+        with accelerator.accumulate(run.model):
+            loss, parts, info = _train_step(cfg, run.model, run.teacher, batch, epoch, index, accelerator,
+                                            objective_cfg)
+            if not math.isfinite(float(loss.detach())):
+                _stop_on_nan(accelerator, run.run_dir, cfg, progress, epoch, index, parts, run.state)
+            accelerator.backward(loss)
+            if run.curriculum:
+                drop_frozen_grads(run.model)
+            if accelerator.sync_gradients and cfg.train.clip_grad:
+                accelerator.clip_grad_norm_(run.model.parameters(), cfg.train.clip_grad)
+            run.optimizer.step()
+            run.optimizer.zero_grad()
+        progress.batches_in_epoch = index + 1
+        if not accelerator.sync_gradients:
+            continue
+        run.scheduler.step()
+        progress.global_step += 1
+        if progress.global_step % cfg.train.log_every == 0 or index + 1 == run.batches_per_epoch:
+            _log_step(run, bar, epoch, loss, parts, info, time.perf_counter() - tick)
+            tick = time.perf_counter()
+        if cfg.train.ckpt_every and progress.global_step % cfg.train.ckpt_every == 0:
+            save_training_state(accelerator, run.run_dir, progress, cfg.train.keep_last, *run.state)
+        if cfg.train.max_steps and progress.global_step >= cfg.train.max_steps:
             break
-    if curriculum:
-        end_curriculum(accelerator.unwrap_model(model))
-    accelerator.end_training()
+    return bool(cfg.train.max_steps and progress.global_step >= cfg.train.max_steps)
+
+
+def _log_step(run: _Run, bar: tqdm, epoch: int, loss: torch.Tensor, parts: dict[str, float], info: Any,
+              seconds: float) -> None:
+    """A log row (every process's mean) to the logs and the progress bar."""
+    cfg = run.cfg
+    clips_per_s = cfg.train.batch_size * run.accelerator.num_processes * cfg.train.log_every / max(seconds, 1e-9)
+    row = _step_row(run.accelerator, epoch, run.progress.global_step, loss, parts, info,
+                    run.scheduler.get_last_lr()[0], clips_per_s)
+    run.logger.log(row, run.progress.global_step)
+    bar.set_postfix(loss=f"{row['loss']:.3f}", kept=f"{row['tokens_kept']:.2f}", gmacs=f"{row['gmacs_per_clip']:.3f}")
+
+
+def _end_epoch(run: _Run, epoch: int, stopped: bool) -> Optional[dict[str, Any]]:
+    """Report bad files, evaluate when due (the report, else None) and save the state."""
+    cfg, progress = run.cfg, run.progress
+    _report_bad_files(run.accelerator, run.bad_files, epoch)
+    last_epoch = epoch + 1 == cfg.train.epochs or stopped
+    if not stopped or progress.batches_in_epoch == run.batches_per_epoch:
+        run.progress = progress = Progress(epoch + 1, 0, progress.global_step, progress.best_top1)
+    report = None
+    if run.data.val is not None and (last_epoch or (cfg.eval.every and (epoch + 1) % cfg.eval.every == 0)):
+        # before saving the state, so a resumed run knows the best score so far
+        report = _evaluate_and_keep_best(cfg, run.accelerator, run.model, run.data.val, run.run_dir, progress, epoch,
+                                         run.logger)
+    save_training_state(run.accelerator, run.run_dir, progress, cfg.train.keep_last, *run.state)
     return report
 
 
