@@ -196,3 +196,15 @@ def test_paired_bench_rows_take_their_speedup_from_the_alternating_rounds(tmp_pa
     assert len(reduced["paired_ratios"]) == 3 and len(reduced["paired_plain_times"]) == 3
     assert reduced["speedup"] == pytest.approx(statistics.median(reduced["paired_ratios"]))
     assert "paired_speedup" not in rows[0]["runs"][EAGER]["1"]  # the plain row is timed alone
+
+
+def test_drift_warning_says_whether_the_speedups_stand():
+    def row(reducer: str, cell: dict) -> dict:
+        return {"model": "m", "reducer": reducer, "runs": {EAGER: {"1": cell}}}
+
+    drifted = row("plain (end)", {"speedup": 1.5})
+    unpaired = bench.drift_warnings([row("topk", {"speedup": 2.0}), drifted])
+    paired = bench.drift_warnings([row("topk", {"speedup": 2.0, "paired_speedup": 2.0}), drifted])
+    assert len(unpaired) == 1 and "speed-ups are unreliable" in unpaired[0]
+    assert len(paired) == 1 and "paired per round and stand" in paired[0]
+    assert bench.drift_warnings([row("plain (end)", {"speedup": 1.1})]) == []
