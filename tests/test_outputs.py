@@ -20,7 +20,8 @@ from ired_video.paths import write_atomically
 
 REPO = Path(__file__).resolve().parents[1]
 # the function where each command's work starts, replaced by one that fails the test
-WORK = {"infer": "ired_video.commands.infer.infer_paths", "check-videos": "ired_video.data.checking.check_annotations",
+WORK = {"infer": "ired_video.commands.infer.infer_paths",
+        "check-videos": "ired_video.commands.check_videos.check_annotations",
         "overlay": "ired_video.commands.overlay.build_overlay", "eval": "ired_video.commands.eval.evaluate_checkpoint"}
 
 
