@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ired_video.cascade.model import check_config, load_cascade_config
+from ired_video.cascade.model import CascadeConfig, check_config, load_cascade_config
 from ired_video.config import (
     ConfigError,
     DataConfig,
@@ -221,30 +221,59 @@ class TrainConfig:
     cascade: dict[str, Any] = field(default_factory=dict)
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Check what each section cannot alone (each checks its own values when built): the
-    model and data overrides together, the reducer's name and mode, combinations."""
+@dataclass(frozen=True)
+class Resolved:
+    """What a training config's untyped sections resolve to, computed once (``resolve``): the
+    model overrides (a ``responsive_fields`` file read into windows), the ModelConfig, the
+    preprocessing DataConfig, and the CascadeConfig (None for a plain model)."""
+
+    overrides: dict[str, Any]
+    model: ModelConfig
+    preprocess: DataConfig
+    cascade: Optional[CascadeConfig]
+
+
+def resolve(cfg: TrainConfig) -> Resolved:
+    """Resolve ``cfg``'s model, preprocessing and cascade sections into checked objects."""
     if "name" not in cfg.model:
         raise ConfigError("model.name is required (a variant, e.g. timesformer_micro)")
-    preprocess = preprocess_config(cfg, model_settings(cfg))
+    overrides = model_overrides(cfg.model)
+    model = model_config(cfg.model["name"], **overrides)
+    variant = data_config(cfg.model["name"], model)
+    preprocess = from_dict(DataConfig, {**dataclasses.asdict(variant), **cfg.data.preprocess},
+                           prefix="data.preprocess.")
+    cascade = None
+    if cfg.cascade:
+        cascade = load_cascade_config(cfg.cascade)
+        if cfg.reducer.name != "none":
+            cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
+    return Resolved(overrides, model, preprocess, cascade)
+
+
+def validate(cfg: TrainConfig) -> Resolved:
+    """Check what each section cannot alone (each checks its own values when built): the
+    model and data overrides together, the reducer's name and mode, combinations. Returns
+    the resolved sections."""
+    resolved = resolve(cfg)
     try:
-        check_data_config(preprocess)
+        check_data_config(resolved.preprocess)
     except ConfigError as err:
         raise ConfigError(f"data.preprocess.{err}") from None
     choose(cfg.reducer.name, "reducer.name", REDUCERS)
     choose(cfg.reducer.mode, "reducer.mode", MODES)
     if cfg.objective.policy and cfg.reducer.name != "iared2":
         raise ConfigError("objective.policy trains IA-RED² interpreters: set reducer.name=iared2")
-    if cfg.cascade:
-        _validate_cascade(cfg)
+    if resolved.cascade is not None:
+        _validate_cascade(cfg, resolved)
     if cfg.objective.freeze_backbone and cfg.reducer.name not in ("iared2",):
         raise ConfigError("objective.freeze_backbone leaves only reducer parameters to train: "
                           "only iared2 has any")
     if cfg.objective.curriculum == "groupwise":
-        _validate_curriculum(cfg)
+        _validate_curriculum(cfg, resolved.model)
+    return resolved
 
 
-def _validate_curriculum(cfg: TrainConfig) -> None:
+def _validate_curriculum(cfg: TrainConfig, model: ModelConfig) -> None:
     """The group-wise curriculum needs IA-RED², one phase per interpreter plus the
     fine-tuning, and phases that fill ``train.epochs``."""
     if cfg.reducer.name != "iared2":
@@ -253,7 +282,7 @@ def _validate_curriculum(cfg: TrainConfig) -> None:
     if cfg.cascade:
         raise ConfigError("objective.curriculum=groupwise is for plain models, not a cascade")
     stages = sorted(set(cfg.reducer.stages if cfg.reducer.stages is not None
-                        else default_stages(model_settings(cfg).depth)))
+                        else default_stages(model.depth)))
     epochs = cfg.objective.curriculum_epochs
     if len(epochs) != len(stages) + 1:
         raise ConfigError(f"objective.curriculum_epochs={epochs}: expected {len(stages) + 1} entries, the epochs "
@@ -269,23 +298,8 @@ def _validate_curriculum(cfg: TrainConfig) -> None:
                           f"{cfg.train.epochs}: make them agree")
 
 
-def model_settings(cfg: TrainConfig) -> ModelConfig:
-    """The ``model`` section as a checked ModelConfig (the variant with its overrides)."""
-    return model_config(cfg.model["name"], **model_overrides(cfg.model))
-
-
-def preprocess_config(cfg: TrainConfig, model: ModelConfig) -> DataConfig:
-    """The variant's recipe (frames and crop following ``model``) with ``data.preprocess`` on top."""
-    variant = data_config(cfg.model["name"], model)
-    return from_dict(DataConfig, {**dataclasses.asdict(variant), **cfg.data.preprocess}, prefix="data.preprocess.")
-
-
-def _validate_cascade(cfg: TrainConfig) -> None:
-
-    cascade = load_cascade_config(cfg.cascade)
-    if cfg.reducer.name != "none":
-        cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
-    check_config(model_settings(cfg), cascade)
+def _validate_cascade(cfg: TrainConfig, resolved: Resolved) -> None:
+    check_config(resolved.model, resolved.cascade)
     if (cfg.objective.policy or cfg.objective.freeze_backbone or cfg.objective.keep_ratio
             or cfg.objective.distill_tokens):
         raise ConfigError("cascade: objective.policy, keep_ratio, distill_tokens and freeze_backbone are for "

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from ired_video.build import apply_reducer, create_model
-from ired_video.cascade.model import build_cascade, load_cascade_config
+from ired_video.cascade.model import build_cascade
 from ired_video.config import ConfigError, DataConfig, from_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import BadFileTracker, VideoDataset
@@ -47,14 +47,7 @@ from ired_video.engine.checkpoints import (
     recover,
     save_training_state,
 )
-from ired_video.engine.config import (
-    ObjectiveSection,
-    TrainConfig,
-    dump,
-    model_overrides,
-    model_settings,
-    preprocess_config,
-)
+from ired_video.engine.config import ObjectiveSection, Resolved, TrainConfig, dump, resolve
 from ired_video.engine.curriculum import (
     drop_frozen_grads,
     end_curriculum,
@@ -100,10 +93,10 @@ class Datasets:
     data_config: DataConfig
 
 
-def build_datasets(cfg: TrainConfig) -> Datasets:
+def build_datasets(cfg: TrainConfig, resolved: Resolved) -> Datasets:
     """Annotations -> train/val datasets; class names from the training annotations
     (else the validation ones, else the preprocess settings)."""
-    base = dataclasses.asdict(preprocess_config(cfg, model_settings(cfg)))  # recipe defaults + preprocess
+    base = dataclasses.asdict(resolved.preprocess)  # recipe defaults + preprocess
     class_names: list[str] = list(base.get("class_names") or [])
     train_ann = val_ann = None
     if cfg.data.train:
@@ -122,28 +115,21 @@ def build_datasets(cfg: TrainConfig) -> Datasets:
     return Datasets(train, val, preprocess)
 
 
-def build_model(cfg: TrainConfig, data_config: DataConfig) -> TimeSformer:
-    """The variant with overrides, initial weights, the data config, and the reducer."""
-    overrides = model_overrides(cfg.model)
+def build_model(cfg: TrainConfig, data_config: DataConfig, resolved: Optional[Resolved] = None) -> TimeSformer:
+    """The variant with overrides, initial weights, the data config, and the reducer (a
+    cascade when configured); ``resolved``: ``cfg``'s sections, resolved when not given."""
+    resolved = resolved or resolve(cfg)
+    overrides = dict(resolved.overrides)
     classes = len(data_config.class_names)
     if classes and overrides.setdefault("num_classes", classes) != classes:
         raise ConfigError(f"model.num_classes={overrides['num_classes']} but the data has {classes} classes")
-    if cfg.cascade:
-        return _build_cascade(cfg, overrides, data_config)
+    if resolved.cascade is not None:
+        return build_cascade(model_config(cfg.model["name"], **overrides), resolved.cascade, data_config,
+                             checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head)
     model = create_model(cfg.model["name"], checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
                          **overrides)
     model.data_config = data_config
     return model
-
-
-def _build_cascade(cfg: TrainConfig, overrides: dict[str, Any], data_config: DataConfig) -> nn.Module:
-    """A DVT cascade of the configured model, every stage from ``init.checkpoint``; the
-    ``reducer`` section (when not none) goes into its last stage."""
-    cascade = load_cascade_config(cfg.cascade)
-    if cfg.reducer.name != "none":
-        cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
-    return build_cascade(model_config(cfg.model["name"], **overrides), cascade, data_config,
-                         checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -250,12 +236,13 @@ def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
             clear_run(run_dir)
         accelerator.wait_for_everyone()
     set_seed(cfg.train.seed)
-    data = build_datasets(cfg)
+    resolved = resolve(cfg)
+    data = build_datasets(cfg, resolved)
     batches_per_epoch = len(data.train) // (cfg.train.batch_size * accelerator.num_processes)
     if batches_per_epoch == 0:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} x {accelerator.num_processes} processes "
                           f"exceeds the {len(data.train)} training clips")
-    model = build_model(cfg, data.data_config)
+    model = build_model(cfg, data.data_config, resolved)
     teacher = _teacher(cfg, model, accelerator)
     if not cfg.cascade:  # a cascade got its reducer when built
         apply_reducer(model, cfg.reducer)
