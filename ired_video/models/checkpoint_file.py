@@ -75,7 +75,7 @@ def load_plain(path: PathLike, problem: str = "not a plain tensor file, refused"
 
 def _unpickler_reason(err: Exception) -> str:
     """The line of torch's multi-paragraph load error that says what was found (never its
-    advice to load with ``weights_only=False``)."""
+    advice to turn the safe loader off)."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     found = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
     return (found or lines or [type(err).__name__])[0][:200]
