@@ -230,10 +230,11 @@ def main() -> int:
                    for seed, path in zip(args.seeds, plains)]
     plain_scores = np.stack([scores for _, scores in evaluations])  # (seeds, videos)
     rows = [summarise("plain", True, [report for report, _ in evaluations], plain_scores, plain_scores)]
+    depth = create_model(checkpoint=plains[0]).config.depth
     for keep in args.keeps:
         topk_gmacs: Optional[float] = None
         for key in [key for key in REDUCERS if key in args.reducers]:  # REDUCERS' order: tome after topk
-            rows += reducer_rows(args, key, keep, plains, test, plain_scores, topk_gmacs)
+            rows += reducer_rows(args, key, keep, plains, depth, test, plain_scores, topk_gmacs)
             if key == "topk":
                 topk_gmacs = rows[-1]["gmacs_per_view"]
             print(f"{rows[-1]['name']}: top-1 {rows[-1]['top1']:.3f} [{rows[-1]['top1_low']:.3f}, "
@@ -243,11 +244,11 @@ def main() -> int:
     return 0
 
 
-def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[Path], test: str,
+def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[Path], depth: int, test: str,
                  plain_scores: np.ndarray, topk_gmacs: Optional[float]) -> list[dict[str, Any]]:
-    """The training-free and the fine-tuned row of one reducer at one keep, over the seeds."""
+    """The training-free and the fine-tuned row of one reducer at one keep, over the seeds
+    (``depth``: the plain models' blocks)."""
     name, extra = REDUCERS[key]
-    depth = create_model(checkpoint=plains[0]).config.depth
     recipe = [f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}",
               "schedule.warmup_epochs=0", "eval.every=0"]
     if args.distill:
