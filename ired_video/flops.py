@@ -66,14 +66,6 @@ def space_only_attention_macs(frame_counts: Tensor, dim: int) -> Tensor:
     return (4 * linear_macs(tokens, dim, dim) + attention_macs(tokens, dim)).sum(-1)
 
 
-def block_macs(attention_type: str, frame_counts: Tensor, dim: int, mlp_ratio: float) -> Tensor:
-    """One unreduced block of any attention type, per clip: attention + MLP."""
-    class_tokens = frame_counts.shape[-1] if attention_type == "space_only" else 1
-    attention = {"divided_space_time": divided_attention_macs, "joint_space_time": joint_attention_macs,
-                 "space_only": space_only_attention_macs}[attention_type](frame_counts, dim)
-    return attention + mlp_macs(frame_counts.sum(-1) + class_tokens, dim, mlp_ratio)
-
-
 def embed_macs(frames: int, num_patches: int, in_chans: int, patch_size: int, dim: int) -> int:
     """The patch-embedding convolution: one (C p p) -> D projection per patch."""
     return frames * num_patches * in_chans * patch_size * patch_size * dim
@@ -81,15 +73,6 @@ def embed_macs(frames: int, num_patches: int, in_chans: int, patch_size: int, di
 
 def head_macs(dim: int, num_classes: int) -> int:
     return dim * num_classes
-
-
-def model_macs(attention_type: str, frames: int, num_patches: int, depth: int, dim: int,
-               mlp_ratio: float, in_chans: int, patch_size: int, num_classes: int) -> float:
-    """MACs of one unreduced forward pass of one clip (one view)."""
-    counts = torch.full((1, frames), float(num_patches), dtype=torch.float64)
-    block = float(block_macs(attention_type, counts, dim, mlp_ratio)[0])
-    return float(embed_macs(frames, num_patches, in_chans, patch_size, dim)
-                 + depth * block + head_macs(dim, num_classes))
 
 
 def count_flops(model: torch.nn.Module, *inputs: Tensor) -> int:

@@ -158,3 +158,14 @@ def test_window_kernel_is_validated():
         create_model("timesformer_test", window_kernel="dense")
     masked = create_model("timesformer_test", window_radius=[[1] * 16] * 2, window_kernel="masked")
     assert all(block.spatial_plan is None for block in masked.blocks)
+
+
+def test_static_gmacs_are_the_forward_bill_fields_included():
+    """The unreduced static cost of a windowed model is what its forward bills (fewer pairs
+    with the gathered kernel), not the dense model's cost."""
+    radius = [[1] * 25, [0] * 25]
+    gathered, masked = windowed_models(radius, **ODD)
+    dense = create_model("timesformer_test", **ODD)
+    _, info = gathered(torch.randn(1, 3, 4, 40, 40), return_info=True)
+    assert gathered.static_gmacs() == pytest.approx(float(info.gmacs[0]), rel=1e-6)
+    assert gathered.static_gmacs() < masked.static_gmacs() == pytest.approx(dense.static_gmacs(), rel=1e-12)

@@ -193,9 +193,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         calibration = calibrate(model, held_batches, budgets[-1])
         save_checkpoint(run / "calibrated.pth", model)
         probs, labels, cumulative = collect_exits(model, test_batches)
-        stages = len(model.stages)
-        reuse_gmacs = sum(model.reuse_macs(k) for k in range(stages)) / 1e9
-        reuse[label] = {"reuse_gmacs": reuse_gmacs, "all_stages_gmacs": float(sum(model.stage_gmacs_static())),
+        stages, all_stages = len(model.stages), model.static_gmacs()
+        reuse_gmacs = all_stages - sum(stage.static_gmacs() for stage in model.stages)
+        reuse[label] = {"reuse_gmacs": reuse_gmacs, "all_stages_gmacs": all_stages,
                         "minutes": (time.perf_counter() - started) / 60}
         alone = score(probs, labels, cumulative, [0.0] * (stages - 1))
         rows.append({"method": f"stage 1 alone (static), {label}", "budget": None, "gmacs": alone["gmacs"],

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -50,7 +51,6 @@ from ired_video.cascade.reuse import (
     RelationReuse,
     chunk_layers,
     concat_logits,
-    mlp_macs,
     nearest_indices,
     resize_relations,
     resize_relations_dvt,
@@ -299,34 +299,17 @@ class Cascade(nn.Module):
         return float(sum(self.stage_gmacs_static()))
 
     def stage_gmacs_static(self) -> list[float]:
-        """GMACs each stage adds for a clip that runs it: the stage, and the reuse modules
-        computed on entering it (analytic; a test checks it against the forward's bill)."""
-        return [(stage.static_gmacs() * 1e9 + self.reuse_macs(k)) / 1e9 for k, stage in enumerate(self.stages)]
-
-    def reuse_macs(self, k: int) -> float:
-        """MACs of the reuse modules a clip runs on entering stage k (analytic, no reducer):
-        feature MLPs on the upstream patch tokens, fc1's extra columns on every token row of
-        every block (class token included), relation MLPs on every upstream map entry."""
-        if k == 0:
-            return 0.0
-        cfg = self.stage_configs[k]
-        macs = 0.0
-        if str(k) in self.feature_reuse:
-            mlps = self.feature_reuse[str(k)]
-            for mlp in (mlps if isinstance(mlps, nn.ModuleList) else [mlps]):
-                macs += mlp_macs(_tokens(self.stage_configs[k - 1]), mlp.widths)
-            rows = _tokens(cfg) + (cfg.num_frames if cfg.attention_type == "space_only" else 1)
-            macs += cfg.depth * rows * self.cascade_config.feature_dim * int(cfg.embed_dim * cfg.mlp_ratio)
-        for j in range(k):
-            for kind in KINDS:
-                key = f"{j}_{k}_{kind}"
-                if key in self.relation_reuse:
-                    up = self.stage_configs[j]
-                    side = up.img_size // up.patch_size
-                    positions = (up.num_frames * (1 + side * side) ** 2 if kind == "spatial"
-                                 else side * side * up.num_frames ** 2)
-                    macs += mlp_macs(positions, self.relation_reuse[key].widths)
-        return float(macs)
+        """GMACs each stage adds for a clip that runs it (the stage, and the reuse modules
+        computed on entering it): the forward's own bill for a zero clip through every
+        stage, batch 1, reducers set aside."""
+        data, chans = self.data_config, self.stage_configs[0].in_chans
+        video = self.stages[0].pos_embed.new_zeros(1, chans, data.num_frames, data.crop_size, data.crop_size)
+        with torch.inference_mode(), ExitStack() as stack:
+            for stage in self.stages:
+                stack.enter_context(stage.reducers_set_aside())
+            _, info = self(video, return_info=True, all_exits=True)
+        running = info.stage_gmacs[0].tolist()  # cumulative GMACs after each stage
+        return [after - before for before, after in zip([0.0, *running[:-1]], running)]
 
     # ---------------------------------------------------------------- input
     def stage_input(self, video: Tensor, index: int) -> Tensor:
@@ -449,11 +432,6 @@ class Cascade(nn.Module):
                 biases[kind] = chunk_layers(total, heads) if cfg.relation_variant == "official" else \
                     split_layers(total, heads)
         return CascadeHooks(stage.blocks, features, feature_in, feature_norm, biases, keeps)
-
-
-def _tokens(cfg: ModelConfig) -> int:
-    """Patch tokens of an unreduced stage: frames x grid."""
-    return cfg.num_frames * (cfg.img_size // cfg.patch_size) ** 2
 
 
 @dataclass

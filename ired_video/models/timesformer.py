@@ -9,9 +9,10 @@ Design notes: docs/design.md, "ired_video.models.timesformer".
 from __future__ import annotations
 
 import dataclasses
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -197,13 +198,25 @@ class TimeSformer(nn.Module):
 
     # ----------------------------------------------------------------- misc
     def static_gmacs(self, frames: Optional[int] = None, size: Optional[int] = None) -> float:
-        """GMACs of one unreduced view of ``frames`` x ``size`` px (default: the model's own)."""
+        """GMACs of one unreduced view of ``frames`` x ``size`` px (default: the model's own):
+        the forward's own bill for a zero clip, batch 1, reducers set aside (one forward)."""
         cfg = self.config
         frames = cfg.num_frames if frames is None else frames
-        side = None if size is None else size // cfg.patch_size
-        num_patches = self.patch_grid[0] * self.patch_grid[1] if side is None else side * side
-        return flops.model_macs(cfg.attention_type, frames, num_patches, cfg.depth, cfg.embed_dim, cfg.mlp_ratio,
-                                cfg.in_chans, cfg.patch_size, cfg.num_classes) / 1e9
+        size = cfg.img_size if size is None else size
+        video = self.pos_embed.new_zeros(1, cfg.in_chans, frames, size, size)
+        with torch.inference_mode(), self.reducers_set_aside():
+            state = self.forward_blocks(self.embed(video))
+            self.forward_head(state)
+        return float(state.macs[0]) / 1e9
+
+    @contextmanager
+    def reducers_set_aside(self) -> Iterator[None]:
+        """Run the model as if no reducer were applied, restoring them on exit."""
+        applied, self.reducers = self.reducers, nn.ModuleDict()
+        try:
+            yield
+        finally:
+            self.reducers = applied
 
     def set_fused_attention(self, fused: bool) -> None:
         """Switch every attention between the fused kernel and the explicit path."""
