@@ -153,8 +153,10 @@ def decode_views(path: PathLike, data: DataConfig, num_clips: int = 1, num_crops
 
 
 @dataclass
-class ViewResult:
-    """One view's prediction and what it cost."""
+class ViewRecord:
+    """One view: where it came from, its best classes, what it cost. The same record in
+    ``infer``'s JSON (each video's ``views``) and in evaluation's ``*_views.jsonl`` (one line
+    per view, the video's own fields added); ``exit_stage`` is 1-based, None unless a cascade."""
 
     clip_index: int
     crop_index: int
@@ -184,16 +186,25 @@ class VideoResult:
     gmacs_per_view: Optional[float] = None
     decode_ms: Optional[float] = None
     model_ms: Optional[float] = None
-    views: list[ViewResult] = field(default_factory=list)
+    views: list[ViewRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 def top_k(probs: Tensor, names: Sequence[str], k: int) -> list[dict[str, Any]]:
-    """(classes,) probabilities -> the ``k`` best as ``{"label", "index", "prob"}``, best first."""
+    """(classes,) probabilities -> the ``k`` best as ``{"label", "index", "prob"}``, best first
+    (``label`` None for an index without a name)."""
     values, indices = probs.topk(min(k, probs.numel()))
-    return [{"label": names[i], "index": int(i), "prob": round(float(p), 6)} for p, i in zip(values, indices)]
+    return [{"label": names[i] if i < len(names) else None, "index": int(i), "prob": round(float(p), 6)}
+            for p, i in zip(values.tolist(), indices.tolist())]
+
+
+def stage_entries(layout: Sequence[dict[str, Any]], tokens: Sequence[int], total: int) -> list[dict[str, Any]]:
+    """A view's ``stages``: per reducer record (``layout``: its reducer, block and mode), the
+    tokens the view kept after it and their share of its ``total`` patches."""
+    return [{"reducer": stage["reducer"], "block": stage["block"], "mode": stage["mode"], "tokens": int(count),
+             "kept_fraction": round(int(count) / total, 6)} for stage, count in zip(layout, tokens)]
 
 
 def _sync(device: torch.device) -> None:
@@ -225,9 +236,7 @@ def run_views(loaded: LoadedModel, videos: Tensor, batch_size: int = 8
         tokens.extend(row.tolist() for row in info.tokens.cpu())
         counts = stage_token_counts(info.records, info.state.num_patches)
         for clip in range(batch.shape[0]):
-            stages.append([{"reducer": s["reducer"], "block": s["block"], "mode": s["mode"],
-                            "tokens": int(s["tokens"][clip]),
-                            "kept_fraction": round(int(s["tokens"][clip]) / total, 6)} for s in counts])
+            stages.append(stage_entries(counts, [int(s["tokens"][clip]) for s in counts], total))
         latency.extend([round(per_view_ms, 3)] * batch.shape[0])
         exit_stage = getattr(info, "exit_stage", None)
         exits.extend([None] * batch.shape[0] if exit_stage is None else (exit_stage.cpu() + 1).tolist())
@@ -253,7 +262,7 @@ def predict_video(loaded: LoadedModel, path: PathLike, num_clips: int = 1, num_c
         decoded.num_frames, round(decoded.fps, 3), decoded.backend, decoded.note)
     probs, gmacs, tokens, stages, latency, exits = run_views(loaded, decoded.videos, batch_size)
     for i, spec in enumerate(decoded.views):
-        result.views.append(ViewResult(spec.clip_index, spec.crop_index, spec.frame_indices, spec.padded,
+        result.views.append(ViewRecord(spec.clip_index, spec.crop_index, spec.frame_indices, spec.padded,
                                        top_k(probs[i], loaded.class_names, k), gmacs[i], tokens[i],
                                        stages[i], latency[i], exits[i]))
     mean = probs.mean(dim=0)  # (classes,): mean of the views' softmax

@@ -90,8 +90,8 @@ def _bench_demo():
 def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
     bench_demo = _bench_demo()
     views = tmp_path / "test_views.jsonl"
-    lines = [{"video_index": 1, "label": 0, "prediction": 0}, {"video_index": 0, "label": 2, "prediction": 1},
-             {"video_index": 2, "label": 1, "prediction": 1}, {"video_index": 2, "label": 1, "prediction": 0}]
+    lines = [{"video_index": video, "label": label, "top_k": [{"index": predicted}]}
+             for video, label, predicted in [(1, 0, 0), (0, 2, 1), (2, 1, 1), (2, 1, 0)]]
     views.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert bench_demo.per_video_correct(views).tolist() == [0.0, 1.0, 0.5]  # by video index; views averaged
     rng = np.random.default_rng(0)

@@ -1,6 +1,7 @@
 """Training and evaluation: a short run, exact resume, two processes, bad configs."""
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import math
@@ -17,6 +18,7 @@ from ired_video.data.annotations import load_annotations
 from ired_video.engine import TrainingError, load_train_config, train
 from ired_video.engine.config import dump
 from ired_video.engine.evaluate import near_chance
+from ired_video.inference import ViewRecord
 from tests.training import REPO, TINY, config, settings
 
 train_module = importlib.import_module("ired_video.engine.train")
@@ -34,7 +36,12 @@ def test_short_run_writes_logs_checkpoints_and_report(demo_data, tmp_path):
     assert rows[0]["tokens_kept"] == pytest.approx(0.5)
     assert (run / "train_log.csv").read_text().splitlines()[0].startswith("epoch,step,loss")
     views = [json.loads(line) for line in (run / "eval_views.jsonl").read_text().splitlines()]
-    assert len(views) == 6 and {"video", "gmacs", "tokens_per_block", "exit_stage", "latency_ms"} <= set(views[0])
+    record_fields = {f.name for f in dataclasses.fields(ViewRecord)}  # the record infer writes per view
+    video_fields = {"video", "video_index", "label", "bad_file", "replaced_by"}
+    assert len(views) == 6 and set(views[0]) == video_fields | record_fields
+    assert [(s["reducer"], s["block"], s["tokens"], s["kept_fraction"]) for s in views[0]["stages"]] == \
+        [("topk", 1, 32, 0.5)]  # 4 frames x 16 patches, half kept
+    assert len(views[0]["frame_indices"]) == 4 and views[0]["top_k"][0]["prob"] >= views[0]["top_k"][1]["prob"]
     best = create_model(checkpoint=run / "best.pth")
     assert best.reducer_config.name == "topk" and len(best.data_config.class_names) == 6
     assert len(list((run / "checkpoints").iterdir())) == 2  # keep_last

@@ -136,7 +136,7 @@ def per_video_correct(views_file: Path) -> np.ndarray:
     right: dict[int, list[float]] = {}
     for line in views_file.read_text().splitlines():
         view = json.loads(line)
-        right.setdefault(view["video_index"], []).append(float(view["prediction"] == view["label"]))
+        right.setdefault(view["video_index"], []).append(float(view["top_k"][0]["index"] == view["label"]))
     return np.array([np.mean(right[index]) for index in sorted(right)])
 
 

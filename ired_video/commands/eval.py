@@ -19,8 +19,10 @@ EPILOG = """examples:
 
 Views are CLIPSxCROPS per video (TimeSformer reports 1x3). Scores are averaged per
 video over its views, across all processes without duplicates. Writes the report
-(--output, JSON) and one JSON line per view (<output>_views.jsonl) with prediction, confidence,
-GMACs, tokens per block and latency.
+(--output, JSON) and one JSON line per view (<output>_views.jsonl): the video (video,
+video_index, label, bad_file, replaced_by) and the same view record as `ired-video infer`
+(clip_index, crop_index, frame_indices, padded, top_k, gmacs, tokens_per_block, stages,
+latency_ms, exit_stage).
 """
 
 

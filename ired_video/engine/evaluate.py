@@ -10,8 +10,10 @@ per view are what each view's forward really spent; GMACs per video add up its v
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,6 +27,8 @@ from ired_video.cascade.model import apply_budget
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.accelerator import new_accelerator
+from ired_video.inference import ViewRecord, stage_entries, top_k
+from ired_video.viz.masks import stage_token_counts
 
 
 @torch.no_grad()
@@ -36,17 +40,20 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Acceler
     was_training = model.training
     model.eval()
     rows: dict[str, list[torch.Tensor]] = {}
+    layout = StageLayout()
     for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
         start = time.perf_counter()
         logits, info = model(batch["video"], return_info=True)
         latency = torch.full_like(info.gmacs, (time.perf_counter() - start) / len(logits))
         view = {"logits": logits.float(), "label": batch["label"], "video_index": batch["video_index"],
-                "index": batch["index"],
-                "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
+                "index": batch["index"], "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
+                "frame_indices": batch["frame_indices"], "padded": batch["padded"],
                 "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
                 "latency": latency}
         if getattr(info, "exit_stage", None) is not None:  # a cascade: where each view exited
             view["exit_stage"] = info.exit_stage
+        else:  # a cascade keeps the last stage's records only when every clip reached it: no stages
+            view["stage_tokens"] = layout.tokens_after_each(info)
         for key, value in accelerator.gather_for_metrics(view).items():
             rows.setdefault(key, []).append(value.cpu())
     model.train(was_training)
@@ -55,8 +62,27 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Acceler
     views = {k: torch.cat(v) for k, v in rows.items()}
     report = summarise(views, dataset)
     if views_jsonl is not None:
-        write_views(views_jsonl, views, dataset)
+        write_views(views_jsonl, views, dataset, layout)
     return report
+
+
+@dataclass
+class StageLayout:
+    """The reducer records of the evaluated model (reducer, block, mode; the same for every
+    batch) and the patches of one view, for each view's ``stages``."""
+
+    stages: list[dict[str, Any]] = field(default_factory=list)
+    patches: int = 0
+
+    def tokens_after_each(self, info: Any) -> torch.Tensor:
+        """(B, S) long: tokens each clip kept after each of the S reducer records of ``info``."""
+        counts = stage_token_counts(info.records, info.state.num_patches)
+        self.stages = [{key: stage[key] for key in ("reducer", "block", "mode")} for stage in counts]
+        self.patches = info.state.num_frames_in * info.state.num_patches
+        batch = info.gmacs.shape[0]
+        if not counts:
+            return torch.zeros(batch, 0, dtype=torch.long, device=info.gmacs.device)
+        return torch.stack([stage["tokens"] for stage in counts], dim=1).to(info.gmacs.device)  # (B, S)
 
 
 def summarise(views: dict[str, torch.Tensor], dataset: VideoDataset) -> dict[str, Any]:
@@ -117,28 +143,30 @@ def near_chance(top1: float, num_classes: int, videos: int) -> Optional[str]:
             "and the data (ired-video check-videos), lower optim.lr, or train longer from a pretrained checkpoint")
 
 
-def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset) -> None:
-    """One JSON line per evaluated view: what it was, what it predicted, what it cost."""
+def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDataset, layout: StageLayout) -> None:
+    """One JSON line per evaluated view: the video (``video``, ``video_index``, ``label``,
+    ``bad_file``, ``replaced_by``) and the view's ``ViewRecord`` fields."""
     names = dataset.cfg.class_names
     probs = views["logits"].softmax(dim=-1)
-    confidence, prediction = probs.max(dim=-1)
     requested = _requested(views, dataset)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
-        for i in range(len(prediction)):
+        for i in range(len(probs)):
             video, decoded = int(requested[i]), int(views["video_index"][i])
-            pred = int(prediction[i])
+            stages = [] if "stage_tokens" not in views else \
+                stage_entries(layout.stages, views["stage_tokens"][i].tolist(), layout.patches)
+            record = ViewRecord(
+                clip_index=int(views["clip_index"][i]), crop_index=int(views["crop_index"][i]),
+                frame_indices=views["frame_indices"][i].tolist(), padded=bool(views["padded"][i]),
+                top_k=top_k(probs[i], names, 5), gmacs=float(views["gmacs"][i]),
+                tokens_per_block=views["tokens"][i].tolist(), stages=stages,
+                latency_ms=round(1000 * float(views["latency"][i]), 3),
+                exit_stage=int(views["exit_stage"][i]) + 1 if "exit_stage" in views else None)
             f.write(json.dumps({
                 "video": dataset.records[video].path, "video_index": video,
-                "view": [int(views["clip_index"][i]), int(views["crop_index"][i])],
-                "label": int(dataset.records[video].label), "prediction": pred,
-                "prediction_name": names[pred] if pred < len(names) else None,
-                "confidence": float(confidence[i]), "gmacs": float(views["gmacs"][i]),
-                "tokens_per_block": views["tokens"][i].tolist(),
-                "exit_stage": int(views["exit_stage"][i]) + 1 if "exit_stage" in views else None,
-                "latency_ms": 1000 * float(views["latency"][i]), "bad_file": bool(views["failed"][i]),
+                "label": int(dataset.records[video].label), "bad_file": bool(views["failed"][i]),
                 "replaced_by": dataset.records[decoded].path if decoded != video else None,
-            }) + "\n")
+                **dataclasses.asdict(record)}) + "\n")
 
 
 def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, root: Optional[str] = None,
