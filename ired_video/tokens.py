@@ -20,7 +20,7 @@ the model on every forward and never stored on a module.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Any, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,58 @@ NO_HOOKS = BlockHooks()
 
 
 @dataclass
+class PolicyDecision:
+    """A sampled (training-mode) keep decision of IA-RED², per clip (B,): ``log_prob`` of
+    the kept set, ``kept_fraction`` of the units kept, ``expected_keep`` its differentiable
+    expectation under the keep probabilities."""
+
+    log_prob: Tensor
+    kept_fraction: Tensor
+    expected_keep: Tensor
+
+
+@dataclass
+class ReducerRecord:
+    """What one reducer call did, for overlays, analysis and training objectives.
+
+    reducer, block, mode: which reducer acted, before or in which block, on which units.
+    slot_of: (B, F, N') where each original patch sits after the call (-1: dropped; a
+        shared slot: merged); filled in by the reducer's ``__call__``.
+    pos: (B, F, K) positions of the tokens ``scores``/``keep_prob`` refer to.
+    scores: (B, U, K) what units were ranked by (drop, BAT, attention received, interaction).
+    keep_prob: (B, U, K) IA-RED²'s interpreter keep probabilities; ``policy`` its sampled
+        decision in training.
+    kept: (B,) real tokens after a random drop; merged: tokens per unit ToMe merged away.
+    indicator, predicted, features: the interaction indicator pass (``score=indicator``).
+    """
+
+    reducer: str
+    block: int
+    mode: str
+    slot_of: Optional[Tensor] = None
+    pos: Optional[Tensor] = None
+    scores: Optional[Tensor] = None
+    keep_prob: Optional[Tensor] = None
+    policy: Optional[PolicyDecision] = None
+    kept: Optional[Tensor] = None
+    merged: Optional[int] = None
+    indicator: Optional[Tensor] = None
+    predicted: Optional[Tensor] = None
+    features: Optional[Tensor] = None
+
+    def heat(self) -> tuple[Optional[str], Optional[Tensor]]:
+        """(name, (B, U, K) values) an overlay draws per patch: the interpreter's keep
+        probability, else the scores; (None, None) when the call scored nothing."""
+        if self.pos is None:
+            return None, None
+        if self.keep_prob is not None:
+            return "keep_prob", self.keep_prob
+        if self.scores is not None:
+            return "scores", self.scores
+        return None, None
+
+
+@dataclass
 class TokenState:
     """Tokens of a batch of clips plus what each token stands for.
 
@@ -78,8 +130,7 @@ class TokenState:
             or tube-mode reduction), so temporal attention can run per slot.
         prop_attn: add log(size) to attention logits (ToMe's proportional attention).
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
-        records: per reducer call, a dict describing what it did (for overlays, analysis
-            and training objectives).
+        records: per reducer call, a ``ReducerRecord`` of what it did.
         hooks: what blocks call at their extension points (``BlockHooks``); the default
             does nothing, a cascade stage supplies its reuse of earlier stages.
     """
@@ -96,7 +147,7 @@ class TokenState:
     aligned: bool = True
     prop_attn: bool = False
     tokens: list[Tensor] = field(default_factory=list)
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ReducerRecord] = field(default_factory=list)
     hooks: BlockHooks = NO_HOOKS
 
     @classmethod

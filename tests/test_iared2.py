@@ -32,7 +32,7 @@ def _video(batch: int, seed: int = 5) -> torch.Tensor:
 
 def _kept(record: dict) -> torch.Tensor:
     """(B, K) bool: which of the stage's input slots survive it (frame 0; tube mode: all frames alike)."""
-    return record["slot_of"][:, 0] >= 0
+    return record.slot_of[:, 0] >= 0
 
 
 def test_adaptive_inference_keeps_exactly_the_tokens_above_one_half_per_clip():
@@ -42,16 +42,16 @@ def test_adaptive_inference_keeps_exactly_the_tokens_above_one_half_per_clip():
     with torch.no_grad():
         logits, info = model(video, return_info=True)
         first = info.records[0]  # stage 1: its input slots are the original patches
-        probs = first["keep_prob"][:, 0]  # (B, K): per location (tube)
+        probs = first.keep_prob[:, 0]  # (B, K): per location (tube)
         assert torch.equal(_kept(first), probs > 0.5)
-        assert (first["slot_of"] >= 0).all(dim=1).eq((first["slot_of"] >= 0).any(dim=1)).all()  # a tube per location
+        assert (first.slot_of >= 0).all(dim=1).eq((first.slot_of >= 0).any(dim=1)).all()  # a tube per location
         counts = (probs > 0.5).sum(dim=-1)
         assert len(set(counts.tolist())) > 1 and counts.min() > 0 and counts.max() < probs.shape[1]
         for i in range(4):  # a clip alone decides, computes and is billed as in the batch
             single, single_info = model(video[i:i + 1], return_info=True)
             torch.testing.assert_close(logits[i:i + 1], single, atol=1e-5, rtol=0)
             for batched, alone in zip(info.records, single_info.records):  # the same patches survive each stage
-                assert torch.equal(batched["slot_of"][i] >= 0, alone["slot_of"][0] >= 0)
+                assert torch.equal(batched.slot_of[i] >= 0, alone.slot_of[0] >= 0)
             torch.testing.assert_close(info.gmacs[i], single_info.gmacs[0])
 
 
@@ -71,7 +71,7 @@ def test_regime_is_named_and_checked():
 
 def _expected_keep(model: torch.nn.Module, video: torch.Tensor) -> torch.Tensor:
     _, info = model(video, return_info=True)
-    return kept_share(info.records, "expected_keep").mean()
+    return kept_share(info.records, expected=True).mean()
 
 
 @pytest.mark.parametrize("regime,moves", [("adaptive", True), ("fixed_ratio", False)])
@@ -117,8 +117,8 @@ def test_curriculum_moves_one_interpreter_at_a_time_then_only_the_backbone():
         set_phase(model, phase)
         before = _snapshot(model)
         logits, info = model(video, return_info=True)
-        sampled = [r["block"] for r in info.records if "log_prob" in r]
-        decided = [r["block"] for r in info.records if "log_prob" not in r]
+        sampled = [r.block for r in info.records if r.policy is not None]
+        decided = [r.block for r in info.records if r.policy is None]
         assert sampled == ([stages[phase].block] if phase < len(stages) else [])
         assert decided == [s.block for s in stages[:phase]]  # earlier: fixed; later: off, no record
         targets = soft_targets(labels, logits.shape[-1], 0.0)

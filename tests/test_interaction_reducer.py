@@ -45,13 +45,13 @@ def test_the_reducer_keeps_the_patches_the_indicator_ranks_highest(attention_typ
     apply_reducer(model, "interaction", keep=0.5, stages=[1, 2], score="indicator", mode=mode)
     with torch.inference_mode():  # the indicator's own backward pass runs even here
         _, info = model(video, return_info=True)
-    record = next(r for r in info.records if r["block"] == 1)
-    torch.testing.assert_close(record["indicator"].reshape(2, 4, 16), expected, atol=1e-7, rtol=1e-4)
+    record = next(r for r in info.records if r.block == 1)
+    torch.testing.assert_close(record.indicator.reshape(2, 4, 16), expected, atol=1e-7, rtol=1e-4)
     unit = expected.mean(dim=1, keepdim=True) if mode == "tube" else expected  # (B, U, N)
     if mode == "flat":
         unit = expected.reshape(2, 1, 64)
     top = unit.topk(unit.shape[-1] // 2, dim=-1).indices.sort(dim=-1).values
-    kept = record["slot_of"].reshape(unit.shape[0], -1, unit.shape[-1]) >= 0  # (B, U', N) patches still held
+    kept = record.slot_of.reshape(unit.shape[0], -1, unit.shape[-1]) >= 0  # (B, U', N) patches still held
     for b in range(2):
         for u in range(unit.shape[1]):
             assert torch.nonzero(kept[b, u]).flatten().tolist() == top[b, u].tolist()
@@ -90,10 +90,10 @@ def test_an_unfitted_predictor_is_refused_and_a_fitted_one_travels_in_checkpoint
     fit_interaction_predictors(model, _clips(1, 3), steps=5)
     with torch.no_grad():
         logits, info = model(video, return_info=True)
-    record = next(r for r in info.records if r["block"] == 1)
-    assert "indicator" not in record and record["scores"].shape == (2, 1, 16)  # the predictor's tube scores
-    top = record["scores"][:, 0].topk(8, dim=-1).indices.sort(dim=-1).values  # (B, 8)
-    kept = record["slot_of"][:, 0] >= 0  # (B, N): tube mode keeps the same patches in every frame
+    record = next(r for r in info.records if r.block == 1)
+    assert record.indicator is None and record.scores.shape == (2, 1, 16)  # the predictor's tube scores
+    top = record.scores[:, 0].topk(8, dim=-1).indices.sort(dim=-1).values  # (B, 8)
+    kept = record.slot_of[:, 0] >= 0  # (B, N): tube mode keeps the same patches in every frame
     assert [torch.nonzero(row).flatten().tolist() for row in kept] == top.tolist()
     save_checkpoint(tmp_path / "fitted.pth", model)
     restored = create_model(checkpoint=tmp_path / "fitted.pth").eval()
@@ -139,7 +139,7 @@ def test_attention_received_is_its_own_reducer():
     with torch.no_grad():
         _, info = model(_clips(1, 6, batch=2)[0], return_info=True)
     record = info.records[0]
-    assert record["reducer"] == "attention_received" and record["scores"].shape == (2, 1, 16)
+    assert record.reducer == "attention_received" and record.scores.shape == (2, 1, 16)
     assert isinstance(info.state, TokenState) and info.state.x.shape[2] == 8
 
 

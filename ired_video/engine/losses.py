@@ -10,7 +10,7 @@ Targets may be soft (mixup/cutmix, label smoothing).
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import torch
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ired_video.engine.config import ObjectiveSection
-from ired_video.reducers.objectives import policy_gradient_loss, policy_records
-from ired_video.tokens import TokenState, pool_to_slots
+from ired_video.reducers.objectives import kept_share, policy_gradient_loss, policy_records
+from ired_video.tokens import ReducerRecord, TokenState, pool_to_slots
 
 
 def soft_targets(labels: Tensor, num_classes: int, smoothing: float) -> Tensor:
@@ -52,18 +52,6 @@ def mix(video: Tensor, targets: Tensor, mixup: float, cutmix: float, rng: np.ran
     return video, lam * targets + (1 - lam) * targets.flip(0)
 
 
-def kept_fraction(records: list[dict[str, Any]], key: str = "kept_fraction") -> Optional[Tensor]:
-    """(B,) share of tokens kept by the sampled (training-mode) decisions, stages multiplied;
-    ``key="expected_keep"`` gives the differentiable expectation under the keep probabilities."""
-    sampled = policy_records(records)
-    if not sampled:
-        return None
-    kept = sampled[0][key]
-    for record in sampled[1:]:
-        kept = kept * record[key]
-    return kept
-
-
 def soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     """Mean cross-entropy of (B, classes) logits against (B, classes) soft targets."""
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
@@ -87,7 +75,7 @@ def token_distillation(student: TokenState, teacher: TokenState) -> Tensor:
 
 
 def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Tensor,
-              records: list[dict[str, Any]], teacher_logits: Optional[Tensor] = None,
+              records: list[ReducerRecord], teacher_logits: Optional[Tensor] = None,
               exit_logits: Optional[list[Tensor]] = None,
               token_states: Optional[tuple[TokenState, TokenState]] = None) -> tuple[Tensor, dict[str, float]]:
     """Total loss and its parts (floats, for logging; with ``policy`` also the mean reward).
@@ -114,9 +102,9 @@ def objective(cfg: ObjectiveSection, logits: Tensor, targets: Tensor, labels: Te
             raise ValueError("objective.distill_tokens needs the student's and the teacher's final token states")
         parts["distill_tokens"] = cfg.distill_tokens * token_distillation(*token_states)
     if cfg.keep_ratio:
-        kept = kept_fraction(records, key="expected_keep")
-        if kept is None:
+        if not policy_records(records):
             raise ValueError("objective.keep_ratio needs a learned reducer sampling decisions in training")
+        kept = kept_share(records, expected=True)
         parts["keep_ratio"] = cfg.keep_ratio * ((kept - cfg.keep_target) ** 2).mean()
     logged: dict[str, float] = {}
     if cfg.policy:

@@ -12,7 +12,7 @@ import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, Iterator, Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +24,7 @@ from ired_video import flops
 from ired_video.config import DataConfig, ModelConfig, ReducerConfig
 from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
-from ired_video.tokens import TokenState
+from ired_video.tokens import ReducerRecord, TokenState
 
 
 @dataclass
@@ -40,7 +40,7 @@ class ForwardInfo:
 
     gmacs: Tensor
     tokens: Tensor
-    records: list[dict[str, Any]] = field(default_factory=list)
+    records: list[ReducerRecord] = field(default_factory=list)
     state: Optional[TokenState] = None
 
 

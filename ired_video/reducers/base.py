@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from ired_video.tokens import TokenState, flatten_frames, keep_slots
+from ired_video.tokens import ReducerRecord, TokenState, flatten_frames, keep_slots
 
 MODES = ("tube", "frame", "flat")
 
@@ -57,7 +57,8 @@ class Reducer(nn.Module):
         return valid.any(dim=1, keepdim=True) if self.mode == "tube" else valid
 
     def record(self, state: TokenState, **fields: Any) -> None:
-        state.records.append({"reducer": self.name, "block": self.block, "mode": self.mode, **fields})
+        """Leave a ``ReducerRecord`` of this call with ``fields`` (its optional attributes)."""
+        state.records.append(ReducerRecord(self.name, self.block, self.mode, **fields))
 
     def __call__(self, state: TokenState, maps: Optional[Any] = None) -> TokenState:
         """Run ``forward``; every record the call leaves also gets ``slot_of`` (B, F, N') of
@@ -66,7 +67,8 @@ class Reducer(nn.Module):
         count = len(state.records)
         out = super().__call__(state, maps)
         for record in out.records[count:]:
-            record.setdefault("slot_of", out.slot_of)
+            if record.slot_of is None:
+                record.slot_of = out.slot_of
         return out
 
 

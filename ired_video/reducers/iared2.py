@@ -47,7 +47,7 @@ from torch import Tensor, nn
 
 from ired_video.models.blocks import AttentionMaps
 from ired_video.reducers.base import Counts, Reducer, check_fraction, drop_to, ratio_counts, removes_nothing
-from ired_video.tokens import TokenState
+from ired_video.tokens import PolicyDecision, TokenState
 
 
 class Interpreter(nn.Module):
@@ -171,8 +171,8 @@ class IARED2(Reducer):
         new_valid = state.valid_mask() & actions.expand(-1, state.num_frames, -1)
         before = valid_units.sum(dim=(1, 2)).clamp(min=1)
         expected = (policy * valid_units).sum(dim=(1, 2)) / before  # differentiable share kept
-        self.record(state, keep_prob=unit_probs, pos=state.pos, log_prob=log_prob,
-                    kept_fraction=actions.sum(dim=(1, 2)) / before, expected_keep=expected)
+        self.record(state, keep_prob=unit_probs, pos=state.pos, policy=PolicyDecision(
+            log_prob=log_prob, kept_fraction=actions.sum(dim=(1, 2)) / before, expected_keep=expected))
         return replace(state, valid=new_valid, tokens=list(state.tokens), records=list(state.records))
 
 

@@ -50,14 +50,15 @@ def collect(model: nn.Module, videos: Iterable[Tensor]) -> dict[int, dict[str, T
         for video in videos:
             _, info = model(video.to(device), return_info=True)
             for record in info.records:
-                if record["reducer"] != "interaction" or record["block"] not in stages:
+                if record.reducer != "interaction" or record.block not in stages:
                     continue
-                row = parts.setdefault(record["block"], {})
-                for key in ("features", "indicator", "predicted"):
-                    values = record[key]
+                assert record.features is not None and record.indicator is not None and record.predicted is not None
+                row = parts.setdefault(record.block, {})
+                passes = {"features": record.features, "indicator": record.indicator, "predicted": record.predicted}
+                for key, values in passes.items():
                     row.setdefault(key, []).append(values.reshape(-1, *values.shape[2:]).cpu())  # (B*F, K', ...)
                 for key in ("indicator", "predicted"):
-                    row.setdefault(f"tube_{key}", []).append(record[key].mean(dim=1).cpu())  # (B, K')
+                    row.setdefault(f"tube_{key}", []).append(passes[key].mean(dim=1).cpu())  # (B, K')
     return {block: {key: torch.cat(values) for key, values in row.items()} for block, row in parts.items()}
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SCORE_KEYS = ("keep_prob", "scores")  # interpreter keep probability first, then attention-like scores
+from ired_video.tokens import ReducerRecord
 
 
 @dataclass
@@ -101,11 +101,7 @@ def spread_scores(scores: Tensor, pos: Tensor, ids_before: Tensor) -> Tensor:
     return torch.where(ids_before >= 0, heat, torch.full_like(heat, float("nan")))
 
 
-def _score_key(record: dict[str, Any]) -> Optional[str]:
-    return next((key for key in SCORE_KEYS if key in record and "pos" in record), None)
-
-
-def stage_masks(records: Sequence[dict[str, Any]], grid: tuple[int, int], num_frames: int,
+def stage_masks(records: Sequence[ReducerRecord], grid: tuple[int, int], num_frames: int,
                 clip: int = 0) -> list[StageMasks]:
     """One :class:`StageMasks` per reducer record of clip ``clip`` of the batch.
 
@@ -118,26 +114,25 @@ def stage_masks(records: Sequence[dict[str, Any]], grid: tuple[int, int], num_fr
     ids_before: Optional[Tensor] = None
     stages = []
     for index, record in enumerate(records):
-        if "slot_of" not in record:
-            raise ValueError(f"record {index} ({record.get('reducer')} @ block {record.get('block')}) "
+        if record.slot_of is None:
+            raise ValueError(f"record {index} ({record.reducer} @ block {record.block}) "
                              f"has no slot_of: it was not made by a Reducer call")
-        slot_of = record["slot_of"][clip : clip + 1].detach().cpu()  # (1, F, N')
+        slot_of = record.slot_of[clip : clip + 1].detach().cpu()  # (1, F, N')
         if ids_before is None:
             ids_before = identity_ids(1, num_frames, num_patches)
         ids = token_ids(slot_of, num_patches)[0]  # (T*N,)
         heat = torch.full((total,), float("nan"), dtype=torch.float64)
-        key = _score_key(record)
-        if key is not None:
-            heat = spread_scores(record[key][clip].detach().cpu(), record["pos"][clip].detach().cpu(),
-                                 ids_before[0])
+        key, values = record.heat()
+        if values is not None and record.pos is not None:
+            heat = spread_scores(values[clip].detach().cpu(), record.pos[clip].detach().cpu(), ids_before[0])
         keep = ids >= 0
         counts = torch.bincount(ids[keep], minlength=total)  # patches per token id
         merged = keep & (counts.gather(0, ids.clamp(min=0)) > 1)
         slot = slot_of.reshape(-1)  # (T*N,): per-frame slots, or the flat sequence's slots
         shape = (num_frames, height, width)
         stages.append(StageMasks(
-            reducer=str(record.get("reducer")), block=int(record.get("block", -1)),
-            mode=str(record.get("mode")), keep=keep.reshape(shape).numpy(), slot=slot.reshape(shape).numpy(),
+            reducer=record.reducer, block=record.block, mode=record.mode, keep=keep.reshape(shape).numpy(),
+            slot=slot.reshape(shape).numpy(),
             merged=merged.reshape(shape).numpy(), heat=heat.reshape(shape).float().numpy(),
             heat_name=key, tokens=int(ids[keep].unique().numel()), total=total))
         ids_before = ids[None]
@@ -161,16 +156,19 @@ def heat_from_tokens(scores: Tensor, pos: Tensor, slot_of: Tensor, grid: tuple[i
     return heat.reshape(num_frames, *grid).float().numpy()  # (T*N,) -> (T, h, w)
 
 
-def stage_token_counts(records: Sequence[dict[str, Any]], num_patches: int) -> list[dict[str, Any]]:
+def stage_token_counts(records: Sequence[ReducerRecord], num_patches: int) -> list[dict[str, Any]]:
     """Per reducer record: its name, block, mode and ``tokens`` (B,) long, the real tokens
     each clip kept after it (distinct tokens still holding a patch; a cheap summary of
     :func:`stage_masks` for a whole batch)."""
     out = []
     for record in records:
-        ids = token_ids(record["slot_of"].detach(), num_patches)  # (B, T*N)
+        if record.slot_of is None:
+            raise ValueError(f"{record.reducer} @ block {record.block}: a record without slot_of (not made by a "
+                             "Reducer call)")
+        ids = token_ids(record.slot_of.detach(), num_patches)  # (B, T*N)
         total = ids.shape[1]
         seen = torch.zeros(ids.shape[0], total + 1, dtype=torch.bool, device=ids.device)
         seen.scatter_(1, torch.where(ids >= 0, ids, torch.full_like(ids, total)), True)  # -1 -> spill column
-        out.append({"reducer": str(record.get("reducer")), "block": int(record.get("block", -1)),
-                    "mode": str(record.get("mode")), "tokens": seen[:, :total].sum(dim=1).cpu()})
+        out.append({"reducer": record.reducer, "block": record.block, "mode": record.mode,
+                    "tokens": seen[:, :total].sum(dim=1).cpu()})
     return out
