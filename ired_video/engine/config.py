@@ -223,10 +223,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Resolved:
-    """What a training config's untyped sections resolve to, computed once (``resolve``): the
-    model overrides (a ``responsive_fields`` file read into windows), the ModelConfig, the
-    preprocessing DataConfig, and the CascadeConfig (None for a plain model)."""
+    """What a training config's YAML-shaped sections resolve to (``resolve``), the only form
+    the rest of the code reads them in: the variant name, its ModelConfig overrides (a
+    ``responsive_fields`` file read into windows), the ModelConfig, the preprocessing
+    DataConfig, and the CascadeConfig (None for a plain model)."""
 
+    variant: str
     overrides: dict[str, Any]
     model: ModelConfig
     preprocess: DataConfig
@@ -247,7 +249,7 @@ def resolve(cfg: TrainConfig) -> Resolved:
         cascade = load_cascade_config(cfg.cascade)
         if cfg.reducer.name != "none":
             cascade = dataclasses.replace(cascade, reducer=cfg.reducer)
-    return Resolved(overrides, model, preprocess, cascade)
+    return Resolved(cfg.model["name"], overrides, model, preprocess, cascade)
 
 
 def validate(cfg: TrainConfig) -> Resolved:
@@ -269,20 +271,20 @@ def validate(cfg: TrainConfig) -> Resolved:
         raise ConfigError("objective.freeze_backbone leaves only reducer parameters to train: "
                           "only iared2 has any")
     if cfg.objective.curriculum == "groupwise":
-        _validate_curriculum(cfg, resolved.model)
+        _validate_curriculum(cfg, resolved)
     return resolved
 
 
-def _validate_curriculum(cfg: TrainConfig, model: ModelConfig) -> None:
+def _validate_curriculum(cfg: TrainConfig, resolved: Resolved) -> None:
     """The group-wise curriculum needs IA-RED², one phase per interpreter plus the
     fine-tuning, and phases that fill ``train.epochs``."""
     if cfg.reducer.name != "iared2":
         raise ConfigError("objective.curriculum=groupwise trains IA-RED² interpreters group by group: "
                           "set reducer.name=iared2")
-    if cfg.cascade:
+    if resolved.cascade is not None:
         raise ConfigError("objective.curriculum=groupwise is for plain models, not a cascade")
     stages = sorted(set(cfg.reducer.stages if cfg.reducer.stages is not None
-                        else default_stages(model.depth)))
+                        else default_stages(resolved.model.depth)))
     epochs = cfg.objective.curriculum_epochs
     if len(epochs) != len(stages) + 1:
         raise ConfigError(f"objective.curriculum_epochs={epochs}: expected {len(stages) + 1} entries, the epochs "

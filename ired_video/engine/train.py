@@ -124,9 +124,9 @@ def build_model(cfg: TrainConfig, data_config: DataConfig, resolved: Optional[Re
     if classes and overrides.setdefault("num_classes", classes) != classes:
         raise ConfigError(f"model.num_classes={overrides['num_classes']} but the data has {classes} classes")
     if resolved.cascade is not None:
-        return build_cascade(model_config(cfg.model["name"], **overrides), resolved.cascade, data_config,
+        return build_cascade(model_config(resolved.variant, **overrides), resolved.cascade, data_config,
                              checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head)
-    model = create_model(cfg.model["name"], checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
+    model = create_model(resolved.variant, checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
                          **overrides)
     model.data_config = data_config
     return model
@@ -244,7 +244,7 @@ def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
                           f"exceeds the {len(data.train)} training clips")
     model = build_model(cfg, data.data_config, resolved)
     teacher = _teacher(cfg, model, accelerator)
-    if not cfg.cascade:  # a cascade got its reducer when built
+    if resolved.cascade is None:  # a cascade got its reducer when built
         apply_reducer(model, cfg.reducer)
     if cfg.objective.freeze_backbone:
         _freeze_backbone(model)
