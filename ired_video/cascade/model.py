@@ -336,59 +336,20 @@ class Cascade(nn.Module):
         logits are still those of the stage the thresholds would exit at.
         """
         all_exits = self.training if all_exits is None else all_exits
-        batch, count = video.shape[0], len(self.stages)
-        device = video.device
-        active = torch.arange(batch, device=device)
-        exit_stage = torch.full((batch,), count - 1, dtype=torch.long, device=device)
-        spent = torch.zeros(batch, dtype=torch.float64, device=device)
-        stage_gmacs = torch.full((batch, count), float("nan"), dtype=torch.float64, device=device)
-        depth = self.config.depth
-        tokens = torch.zeros(batch, count * depth, dtype=torch.long, device=device)
-        logits_out: Optional[Tensor] = None
-        stage_logits: list[Tensor] = []
+        routing = _Routing.start(video.shape[0], len(self.stages), self.config.depth, video.device)
         carry: Optional[_Carry] = None
-        last_state = None
-        thresholds = self.thresholds
         for k, stage in enumerate(self.stages):
-            state = stage.embed(self.stage_input(video.index_select(0, active), k))
+            state = stage.embed(self.stage_input(video.index_select(0, routing.active), k))
             state.hooks = self._hooks_for(k, carry, state)
             state = stage.forward_blocks(state)
-            logits = stage.forward_head(state)
-            last_state = state
-            spent[active] += state.macs
-            stage_gmacs[active, k] = spent[active]
-            tokens[active, k * depth:(k + 1) * depth] = torch.stack(state.tokens, dim=1)
-            if logits_out is None:
-                logits_out = logits.new_zeros(batch, logits.shape[-1])
-            if all_exits:
-                stage_logits.append(logits)
-            if k == count - 1:
-                logits_out[active] = logits
+            keep = routing.after_stage(k, state, stage.forward_head(state), self.thresholds, all_exits)
+            if keep is None:
                 break
-            confident = logits.softmax(dim=-1).amax(dim=-1) >= thresholds[k]  # (B_active,)
-            if all_exits:  # every clip goes on; its answer is still the first confident stage's
-                exit_stage[active[confident & (exit_stage[active] == count - 1)]] = k
-                keep = torch.ones_like(confident)
-            else:
-                logits_out[active[confident]] = logits[confident]
-                exit_stage[active[confident]] = k
-                keep = ~confident
             carry = _Carry.after(state, carry, self.cascade_config).select(keep)
-            active = active[keep]
-            if active.numel() == 0:
-                break
-        if all_exits:
-            for k in range(count - 1):
-                chosen = exit_stage == k
-                logits_out[chosen] = stage_logits[k][chosen]
-        assert logits_out is not None and last_state is not None
+        logits = routing.answers(all_exits)
         if not return_info:
-            return logits_out
-        reached_all = bool((~torch.isnan(stage_gmacs[:, -1])).all())
-        info = CascadeInfo(gmacs=(spent / 1e9).float(), tokens=tokens,
-                           records=last_state.records if reached_all else [], state=last_state,
-                           exit_stage=exit_stage, stage_logits=stage_logits, stage_gmacs=stage_gmacs / 1e9)
-        return logits_out, info
+            return logits
+        return logits, routing.info()
 
     def _hooks_for(self, k: int, carry: Optional["_Carry"], state: TokenState) -> BlockHooks:
         """Stage k's block hooks from what upstream stages left (bills the reuse modules)."""
@@ -432,6 +393,74 @@ class Cascade(nn.Module):
                 biases[kind] = chunk_layers(total, heads) if cfg.relation_variant == "official" else \
                     split_layers(total, heads)
         return CascadeHooks(stage.blocks, features, feature_in, feature_norm, biases, keeps)
+
+
+@dataclass
+class _Routing:
+    """One forward's bookkeeping across stages: which clips still run (``active``, indices
+    into the batch), where each exits, what each spent, and the answers so far."""
+
+    active: Tensor  # (A,) long
+    exit_stage: Tensor  # (B,) long
+    spent: Tensor  # (B,) float64 MACs
+    stage_gmacs: Tensor  # (B, K) float64 cumulative MACs, NaN where not run
+    tokens: Tensor  # (B, K * depth) long
+    depth: int
+    logits: Optional[Tensor] = None  # (B, classes), filled as clips exit
+    stage_logits: list[Tensor] = field(default_factory=list)
+    last_state: Optional[TokenState] = None
+
+    @classmethod
+    def start(cls, batch: int, stages: int, depth: int, device: torch.device) -> "_Routing":
+        return cls(active=torch.arange(batch, device=device),
+                   exit_stage=torch.full((batch,), stages - 1, dtype=torch.long, device=device),
+                   spent=torch.zeros(batch, dtype=torch.float64, device=device),
+                   stage_gmacs=torch.full((batch, stages), float("nan"), dtype=torch.float64, device=device),
+                   tokens=torch.zeros(batch, stages * depth, dtype=torch.long, device=device), depth=depth)
+
+    def after_stage(self, k: int, state: TokenState, logits: Tensor, thresholds: list[float],
+                    all_exits: bool) -> Optional[Tensor]:
+        """Book stage k's cost and answers for the active clips; returns which of them go on
+        (A,) bool, or None when none does (the last stage, or every clip exited)."""
+        active, last = self.active, self.stage_gmacs.shape[1] - 1
+        self.last_state = state
+        self.spent[active] += state.macs
+        self.stage_gmacs[active, k] = self.spent[active]
+        self.tokens[active, k * self.depth:(k + 1) * self.depth] = torch.stack(state.tokens, dim=1)
+        if self.logits is None:
+            self.logits = logits.new_zeros(self.exit_stage.shape[0], logits.shape[-1])
+        if all_exits:
+            self.stage_logits.append(logits)
+        if k == last:
+            self.logits[active] = logits
+            return None
+        confident = logits.softmax(dim=-1).amax(dim=-1) >= thresholds[k]  # (A,)
+        if all_exits:  # every clip goes on; its answer is still the first confident stage's
+            self.exit_stage[active[confident & (self.exit_stage[active] == last)]] = k
+            keep = torch.ones_like(confident)
+        else:
+            self.logits[active[confident]] = logits[confident]
+            self.exit_stage[active[confident]] = k
+            keep = ~confident
+        self.active = active[keep]
+        return keep if self.active.numel() else None
+
+    def answers(self, all_exits: bool) -> Tensor:
+        """(B, classes) logits of each clip's exit stage."""
+        assert self.logits is not None
+        if all_exits:
+            for k, stage_logits in enumerate(self.stage_logits[:-1]):
+                chosen = self.exit_stage == k
+                self.logits[chosen] = stage_logits[chosen]
+        return self.logits
+
+    def info(self) -> CascadeInfo:
+        assert self.last_state is not None
+        reached_all = bool((~torch.isnan(self.stage_gmacs[:, -1])).all())
+        return CascadeInfo(gmacs=(self.spent / 1e9).float(), tokens=self.tokens,
+                           records=self.last_state.records if reached_all else [], state=self.last_state,
+                           exit_stage=self.exit_stage, stage_logits=self.stage_logits,
+                           stage_gmacs=self.stage_gmacs / 1e9)
 
 
 @dataclass
