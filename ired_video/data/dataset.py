@@ -20,12 +20,10 @@ from torch.utils.data import Dataset
 from ired_video.config import ConfigError, DataConfig
 from ired_video.data.annotations import VideoRecord
 from ired_video.data.decoding import DecodedClip, DecodeError, check_backend, read_clip
-from ired_video.data.sampling import PAD_MODES, ClipSample, Sampler, sampler_for
+from ired_video.data.sampling import MODES, PAD_MODES, ClipSample, Sampler, sampler_for
 from ired_video.data.transforms import eval_transform, to_tchw, train_transform
 
 logger = logging.getLogger(__name__)
-
-MODES = ("train", "val", "test")
 
 
 def check_data_config(cfg: DataConfig) -> None:
