@@ -79,12 +79,16 @@ def test_shapes_are_checked():
     assert accuracy_interval(np.array([1, 0, 1, 1])).mean == 0.75  # one seed as a vector
 
 
-def _bench_demo():
-    path = Path(__file__).resolve().parents[1] / "tools" / "bench_demo.py"
-    spec = importlib.util.spec_from_file_location("bench_demo", path)
+def _tool(name: str):
+    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _bench_demo():
+    return _tool("bench_demo")
 
 
 def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
@@ -104,3 +108,40 @@ def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
     lost = -(plain[:, :10].mean() * 10 / 200)
     assert row["delta"] == pytest.approx(lost) and row["delta_high"] < 0  # the paired interval excludes 0
     assert row["seeds"] == 3 and row["videos"] == 200 and len(row["top1_per_seed"]) == 3
+
+
+def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
+    bench = _tool("bench_cascade")
+    rng = np.random.default_rng(1)
+    per_seed = []
+    for _ in range(3):
+        plain = (rng.random(300) < 0.9).astype(float)
+        worse = plain.copy()
+        worse[:60] = 0.0  # the cascade loses the first 60 clips in every seed
+        per_seed.append({("plain (static)", None): {"correct": plain, "gmacs": 0.36},
+                         ("cascade, official", 0.5): {"correct": worse, "gmacs": 0.18, "exit_shares": [0.6, 0.4]},
+                         ("cascade, official", 0.2): {"error": "below the cheapest setting"}})
+    rows = bench.aggregate(per_seed, 0.36)
+    plain_row, cascade, failed = rows
+    assert plain_row["delta"] == 0.0 and plain_row["top1_low"] < plain_row["top1"] < plain_row["top1_high"]
+    assert cascade["budget"] == pytest.approx(0.18) and cascade["exit_shares"] == pytest.approx([0.6, 0.4])
+    assert cascade["delta_high"] < 0 and len(cascade["top1_per_seed"]) == 3  # the paired interval excludes 0
+    assert failed["error"] == "below the cheapest setting"
+    assert "-" in bench.markdown(rows, 0.36).splitlines()[-1]
+
+
+def test_bench_explain_cells_leave_out_videos_without_an_object():
+    bench = _tool("bench_explain")
+    tables = [bench.Table(per_video={"random": {"deletion_auc": [0.5, 0.7, 0.6], "insertion_auc": [0.5, 0.5, 0.5],
+                                                "pointing_game": [1.0, float("nan"), 0.0],
+                                                "mask_iou": [0.2, float("nan"), 0.4]},
+                                     "topk keep=0.5": {"object_kept": [1.0, float("nan"), 0.5],
+                                                       "all_kept": [0.5, 0.5, 0.5]}}, videos=3)
+              for _ in range(2)]
+    cells = bench.aggregate(tables)
+    assert cells["random"]["pointing_game"]["videos"] == 2 and cells["random"]["pointing_game"]["mean"] == 0.5
+    assert cells["random"]["deletion_auc"]["videos"] == 3
+    assert cells["random"]["deletion_auc"]["mean"] == pytest.approx(0.6)
+    assert cells["topk keep=0.5"]["object_kept"]["mean"] == 0.75
+    text = bench.markdown(cells, 2, 3)
+    assert "| random | 0.600 [" in text and "| topk keep=0.5 | 0.750 [" in text

@@ -2,8 +2,8 @@
 and token reducers at the same budgets, with and without each kind of reuse, and with the
 official reuse structure against this package's first version.
 
-From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
-``runs/demo/plain/best.pth``):
+For each seed (``--seeds``, default 0 1 2) from that seed's plain demo checkpoint
+(``--init``, one per seed, or trained here with the demo recipe for ``--plain-epochs``):
 
 1. thresholds are calibrated on ``--calibration`` (best: clips no model trained on), or
    else the demo training split is divided into a fitting part and a held-out part
@@ -23,12 +23,14 @@ From one trained plain demo checkpoint (``--init``; ``ired-video demo`` writes
    without exceeding it, or its cheapest) and ToMe (the r whose analytic GMACs come
    closest, either side); and each cascade's stage 1 alone (every clip exits there).
 
+Every row reports mean top-1 over the seeds with a 95% bootstrap interval over seeds and
+test clips, and its paired difference to the plain model (``ired_video.stats``).
 Writes table.md, results.json under ``--out``. Without ``--calibration`` the plain model saw
 the held-out clips in its own training (they come from the demo training split), so
 calibration is slightly optimistic about stage 1; the test split is never used for fitting
 or calibration.
 
-    python tools/bench_cascade.py --init runs/demo/plain/best.pth --data runs/demo/data --out runs/bench_cascade
+    python tools/bench_cascade.py --data runs/demo/data --out runs/bench_cascade --seeds 0 1 2
 """
 from __future__ import annotations
 
@@ -42,21 +44,21 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from ired_video.budget import tome_r_for_gmacs
 from ired_video.build import apply_reducer, create_model
-from ired_video.cascade.calibration import calibrate, choose, collect_exits, score
+from ired_video.cascade.calibration import calibrate, choose, collect_exits, routed_answers, score
 from ired_video.cascade.model import Cascade
 from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.engine.evaluate import evaluate_checkpoint
-from ired_video.engine.recipes import demo_config
+from ired_video.engine.recipes import demo_config, plain_per_seed
 from ired_video.engine.train import train
 from ired_video.models.weights import save_checkpoint
-from ired_video.reducers import reducer_config
+from ired_video.stats import accuracy_interval, difference_interval
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = {"feature_variant": "official", "relation_variant": "official"}
@@ -74,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--init", required=True, help="plain demo checkpoint every cascade stage starts from")
+    parser.add_argument("--init", nargs="+", type=Path, default=None,
+                        help="plain demo checkpoints the cascade stages start from, one per seed "
+                             "(default: train one per seed with the demo recipe)")
+    parser.add_argument("--plain-epochs", type=int, default=24, help="epochs of each plain model trained here")
     parser.add_argument("--data", required=True, help="demo dataset folder (train.csv, val.csv)")
     parser.add_argument("--out", default="runs/bench_cascade", help="output folder (default: %(default)s)")
     parser.add_argument("--cascade", default=str(REPO / "configs/cascade/demo_micro.yaml"),
@@ -91,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                         help="also evaluate training-free top-k and ToMe at every budget (default: on)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                        help="one plain model, hold-out split and cascade fine-tuning per seed")
     parser.add_argument("--workers", type=int, default=2)
     return parser
 
@@ -154,79 +160,124 @@ def cpu_minutes() -> float:
     return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    began = time.perf_counter()
-    data, out, init = Path(args.data), Path(args.out), Path(args.init)
+def right_answers(model: torch.nn.Module, batches: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
+    """(n,) 1.0 where ``model`` is right on each clip of ``batches``, and its mean GMACs per clip."""
+    correct, gmacs = [], []
+    with torch.no_grad():
+        for item in batches:
+            logits, info = model(item["video"], return_info=True)
+            correct.append((logits.argmax(-1) == item["label"]).double())
+            gmacs.append(info.gmacs.double())
+    return torch.cat(correct).numpy(), float(torch.cat(gmacs).mean())
+
+
+def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list[dict[str, Any]]
+             ) -> tuple[dict[tuple[str, Optional[float]], dict[str, Any]], dict[str, dict[str, float]]]:
+    """Every row of one seed, keyed by (method, budget fraction): per-clip right answers,
+    GMACs per clip and routing; and the reuse modules' cost per variant."""
+    data, out = Path(args.data), Path(args.out) / f"seed{seed}"
     if args.calibration:
         fit, holdout = (data / "train.csv").resolve(), Path(args.calibration)
     else:
-        fit, holdout = split_train(data, out, args.holdout, args.seed)
+        fit, holdout = split_train(data, out, args.holdout, seed)
     fit_clips = len(fit.read_text().splitlines())
     batch = f"train.batch_size={min(16, max(fit_clips // 2, 1))}"  # as the demo: small sets still get steps
-    val = Path(args.test or data / "val.csv")
     plain_model = create_model(checkpoint=init).eval()
-    test_batches = decoded(val, plain_model, args.workers)
     held_batches = decoded(holdout, plain_model, args.workers)
-    correct, spent, count = 0, 0.0, 0
-    with torch.no_grad():
-        for item in test_batches:
-            logits, info = plain_model(item["video"], return_info=True)
-            correct += int((logits.argmax(-1) == item["label"]).sum())
-            spent += float(info.gmacs.double().sum())
-            count += len(item["label"])
-    full = spent / count
-    budgets = [fraction * full for fraction in args.budgets]
-    rows: list[dict[str, Any]] = [{"method": "plain (static)", "budget": None, "gmacs": full, "top1": correct / count}]
+    plain_correct, full = right_answers(plain_model, test_batches)
+    rows: dict[tuple[str, Optional[float]], dict[str, Any]] = {
+        ("plain (static)", None): {"correct": plain_correct, "gmacs": full}}
     reuse: dict[str, dict[str, float]] = {}
-
     for label in args.variants:
         started = time.perf_counter()
         run = out / label.replace(" ", "_")
         switches = [f"cascade.{key}={str(value).lower()}" for key, value in VARIANTS[label].items()]
         train(demo_config(data, run, f"data.train={fit}", f"init.checkpoint={init}", "init.drop_head=false",
                           f"train.epochs={args.epochs}", batch, "optim.lr=0.0003", "schedule.warmup_epochs=0",
-                          "eval.every=0", f"train.seed={args.seed}", f"cascade.config={args.cascade}", *switches),
+                          "eval.every=0", f"train.seed={seed}", f"cascade.config={args.cascade}", *switches),
               overwrite=True)
         model = create_model(checkpoint=run / "best.pth")
         assert isinstance(model, Cascade)
-        calibration = calibrate(model, held_batches, budgets[-1])
+        calibration = calibrate(model, held_batches, args.budgets[-1] * full)
         save_checkpoint(run / "calibrated.pth", model)
         probs, labels, cumulative = collect_exits(model, test_batches)
         stages, all_stages = len(model.stages), model.static_gmacs()
-        reuse_gmacs = all_stages - sum(stage.static_gmacs() for stage in model.stages)
-        reuse[label] = {"reuse_gmacs": reuse_gmacs, "all_stages_gmacs": all_stages,
-                        "minutes": (time.perf_counter() - started) / 60}
-        alone = score(probs, labels, cumulative, [0.0] * (stages - 1))
-        rows.append({"method": f"stage 1 alone (static), {label}", "budget": None, "gmacs": alone["gmacs"],
-                     "top1": alone["top1"]})
-        for budget in budgets:
+        reuse[label] = {"reuse_gmacs": all_stages - sum(stage.static_gmacs() for stage in model.stages),
+                        "all_stages_gmacs": all_stages, "minutes": (time.perf_counter() - started) / 60}
+        for fraction in (None, *args.budgets):
+            method = f"stage 1 alone (static), {label}" if fraction is None else f"cascade, {label}"
             try:
-                chosen = choose(calibration["table"], budget)
+                thresholds = [0.0] * (stages - 1) if fraction is None else \
+                    choose(calibration["table"], fraction * full)["thresholds"]
             except ConfigError as err:  # the budget is below the cascade's cheapest setting
-                rows.append({"method": f"cascade, {label}", "budget": budget, "error": str(err)})
+                rows[(method, fraction)] = {"error": str(err)}
                 continue
-            routed = score(probs, labels, cumulative, chosen["thresholds"])
-            rows.append({"method": f"cascade, {label}", "budget": budget, "gmacs": routed["gmacs"],
-                         "top1": routed["top1"], "reuse_gmacs": reuse_gmacs,
-                         "exit_shares": {str(k + 1): v for k, v in enumerate(routed["exit_shares"])},
-                         "thresholds": chosen["thresholds"], "calibration_gmacs": chosen["gmacs"]})
-
+            routed = score(probs, labels, cumulative, thresholds)
+            _, correct = routed_answers(probs, labels, thresholds)
+            rows[(method, fraction)] = {"correct": correct.double().numpy(), "gmacs": routed["gmacs"],
+                                        "exit_shares": routed["exit_shares"]}
     for name in ("topk", "tome") if args.baselines else ():
-        for budget in budgets:
-            reducer, _ = reducer_at_budget(init, name, budget)
-            cfg = {k: v for k, v in reducer.items() if k != "name"}
-            report = evaluate_checkpoint(init, str(val), reducer=reducer_config(name, **cfg), workers=args.workers)
-            rows.append({"method": f"{name} ({', '.join(f'{k}={v}' for k, v in cfg.items())}), training-free",
-                         "budget": budget, "gmacs": report["gmacs_per_view"], "top1": report["top1"]})
+        for fraction in args.budgets:
+            reducer, _ = reducer_at_budget(init, name, fraction * full)
+            settings = {k: v for k, v in reducer.items() if k != "name"}
+            model = create_model(checkpoint=init).eval()
+            apply_reducer(model, name, **settings)
+            correct, gmacs = right_answers(model, test_batches)
+            method = f"{name}, training-free (closest setting)"
+            rows[(method, fraction)] = {"correct": correct, "gmacs": gmacs, "setting": settings}
+    return rows, reuse
 
+
+def aggregate(per_seed: list[dict[tuple[str, Optional[float]], dict[str, Any]]], full: float) -> list[dict[str, Any]]:
+    """Rows over seeds: mean top-1 with its interval, paired difference to the plain model,
+    mean GMACs and exit shares, per-seed settings; a row failing in any seed reports why."""
+    plain = np.stack([seed[("plain (static)", None)]["correct"] for seed in per_seed])  # (seeds, clips)
+    rows = []
+    for key in per_seed[0]:
+        method, fraction = key
+        entries = [seed[key] for seed in per_seed]
+        row: dict[str, Any] = {"method": method, "budget": None if fraction is None else fraction * full,
+                               "budget_fraction": fraction}
+        errors = [entry["error"] for entry in entries if "error" in entry]
+        if errors:
+            rows.append({**row, "error": errors[0]})
+            continue
+        scores = np.stack([entry["correct"] for entry in entries])  # (seeds, clips)
+        accuracy, difference = accuracy_interval(scores), difference_interval(scores, plain)
+        row.update(gmacs=float(np.mean([entry["gmacs"] for entry in entries])), top1=accuracy.mean,
+                   top1_low=accuracy.low, top1_high=accuracy.high, delta=difference.mean,
+                   delta_low=difference.low, delta_high=difference.high,
+                   top1_per_seed=[float(s.mean()) for s in scores])
+        if "exit_shares" in entries[0]:
+            row["exit_shares"] = np.mean([entry["exit_shares"] for entry in entries], axis=0).tolist()
+        if "setting" in entries[0]:
+            row["settings"] = [entry["setting"] for entry in entries]
+        rows.append(row)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    began = time.perf_counter()
+    data, out = Path(args.data), Path(args.out)
+    if args.init is not None and len(args.init) != len(args.seeds):
+        raise SystemExit(f"--init: give one checkpoint per seed ({len(args.seeds)}), got {len(args.init)}")
+    inits = args.init or plain_per_seed(data, out, args.seeds, args.plain_epochs)
+    val = Path(args.test or data / "val.csv")
+    test_batches = decoded(val, create_model(checkpoint=inits[0]), args.workers)
+    per_seed, reuse = [], {}
+    for seed, init in zip(args.seeds, inits):
+        rows, reuse = run_seed(args, seed, Path(init), test_batches)
+        per_seed.append(rows)
+    full = per_seed[0][("plain (static)", None)]["gmacs"]
+    rows = aggregate(per_seed, full)
     table = markdown(rows, full)
     (out / "table.md").write_text(table + "\n")
     minutes = (time.perf_counter() - began) / 60
     (out / "results.json").write_text(json.dumps({
         "command": shlex.join(["python", "tools/bench_cascade.py", *(argv if argv is not None else sys.argv[1:])]),
-        "rows": rows, "plain_gmacs": full, "budgets": budgets, "epochs": args.epochs, "reuse": reuse,
-        "test_clips": count, "calibration_clips": sum(len(b["label"]) for b in held_batches),
+        "rows": rows, "plain_gmacs": full, "budget_fractions": args.budgets, "epochs": args.epochs,
+        "seeds": args.seeds, "reuse": reuse, "test_clips": int(sum(len(b["label"]) for b in test_batches)),
         "minutes": minutes, "cpu_minutes": cpu_minutes()}, indent=1))
     print(table)
     print(f"\n{minutes:.1f} min ({cpu_minutes():.1f} CPU min); wrote {out / 'table.md'} and {out / 'results.json'}")
@@ -234,18 +285,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def markdown(rows: list[dict[str, Any]], full: float) -> str:
-    header = ("| method | budget (GMACs/clip) | GMACs/clip | of plain | top-1 (%) | exit shares (stage 1, 2, ...) "
-              "| reuse GMACs (if stage 2 runs) |")
+    header = ("| method | budget (GMACs/clip) | GMACs/clip | of plain | top-1 (%) [95% CI] | Δ vs plain [95% CI] "
+              "| exit shares (stage 1, 2, ...) |")
     lines = [header, "|---|---|---|---|---|---|---|"]
     for row in rows:
         budget = "" if row["budget"] is None else f"{row['budget']:.4f}"
         if "error" in row:
-            lines.append(f"| {row['method']} | {budget} | - | - | - | {row['error']} | |")
+            lines.append(f"| {row['method']} | {budget} | - | - | - | - | {row['error']} |")
             continue
-        shares = row.get("exit_shares") or {}
-        reuse = "" if row.get("reuse_gmacs") is None else f"{row['reuse_gmacs']:.4f}"
+        shares = ", ".join(f"{v:.2f}" for v in row.get("exit_shares", []))
+        delta = "" if row["method"] == "plain (static)" else \
+            f"{100 * row['delta']:+.1f} [{100 * row['delta_low']:+.1f}, {100 * row['delta_high']:+.1f}]"
         lines.append(f"| {row['method']} | {budget} | {row['gmacs']:.4f} | {row['gmacs'] / full:.0%} | "
-                     f"{100 * row['top1']:.1f} | {', '.join(f'{v:.2f}' for v in shares.values())} | {reuse} |")
+                     f"{100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, {100 * row['top1_high']:.1f}] | "
+                     f"{delta} | {shares} |")
     return "\n".join(lines)
 
 

@@ -37,7 +37,7 @@ from ired_video.build import create_model
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.interaction_fit import reducer_start
-from ired_video.engine.recipes import demo_config, reducer_settings
+from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings
 from ired_video.engine.train import train
 from ired_video.reducers import default_stages, reducer_config
 from ired_video.stats import accuracy_interval, difference_interval
@@ -184,14 +184,7 @@ def plain_checkpoints(args: argparse.Namespace) -> list[Path]:
         if len(args.plain) != len(args.seeds):
             raise SystemExit(f"--plain: give one checkpoint per seed ({len(args.seeds)}), got {len(args.plain)}")
         return list(args.plain)
-    paths = []
-    for seed in args.seeds:
-        run = args.out / f"plain_seed{seed}"
-        if not (run / "last.pth").is_file():
-            train(demo_config(args.data, run, f"train.seed={seed}", f"train.epochs={args.plain_epochs}",
-                              "eval.every=0"), overwrite=True)
-        paths.append(run / "last.pth")
-    return paths
+    return plain_per_seed(args.data, args.out, args.seeds, args.plain_epochs)
 
 
 def main() -> int:

@@ -1,11 +1,13 @@
 """Benchmark: faithfulness and localisation of every explanation method on the demo dataset.
 
-    python tools/bench_explain.py --checkpoint runs/demo/plain/best.pth --data runs/demo/data --out runs/explain
+    python tools/bench_explain.py --data runs/demo/data --out runs/explain --seeds 0 1 2
 
-For a demo checkpoint (``ired-video demo`` trains one) and its dataset this writes the
-table of ``ired-video faithfulness`` for interpreter, class attention, attention rollout,
-the interaction indicator and random, plus the share of object patches each reducer keeps,
-as ``OUT/bench_explain.md`` and ``.json``.
+For each seed, a plain demo checkpoint (``--checkpoint``, one per seed, or trained here with
+the demo recipe) is scored on the demo split: the table of ``ired-video faithfulness`` for
+interpreter, class attention, attention rollout, the interaction indicator and random, plus
+the share of object patches each reducer keeps. Each cell is the mean over seeds and videos
+with a 95% bootstrap interval over both (videos without a visible object are left out of
+the localisation cells), written as ``OUT/bench_explain.md`` and ``.json``.
 
 The interpreter column needs IA-RED² interpreters. When the checkpoint has none, a short
 IA-RED² stage is trained on the *frozen* checkpoint first (the paper's first stage:
@@ -17,18 +19,23 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shlex
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from ired_video.commands.common import reducer_from_args
-from ired_video.engine.recipes import demo_config, reducer_settings
+from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings
 from ired_video.engine.train import train
 from ired_video.explain.methods import METHODS
-from ired_video.explain.table import DEFAULT_REDUCERS, build_table, demo_items
+from ired_video.explain.table import DEFAULT_REDUCERS, METRICS, Table, build_table, demo_items
 from ired_video.inference import load_model
 from ired_video.reducers import reducer_config
+from ired_video.stats import accuracy_interval
 
 
 def train_interpreter(checkpoint: Path, data_dir: Path, out: Path, epochs: int) -> Path:
@@ -48,7 +55,10 @@ def train_interpreter(checkpoint: Path, data_dir: Path, out: Path, epochs: int) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_explain.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", required=True, help="demo checkpoint (e.g. runs/demo/plain/best.pth)")
+    parser.add_argument("--checkpoint", nargs="+", type=Path, default=None,
+                        help="plain demo checkpoints, one per seed (default: train one per seed with the demo recipe)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one model per seed")
+    parser.add_argument("--plain-epochs", type=int, default=24, help="epochs of each plain model trained here")
     parser.add_argument("--data", required=True, help="the demo dataset it was trained on (e.g. runs/demo/data)")
     parser.add_argument("--out", default="runs/bench_explain", help="output folder (default: %(default)s)")
     parser.add_argument("--split", default="val")
@@ -60,30 +70,84 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    out, data_dir, checkpoint = Path(args.out), Path(args.data), Path(args.checkpoint)
-    for path in (checkpoint, data_dir / f"{args.split}.csv"):
-        if not path.is_file():
-            print(f"bench_explain: error: {path}: no such file", file=sys.stderr)
-            return 2
-    started = time.perf_counter()
+def seed_table(checkpoint: Path, args: argparse.Namespace, out: Path) -> tuple[Table, Optional[Path]]:
+    """One seed's table, after training its interpreter when the checkpoint has none."""
     loaded = load_model(checkpoint, device="cpu")
     interpreter_ckpt = None
     if not any(r.name == "iared2" for r in loaded.model.reducers.values()):
         print(f"{checkpoint} has no interpreter: training an IA-RED² stage on it, frozen -> {out / 'interpreter'}")
-        interpreter_ckpt = train_interpreter(checkpoint, data_dir, out / "interpreter", args.interpreter_epochs)
+        interpreter_ckpt = train_interpreter(checkpoint, Path(args.data), out / "interpreter", args.interpreter_epochs)
         loaded = load_model(interpreter_ckpt, device="cpu")
     reducers = [reducer_from_args(spec.split()) for spec in DEFAULT_REDUCERS] + [loaded.model.reducer_config]
-    items = demo_items(data_dir, args.split, args.limit)
-    table = build_table(loaded.model, items, list(METHODS), reducers, args.steps)
-    text = table.markdown()
+    items = demo_items(Path(args.data), args.split, args.limit)
+    return build_table(loaded.model, items, list(METHODS), reducers, args.steps), interpreter_ckpt
+
+
+def aggregate(tables: list[Table]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per row (method or reducer) and score: mean over seeds and videos with its interval;
+    videos whose score is NaN in any seed (no visible object) are left out."""
+    cells: dict[str, dict[str, dict[str, float]]] = {}
+    for row, scores in tables[0].per_video.items():
+        for score in scores:
+            matrix = np.array([table.per_video[row][score] for table in tables])  # (seeds, videos)
+            finite = matrix[:, ~np.isnan(matrix).any(axis=0)]
+            if finite.size == 0:
+                cells.setdefault(row, {})[score] = {"mean": float("nan"), "low": float("nan"),
+                                                    "high": float("nan"), "videos": 0}
+                continue
+            interval = accuracy_interval(finite)
+            cells.setdefault(row, {})[score] = {"mean": interval.mean, "low": interval.low, "high": interval.high,
+                                                "videos": int(finite.shape[1])}
+    return cells
+
+
+def markdown(cells: dict[str, dict[str, dict[str, float]]], seeds: int, videos: int) -> str:
+    def fmt(cell: dict[str, float]) -> str:
+        return "n/a" if math.isnan(cell["mean"]) else f"{cell['mean']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
+    lines = [f"Explanation methods ({seeds} seeds x {videos} videos, mean [95% CI]; deletion AUC: lower is better, "
+             "others higher)", "", "| method | deletion AUC | insertion AUC | pointing game | mask IoU |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {row} | " + " | ".join(fmt(scores[m]) for m in METRICS) + " |"
+              for row, scores in cells.items() if "deletion_auc" in scores]
+    lines += ["", "| reducer | object patches kept | all patches kept |", "|---|---|---|"]
+    lines += [f"| {row} | {fmt(scores['object_kept'])} | {fmt(scores['all_kept'])} |"
+              for row, scores in cells.items() if "object_kept" in scores]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    out, data_dir = Path(args.out), Path(args.data)
+    if not (data_dir / f"{args.split}.csv").is_file():
+        print(f"bench_explain: error: {data_dir / f'{args.split}.csv'}: no such file", file=sys.stderr)
+        return 2
+    if args.checkpoint is not None:
+        if len(args.checkpoint) != len(args.seeds):
+            print(f"bench_explain: error: --checkpoint: give one per seed ({len(args.seeds)}), "
+                  f"got {len(args.checkpoint)}", file=sys.stderr)
+            return 2
+        missing = [path for path in args.checkpoint if not path.is_file()]
+        if missing:
+            print(f"bench_explain: error: {missing[0]}: no such file", file=sys.stderr)
+            return 2
+    started = time.perf_counter()
+    checkpoints = args.checkpoint or plain_per_seed(data_dir, out, args.seeds, args.plain_epochs)
+    tables, interpreters = [], []
+    for seed, checkpoint in zip(args.seeds, checkpoints):
+        table, interpreter = seed_table(Path(checkpoint), args, out / f"seed{seed}")
+        tables.append(table)
+        interpreters.append(str(interpreter or checkpoint))
+    cells = aggregate(tables)
+    text = markdown(cells, len(tables), tables[0].videos)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_explain.md").write_text(text + "\n")
-    report = {"checkpoint": str(checkpoint), "interpreter_checkpoint": str(interpreter_ckpt or checkpoint),
-              "data": str(data_dir), "split": args.split, "steps": args.steps,
-              "minutes": (time.perf_counter() - started) / 60, **table.to_dict()}
+    command = shlex.join(["python", "tools/bench_explain.py", *(argv if argv is not None else sys.argv[1:])])
+    report = {"command": command,
+              "checkpoints": [str(c) for c in checkpoints], "interpreter_checkpoints": interpreters,
+              "seeds": args.seeds, "data": str(data_dir), "split": args.split, "steps": args.steps,
+              "minutes": (time.perf_counter() - started) / 60, "videos": tables[0].videos, "cells": cells,
+              "per_seed": [table.to_dict() for table in tables]}
     (out / "bench_explain.json").write_text(json.dumps(report, indent=1))
     print(f"wrote {out / 'bench_explain.md'} and .json in {report['minutes']:.1f} min")
     return 0

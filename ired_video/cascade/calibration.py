@@ -60,13 +60,18 @@ def route(confidence: Tensor, thresholds: list[float]) -> Tensor:
     return exits
 
 
+def routed_answers(probs: Tensor, labels: Tensor, thresholds: list[float]) -> tuple[Tensor, Tensor]:
+    """Route (K, n, classes) probabilities: (n,) exit stage and (n,) bool right answer of each clip."""
+    exits = route(probs.amax(dim=-1), thresholds)
+    correct = probs[exits, torch.arange(probs.shape[1])].argmax(dim=-1) == labels
+    return exits, correct
+
+
 def score(probs: Tensor, labels: Tensor, cumulative_gmacs: Tensor, thresholds: list[float]) -> dict[str, Any]:
     """Route (K, n, classes) probabilities; accuracy, mean GMACs per clip, exit shares."""
     stages, count = probs.shape[:2]
-    exits = route(probs.amax(dim=-1), thresholds)
-    clips = torch.arange(count)
-    correct = probs[exits, clips].argmax(dim=-1) == labels
-    gmacs = cumulative_gmacs[clips, exits]
+    exits, correct = routed_answers(probs, labels, thresholds)
+    gmacs = cumulative_gmacs[torch.arange(count), exits]
     shares = torch.bincount(exits, minlength=stages).double() / max(count, 1)
     return {"thresholds": [float(t) for t in thresholds], "gmacs": float(gmacs.double().mean()),
             "top1": float(correct.float().mean()), "exit_shares": shares.tolist()}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.config import TrainConfig, load_train_config
+from ired_video.engine.train import train
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_micro.yaml"
 
@@ -21,3 +22,16 @@ def demo_config(data_dir: Path, output: Path, *extra: str) -> TrainConfig:
 def reducer_settings(cfg: ReducerConfig) -> list[str]:
     """A ReducerConfig as ``reducer.key=value`` settings for ``demo_config``/``load_train_config``."""
     return [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
+
+
+def plain_per_seed(data_dir: Path, out: Path, seeds: list[int], epochs: int) -> list[Path]:
+    """One plain demo-recipe model per seed (``out/plain_seed<S>/last.pth``), trained unless
+    its checkpoint is already there; the benchmarks' starting points."""
+    paths = []
+    for seed in seeds:
+        run = out / f"plain_seed{seed}"
+        if not (run / "last.pth").is_file():
+            train(demo_config(data_dir, run, f"train.seed={seed}", f"train.epochs={epochs}", "eval.every=0"),
+                  overwrite=True)
+        paths.append(run / "last.pth")
+    return paths

@@ -40,11 +40,13 @@ METRICS = ("deletion_auc", "insertion_auc", "pointing_game", "mask_iou")
 
 @dataclass
 class Table:
-    """Mean scores per method and per reducer, and how many videos they cover."""
+    """Mean scores per method and per reducer, how many videos they cover, and the scores
+    per video they are means of (NaN where a video has no visible object to localise)."""
 
     methods: dict[str, dict[str, float]] = field(default_factory=dict)
     reducers: dict[str, dict[str, float]] = field(default_factory=dict)
     videos: int = 0
+    per_video: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"videos": self.videos, "methods": self.methods, "reducers": self.reducers}
@@ -138,7 +140,8 @@ def build_table(model: nn.Module, items: Sequence[tuple[Path, int]], methods: Se
             shares[name]["object_kept"].append(obj)
             shares[name]["all_kept"].append(every)
     return Table({m: {k: _nanmean(v) for k, v in row.items()} for m, row in scores.items()},
-                 {r: {k: _nanmean(v) for k, v in row.items()} for r, row in shares.items()}, len(items))
+                 {r: {k: _nanmean(v) for k, v in row.items()} for r, row in shares.items()}, len(items),
+                 {**scores, **shares})
 
 
 def _nanmean(values: list[float]) -> float:
