@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# One command for every accuracy number of the README's demo benchmarks: makes the training
+# split, a calibration split and a 600-video test split (generator seeds 0, 2, 1: no model
+# trains or calibrates on the test videos), then runs with seeds 0 1 2
+#   tools/bench_demo.py     every reducer at keep 0.7 and 0.5, training-free and fine-tuned
+#   tools/bench_cascade.py  the DVT cascade variants and the baselines at matched budgets
+#   tools/bench_explain.py  faithfulness and localisation of every explanation method
+# The cascade and explanation benchmarks start from bench_demo's plain models (one per seed).
+#
+#   tools/bench_accuracy.sh [OUT]                 # default OUT: runs/bench_accuracy
+#   TASK=medium tools/bench_accuracy.sh OUT       # another generated task (make-demo-data --task)
+#   QUICK=1 tools/bench_accuracy.sh OUT           # a few minutes: checks the pipeline, numbers meaningless
+#
+# Each stage writes its table under OUT (demo/table.md, cascade/table.md, explain/bench_explain.md)
+# and OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/bench_accuracy}
+mkdir -p "$out"
+task=(${TASK:+--task "$TASK"})
+seeds=(0 1 2) per_class=(--videos-per-class 32) test_per_class=101 calib_per_class=25
+demo=() cascade=() explain=()
+if [ "${QUICK:-0}" = 1 ]; then
+    seeds=(0 1) per_class=(--videos-per-class 4) test_per_class=3 calib_per_class=2
+    demo=(--plain-epochs 1 --epochs 1 --reducers topk random --keeps 0.5)
+    cascade=(--plain-epochs 1 --epochs 1 --variants official --budgets 0.5 1.0)
+    explain=(--interpreter-epochs 1 --limit 3 --steps 4)
+fi
+
+stage() {  # stage NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists, log its minutes
+    local name=$1 done=$2 began
+    shift 2
+    if [ -s "$done" ]; then echo "== $name: done before ($done)"; return; fi
+    echo "== $name: $*"
+    began=$(date +%s)
+    "$@"
+    echo "$name $(( ($(date +%s) - began + 30) / 60 )) min" >> "$out/minutes.txt"
+}
+
+stage "data" "$out/data/train.csv" ired-video make-demo-data "$out/data" "${task[@]}" "${per_class[@]}"
+stage "calibration data" "$out/calib/val.csv" ired-video make-demo-data "$out/calib" "${task[@]}" --seed 2 \
+    --videos-per-class "$calib_per_class" --val-fraction 0.99
+stage "test data" "$out/test/val.csv" ired-video make-demo-data "$out/test" "${task[@]}" --seed 1 \
+    --videos-per-class "$test_per_class" --val-fraction 0.99
+stage "bench_demo" "$out/demo/table.md" python tools/bench_demo.py --data "$out/data" --test "$out/test/val.csv" \
+    --out "$out/demo" --seeds "${seeds[@]}" "${demo[@]}"
+plain=()
+for seed in "${seeds[@]}"; do plain+=("$out/demo/plain_seed$seed/last.pth"); done
+stage "bench_cascade" "$out/cascade/table.md" python tools/bench_cascade.py --data "$out/data" --init "${plain[@]}" \
+    --calibration "$out/calib/val.csv" --test "$out/test/val.csv" --out "$out/cascade" --seeds "${seeds[@]}" \
+    "${cascade[@]}"
+stage "bench_explain" "$out/explain/bench_explain.md" python tools/bench_explain.py --data "$out/test" --split val \
+    --checkpoint "${plain[@]}" --out "$out/explain" --seeds "${seeds[@]}" "${explain[@]}"
+echo "== done: $out/demo/table.md, $out/cascade/table.md, $out/explain/bench_explain.md"
+cat "$out/minutes.txt"
