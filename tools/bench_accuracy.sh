@@ -50,6 +50,6 @@ stage "bench_cascade" "$out/cascade/table.md" python tools/bench_cascade.py --da
     --calibration "$out/calib/val.csv" --test "$out/test/val.csv" --out "$out/cascade" --seeds "${seeds[@]}" \
     "${cascade[@]}"
 stage "bench_explain" "$out/explain/bench_explain.md" python tools/bench_explain.py --data "$out/test" --split val \
-    --checkpoint "${plain[@]}" --out "$out/explain" --seeds "${seeds[@]}" "${explain[@]}"
+    --interpreter-data "$out/data" --checkpoint "${plain[@]}" --out "$out/explain" --seeds "${seeds[@]}" "${explain[@]}"
 echo "== done: $out/demo/table.md, $out/cascade/table.md, $out/explain/bench_explain.md"
 cat "$out/minutes.txt"

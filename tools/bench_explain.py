@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True, help="the demo dataset it was trained on (e.g. runs/demo/data)")
     parser.add_argument("--out", default="runs/bench_explain", help="output folder (default: %(default)s)")
     parser.add_argument("--split", default="val")
+    parser.add_argument("--interpreter-data", type=Path, default=None,
+                        help="demo dataset whose train.csv trains the interpreters (default: --data)")
     parser.add_argument("--limit", type=int, default=None, help="first N videos only (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="points per deletion/insertion curve minus one")
     parser.add_argument("--interpreter-epochs", type=int, default=4,
@@ -76,7 +78,8 @@ def seed_table(checkpoint: Path, args: argparse.Namespace, out: Path) -> tuple[T
     interpreter_ckpt = None
     if not any(r.name == "iared2" for r in loaded.model.reducers.values()):
         print(f"{checkpoint} has no interpreter: training an IA-RED² stage on it, frozen -> {out / 'interpreter'}")
-        interpreter_ckpt = train_interpreter(checkpoint, Path(args.data), out / "interpreter", args.interpreter_epochs)
+        interpreter_ckpt = train_interpreter(checkpoint, Path(args.interpreter_data or args.data), out / "interpreter",
+                                             args.interpreter_epochs)
         loaded = load_model(interpreter_ckpt, device="cpu")
     reducers = [reducer_from_args(spec.split()) for spec in DEFAULT_REDUCERS] + [loaded.model.reducer_config]
     items = demo_items(Path(args.data), args.split, args.limit)
