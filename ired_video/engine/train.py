@@ -211,9 +211,9 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = Fals
     return report
 
 
-def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
-    """Check the run folder and settings, build data, model, optimizer and schedule, and
-    restore them from a checkpoint when resuming."""
+def _open_run(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> tuple[Accelerator, Path, Optional[Path]]:
+    """The accelerator, the run folder (an earlier run's files cleared when overwriting) and
+    the checkpoint to resume from, after checking the folder and the settings."""
     run_dir = Path(cfg.output)
     left = [] if resume else earlier_run(run_dir)
     if left and not overwrite:
@@ -235,6 +235,14 @@ def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
         if accelerator.is_main_process:
             clear_run(run_dir)
         accelerator.wait_for_everyone()
+    return accelerator, run_dir, resume_from
+
+
+def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
+    """Open the run folder, build data, model, optimizer and schedule, and restore them from
+    a checkpoint when resuming."""
+    accelerator, run_dir, resume_from = _open_run(cfg, resume, overwrite)
+    curriculum = cfg.objective.curriculum == "groupwise"
     set_seed(cfg.train.seed)
     resolved = resolve(cfg)
     data = build_datasets(cfg, resolved)
