@@ -159,11 +159,24 @@ class TokenState:
         self.macs = self.macs + macs.to(self.macs.dtype)
 
 
+def _slot_rows(index: Tensor, slots: int) -> Tensor:
+    """(B, F, K') slot indices into frames of ``slots`` slots -> (B*F*K',) row numbers of
+    the same slots in a (B*F*slots, ...) flattening of the (B, F, slots, ...) tensor."""
+    batch, frames = index.shape[:2]
+    offset = torch.arange(batch * frames, device=index.device).reshape(batch, frames, 1) * slots  # (B, F, 1)
+    return (index + offset).reshape(-1)
+
+
 def _gather_slots(values: Tensor, index: Tensor) -> Tensor:
-    """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...)."""
+    """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...).
+
+    Whole rows by ``index_select`` on the flattened slots: the same values as ``gather``
+    with the index expanded over the trailing axes, which the CPU walks element by element
+    (docs/design.md, "Reducer overhead at batch 1")."""
+    batch, frames, slots = values.shape[:3]
     extra = values.shape[3:]
-    expanded = index.reshape(*index.shape, *([1] * len(extra))).expand(*index.shape, *extra)
-    return values.gather(2, expanded)
+    rows = values.reshape(batch * frames * slots, *extra)  # (B*F*K, ...)
+    return rows.index_select(0, _slot_rows(index, slots)).reshape(*index.shape, *extra)  # (B, F, K', ...)
 
 
 def _remap_slot_of(slot_of: Tensor, new_slot: Tensor) -> Tensor:
@@ -217,8 +230,10 @@ def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
     keep = assign >= 0
     target = torch.where(keep, assign, torch.full_like(assign, new_slots))  # dropped -> spill slot
     weights = torch.where(keep, weights, torch.zeros_like(weights))
-    summed = torch.zeros(batch, frames, new_slots + 1, dim, dtype=state.x.dtype, device=state.x.device)
-    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), state.x * weights[..., None])
+    weighted = (state.x * weights[..., None]).reshape(batch * frames * slots, dim)  # (B*F*K, D)
+    summed = torch.zeros(batch * frames * (new_slots + 1), dim, dtype=state.x.dtype, device=state.x.device)
+    summed.index_add_(0, _slot_rows(target, new_slots + 1), weighted)  # whole rows, in slot order as scatter_add_
+    summed = summed.reshape(batch, frames, new_slots + 1, dim)  # (B, F, K'+1, D)
     total_w = torch.zeros(batch, frames, new_slots + 1, dtype=weights.dtype, device=weights.device)
     total_w.scatter_add_(2, target, weights)
     new_size = torch.zeros(batch, frames, new_slots + 1, dtype=sizes.dtype, device=sizes.device)
