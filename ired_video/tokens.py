@@ -13,7 +13,7 @@ holds that number for each token (for a merged token, the number of the token it
 merged into). A joint-attention model may ``flatten_frames`` the state to F = 1 frame of
 T*K slots, after which reducers can merge and drop across frames.
 
-Operations (``keep_slots``, ``merge_slots``, ``flatten_frames``) return a new state and
+Operations (``keep_slots``, ``merge_slots``, ``merge_into_representatives``, ``flatten_frames``) return a new state and
 keep ``x``, ``pos``, ``size``, ``valid`` and ``slot_of`` consistent. A state is built by
 the model on every forward and never stored on a module.
 """
@@ -75,7 +75,8 @@ class TokenState:
             different counts) and on tokens masked out while training; None while every
             slot is real.
         aligned: True while slot k holds the same location in every frame (no reduction,
-            or tube-mode reduction), so temporal attention can run per slot.
+            or tube-mode reduction), so temporal attention can run per slot; slot k then
+            also has one size in every frame.
         prop_attn: add log(size) to attention logits (ToMe's proportional attention).
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
         records: per reducer call, a dict describing what it did (for overlays, analysis
@@ -243,6 +244,46 @@ def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
         aligned = state.aligned and bool((assign == assign[:, :1]).all())
     return replace(state, x=x, pos=state.pos.gather(2, representative), size=new_size[:, :, :new_slots],
                    valid=None, slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
+                   tokens=list(state.tokens), records=list(state.records))
+
+
+def merge_into_representatives(state: TokenState, assign: Tensor, representative: Tensor,
+                               aligned: bool) -> TokenState:
+    """``merge_slots`` (size weights) for a plan that drops nothing (ToMe's): every old slot
+    is the representative of its new slot or merges into one (``assign`` >= 0 everywhere).
+
+    Only rows are moved: the K' representatives are selected whole and the K - K' others
+    (the sources, in slot order) added onto them with ``index_add_``, so no zero-filled
+    buffer and no pass over every slot; each new token is sum(size x) / sum(size) over its
+    representative, then its sources. ``merge_slots`` sums in slot order, so a new token
+    whose representative is not its first slot may differ in the last bit.
+    """
+    if state.valid is not None and not bool(state.valid.all()):
+        raise ValueError("merging needs every slot to be real: run merge reducers before adaptive "
+                         "(padded) ones, or use ratio keeping")
+    batch, frames, slots, dim = state.x.shape
+    new_slots = representative.shape[2]
+    is_rep = torch.zeros(batch, frames, slots, dtype=torch.uint8, device=assign.device)
+    is_rep.scatter_(2, representative, 1)
+    sources = is_rep.sort(dim=2, stable=True).indices[:, :, :slots - new_slots]  # (B, F, r) in slot order
+    rep_rows, src_rows = _slot_rows(representative, slots), _slot_rows(sources, slots)  # (B*F*K',), (B*F*r,)
+    dst_rows = _slot_rows(assign.gather(2, sources), new_slots)  # (B*F*r,) rows of the merged tensor
+    rows = state.x.reshape(batch * frames * slots, dim)  # (B*F*K, D)
+    x, moved = rows.index_select(0, rep_rows), rows.index_select(0, src_rows)  # (B*F*K', D), (B*F*r, D)
+    if state.size is None:  # every token one patch: weights of 1 leave the values as they are
+        size = torch.ones(rep_rows.shape[0], dtype=x.dtype, device=x.device)
+        moved_size = torch.ones(src_rows.shape[0], dtype=x.dtype, device=x.device)
+    else:
+        sizes = state.size.reshape(-1)  # (B*F*K,)
+        size, moved_size = sizes.index_select(0, rep_rows), sizes.index_select(0, src_rows)
+        x = x.mul_(size[:, None])
+        moved = moved * moved_size[:, None]
+    x = x.index_add_(0, dst_rows, moved)
+    new_size = size.index_add(0, dst_rows, moved_size)  # (B*F*K',)
+    x = x.div_(new_size[:, None]).reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
+    return replace(state, x=x, pos=state.pos.gather(2, representative),
+                   size=new_size.reshape(batch, frames, new_slots), valid=None,
+                   slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
                    tokens=list(state.tokens), records=list(state.records))
 
 

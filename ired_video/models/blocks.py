@@ -296,10 +296,13 @@ class DividedSpaceTimeBlock(Block):
         batch, frames, slots, dim = state.x.shape
         tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, F, D)
         valid = None if state.valid is None else state.valid.transpose(1, 2).reshape(batch * slots, frames)
-        size = None
-        if state.prop_attn and state.size is not None:
-            size = state.size.transpose(1, 2).reshape(batch * slots, frames)
         extra, probe = self._hooked_attention(state, "temporal", probe)
+        size = None
+        if state.prop_attn and state.size is not None and probe is not None and probe.want_logits:
+            # Proportional attention's log(size) is the same for every key of a tube (aligned: each frame's
+            # slot k holds the same merged locations, so the same size) and the softmax ignores it; it is
+            # added only where the logits themselves are handed out (docs/design.md, "Reducer overhead").
+            size = state.size.transpose(1, 2).reshape(batch * slots, frames)  # (B*K, F)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
         if allowed is not None:
