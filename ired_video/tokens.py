@@ -254,9 +254,10 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
 
     Only rows are moved: the K' representatives are selected whole and the K - K' others
     (the sources, in slot order) added onto them with ``index_add_``, so no zero-filled
-    buffer and no pass over every slot; each new token is sum(size x) / sum(size) over its
-    representative, then its sources. ``merge_slots`` sums in slot order, so a new token
-    whose representative is not its first slot may differ in the last bit.
+    buffer and no pass over every slot. A new token with sources is sum(size x) / sum(size)
+    over its representative, then its sources; one without keeps its value (where
+    ``merge_slots`` computes (size x) / size, which may differ in the last bit, as may its
+    sums in slot order).
     """
     if state.valid is not None and not bool(state.valid.all()):
         raise ValueError("merging needs every slot to be real: run merge reducers before adaptive "
@@ -276,11 +277,13 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
     else:
         sizes = state.size.reshape(-1)  # (B*F*K,)
         size, moved_size = sizes.index_select(0, rep_rows), sizes.index_select(0, src_rows)
-        x = x.mul_(size[:, None])
+        # only the rows that receive sources are weighted (a row listed twice gets the same value twice)
+        x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) * size.index_select(0, dst_rows)[:, None])
         moved = moved * moved_size[:, None]
-    x = x.index_add_(0, dst_rows, moved)
+    x.index_add_(0, dst_rows, moved)
     new_size = size.index_add(0, dst_rows, moved_size)  # (B*F*K',)
-    x = x.div_(new_size[:, None]).reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
+    x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) / new_size.index_select(0, dst_rows)[:, None])
+    x = x.reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
     return replace(state, x=x, pos=state.pos.gather(2, representative),
                    size=new_size.reshape(batch, frames, new_slots), valid=None,
                    slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
