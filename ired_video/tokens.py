@@ -248,9 +248,10 @@ def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
 
 
 def merge_into_representatives(state: TokenState, assign: Tensor, representative: Tensor,
-                               aligned: bool) -> TokenState:
-    """``merge_slots`` (size weights) for a plan that drops nothing (ToMe's): every old slot
-    is the representative of its new slot or merges into one (``assign`` >= 0 everywhere).
+                               aligned: bool, weights: Optional[Tensor] = None) -> TokenState:
+    """``merge_slots`` for a plan that drops nothing (ToMe's, BAT's): every old slot is the
+    representative of its new slot or merges into one (``assign`` >= 0 everywhere);
+    ``weights`` (B, F, K) as for ``merge_slots`` (default: the sizes).
 
     Only rows are moved: the K' representatives are selected whole and the K - K' others
     (the sources, in slot order) added onto them with ``index_add_``, so no zero-filled
@@ -271,18 +272,27 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
     dst_rows = _slot_rows(assign.gather(2, sources), new_slots)  # (B*F*r,) rows of the merged tensor
     rows = state.x.reshape(batch * frames * slots, dim)  # (B*F*K, D)
     x, moved = rows.index_select(0, rep_rows), rows.index_select(0, src_rows)  # (B*F*K', D), (B*F*r, D)
-    if state.size is None:  # every token one patch: weights of 1 leave the values as they are
+    if state.size is None:
         size = torch.ones(rep_rows.shape[0], dtype=x.dtype, device=x.device)
         moved_size = torch.ones(src_rows.shape[0], dtype=x.dtype, device=x.device)
     else:
         sizes = state.size.reshape(-1)  # (B*F*K,)
         size, moved_size = sizes.index_select(0, rep_rows), sizes.index_select(0, src_rows)
-        # only the rows that receive sources are weighted (a row listed twice gets the same value twice)
-        x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) * size.index_select(0, dst_rows)[:, None])
-        moved = moved * moved_size[:, None]
-    x.index_add_(0, dst_rows, moved)
     new_size = size.index_add(0, dst_rows, moved_size)  # (B*F*K',)
-    x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) / new_size.index_select(0, dst_rows)[:, None])
+    if weights is None and state.size is None:  # every token one patch: weights of 1 leave values as they are
+        x.index_add_(0, dst_rows, moved)
+        total = new_size
+    else:
+        if weights is None:
+            weight, moved_weight = size, moved_size
+        else:
+            flat_weights = weights.reshape(-1)  # (B*F*K,)
+            weight, moved_weight = flat_weights.index_select(0, rep_rows), flat_weights.index_select(0, src_rows)
+        # only the rows that receive sources are weighted (a row listed twice gets the same value twice)
+        x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) * weight.index_select(0, dst_rows)[:, None])
+        x.index_add_(0, dst_rows, moved * moved_weight[:, None])
+        total = weight.index_add(0, dst_rows, moved_weight).clamp(min=torch.finfo(weight.dtype).tiny)
+    x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) / total.index_select(0, dst_rows)[:, None])
     x = x.reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
     return replace(state, x=x, pos=state.pos.gather(2, representative),
                    size=new_size.reshape(batch, frames, new_slots), valid=None,

@@ -1,6 +1,6 @@
 """The faster paths of the token operations give the results of the general ones.
 
-ToMe merges through ``merge_into_representatives`` (rows selected and added, no pass over
+ToMe and BAT merge through ``merge_into_representatives`` (rows selected and added, no pass over
 every slot) and divided blocks leave out proportional attention's log(size) in temporal
 attention by slot, where it is the same for every key of a tube (docs/design.md,
 "Reducer overhead at batch 1").
@@ -30,16 +30,18 @@ def _plan(metric: torch.Tensor, r: int, tube: bool) -> tuple[torch.Tensor, torch
             representative.reshape(batch, units, -1).expand(-1, frames, -1))
 
 
+@pytest.mark.parametrize("weighted", [False, True], ids=["sizes", "weights"])
 @pytest.mark.parametrize("tube", [True, False], ids=["tube", "frame"])
 @pytest.mark.parametrize("seed", range(2))
-def test_merge_into_representatives_is_merge_slots(tube, seed):
+def test_merge_into_representatives_is_merge_slots(tube, seed, weighted):
     g = torch.Generator().manual_seed(seed)
     state = TokenState.from_patches(torch.randn(BATCH, 1, DIM, generator=g),
                                     torch.randn(BATCH, FRAMES, PATCHES, DIM, generator=g), (4, 4))
     for r in (5, 3):  # the second merge starts from sizes > 1
         assign, representative = _plan(torch.randn(BATCH, FRAMES, state.num_slots, 4, generator=g), r, tube)
-        general = merge_slots(state, assign, representative, aligned=tube)
-        fast = merge_into_representatives(state, assign, representative, aligned=tube)
+        weights = state.sizes() * torch.rand(state.x.shape[:3], generator=g) if weighted else None  # BAT's kind
+        general = merge_slots(state, assign, representative, weights=weights, aligned=tube)
+        fast = merge_into_representatives(state, assign, representative, weights=weights, aligned=tube)
         torch.testing.assert_close(fast.x, general.x, atol=1e-6, rtol=0)
         for name in ("size", "pos", "slot_of"):
             assert torch.equal(getattr(fast, name), getattr(general, name)), name
