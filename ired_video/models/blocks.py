@@ -301,7 +301,7 @@ class DividedSpaceTimeBlock(Block):
         if state.prop_attn and state.size is not None and probe is not None and probe.want_logits:
             # Proportional attention's log(size) is the same for every key of a tube (aligned: each frame's
             # slot k holds the same merged locations, so the same size) and the softmax ignores it; it is
-            # added only where the logits themselves are handed out (docs/design.md, "Reducer overhead").
+            # added only where the logits are handed out (docs/design.md, "Reducer overhead at batch 1").
             size = state.size.transpose(1, 2).reshape(batch * slots, frames)  # (B*K, F)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
