@@ -168,7 +168,7 @@ def _slot_rows(index: Tensor, slots: int) -> Tensor:
     return (index + offset).reshape(-1)
 
 
-def _gather_slots(values: Tensor, index: Tensor) -> Tensor:
+def gather_slots(values: Tensor, index: Tensor) -> Tensor:
     """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...).
 
     Whole rows by ``index_select`` on the flattened slots: the same values as ``gather``
@@ -198,7 +198,7 @@ def keep_slots(state: TokenState, index: Tensor, valid: Optional[Tensor] = None,
     batch, frames, slots = state.x.shape[:3]
     if aligned is None:
         aligned = state.aligned and bool((index == index[:, :1]).all())
-    kept_valid = _gather_slots(state.valid, index) if state.valid is not None else None
+    kept_valid = gather_slots(state.valid, index) if state.valid is not None else None
     if valid is not None:
         kept_valid = valid if kept_valid is None else kept_valid & valid
     new_slot = torch.full((batch, frames, slots), -1, dtype=torch.long, device=index.device)
@@ -206,7 +206,7 @@ def keep_slots(state: TokenState, index: Tensor, valid: Optional[Tensor] = None,
     if kept_valid is not None:
         rank = torch.where(kept_valid, rank, torch.full_like(rank, -1))  # padding keeps no patch
     new_slot.scatter_(2, index, rank)
-    return replace(state, x=_gather_slots(state.x, index), pos=state.pos.gather(2, index),
+    return replace(state, x=gather_slots(state.x, index), pos=state.pos.gather(2, index),
                    size=None if state.size is None else state.size.gather(2, index),
                    valid=kept_valid, slot_of=_remap_slot_of(state.slot_of, new_slot), aligned=aligned,
                    tokens=list(state.tokens), records=list(state.records))
@@ -328,8 +328,9 @@ def pool_to_slots(state: TokenState, per_patch: Tensor) -> tuple[Tensor, Tensor]
     dim = per_patch.shape[-1]
     values = per_patch.reshape(batch, frames, state.slot_of.shape[2], dim)  # (B, F, N', D): a flattened state's F = 1
     target = torch.where(state.slot_of >= 0, state.slot_of, torch.full_like(state.slot_of, slots))  # dropped -> spill
-    summed = torch.zeros(batch, frames, slots + 1, dim, dtype=values.dtype, device=values.device)
-    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), values)
+    summed = torch.zeros(batch * frames * (slots + 1), dim, dtype=values.dtype, device=values.device)
+    summed.index_add_(0, _slot_rows(target, slots + 1), values.reshape(-1, dim))  # whole rows, in patch order
+    summed = summed.reshape(batch, frames, slots + 1, dim)  # (B, F, K+1, D)
     count = torch.zeros(batch, frames, slots + 1, dtype=values.dtype, device=values.device)
     count.scatter_add_(2, target, torch.ones_like(target, dtype=values.dtype))
     count = count[:, :, :slots]

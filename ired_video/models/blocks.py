@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ired_video import flops
 from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, GatherWindow, key_mask_bias
-from ired_video.tokens import TokenState, pool_to_slots
+from ired_video.tokens import TokenState, gather_slots, pool_to_slots
 
 Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
 
@@ -333,7 +333,7 @@ class DividedSpaceTimeBlock(Block):
         qkv = attn.qkv(self.temporal_norm1(state.x))  # (B, F, K, 3D)
         holder = state.slot_of.clamp(min=0)  # (B, F, N)
         alive = (state.slot_of >= 0) & state.valid_mask().gather(2, holder)  # (B, F, N): held by a real token
-        grid = qkv.gather(2, holder[..., None].expand(-1, -1, -1, 3 * dim))  # (B, F, N, 3D)
+        grid = gather_slots(qkv, holder)  # (B, F, N, 3D)
         grid = grid.transpose(1, 2).reshape(batch * num_patches, frames, 3 * dim)  # (B*N, F, 3D)
         present = alive.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
         q, k, v = attn.split_qkv(grid)
