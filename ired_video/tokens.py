@@ -13,7 +13,7 @@ holds that number for each token (for a merged token, the number of the token it
 merged into). A joint-attention model may ``flatten_frames`` the state to F = 1 frame of
 T*K slots, after which reducers can merge and drop across frames.
 
-Operations (``keep_slots``, ``merge_slots``, ``flatten_frames``) return a new state and
+Operations (``keep_slots``, ``merge_slots``, ``merge_into_representatives``, ``flatten_frames``) return a new state and
 keep ``x``, ``pos``, ``size``, ``valid`` and ``slot_of`` consistent. A state is built by
 the model on every forward and never stored on a module.
 """
@@ -127,7 +127,8 @@ class TokenState:
             different counts) and on tokens masked out while training; None while every
             slot is real.
         aligned: True while slot k holds the same location in every frame (no reduction,
-            or tube-mode reduction), so temporal attention can run per slot.
+            or tube-mode reduction), so temporal attention can run per slot; slot k then
+            also has one size in every frame.
         prop_attn: add log(size) to attention logits (ToMe's proportional attention).
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
         records: per reducer call, a ``ReducerRecord`` of what it did.
@@ -210,11 +211,24 @@ class TokenState:
         self.macs = self.macs + macs.to(self.macs.dtype)
 
 
-def _gather_slots(values: Tensor, index: Tensor) -> Tensor:
-    """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...)."""
+def _slot_rows(index: Tensor, slots: int) -> Tensor:
+    """(B, F, K') slot indices into frames of ``slots`` slots -> (B*F*K',) row numbers of
+    the same slots in a (B*F*slots, ...) flattening of the (B, F, slots, ...) tensor."""
+    batch, frames = index.shape[:2]
+    offset = torch.arange(batch * frames, device=index.device).reshape(batch, frames, 1) * slots  # (B, F, 1)
+    return (index + offset).reshape(-1)
+
+
+def gather_slots(values: Tensor, index: Tensor) -> Tensor:
+    """values (B, F, K, ...) gathered along the slot axis by index (B, F, K') -> (B, F, K', ...).
+
+    Whole rows by ``index_select`` on the flattened slots: the same values as ``gather``
+    with the index expanded over the trailing axes, which the CPU walks element by element
+    (docs/design.md, "Reducer overhead at batch 1")."""
+    batch, frames, slots = values.shape[:3]
     extra = values.shape[3:]
-    expanded = index.reshape(*index.shape, *([1] * len(extra))).expand(*index.shape, *extra)
-    return values.gather(2, expanded)
+    rows = values.reshape(batch * frames * slots, *extra)  # (B*F*K, ...)
+    return rows.index_select(0, _slot_rows(index, slots)).reshape(*index.shape, *extra)  # (B, F, K', ...)
 
 
 def _remap_slot_of(slot_of: Tensor, new_slot: Tensor) -> Tensor:
@@ -235,7 +249,7 @@ def keep_slots(state: TokenState, index: Tensor, valid: Optional[Tensor] = None,
     batch, frames, slots = state.x.shape[:3]
     if aligned is None:
         aligned = state.aligned and bool((index == index[:, :1]).all())
-    kept_valid = _gather_slots(state.valid, index) if state.valid is not None else None
+    kept_valid = gather_slots(state.valid, index) if state.valid is not None else None
     if valid is not None:
         kept_valid = valid if kept_valid is None else kept_valid & valid
     new_slot = torch.full((batch, frames, slots), -1, dtype=torch.long, device=index.device)
@@ -243,7 +257,7 @@ def keep_slots(state: TokenState, index: Tensor, valid: Optional[Tensor] = None,
     if kept_valid is not None:
         rank = torch.where(kept_valid, rank, torch.full_like(rank, -1))  # padding keeps no patch
     new_slot.scatter_(2, index, rank)
-    return replace(state, x=_gather_slots(state.x, index), pos=state.pos.gather(2, index),
+    return replace(state, x=gather_slots(state.x, index), pos=state.pos.gather(2, index),
                    size=None if state.size is None else state.size.gather(2, index),
                    valid=kept_valid, slot_of=_remap_slot_of(state.slot_of, new_slot), aligned=aligned,
                    tokens=list(state.tokens), records=list(state.records))
@@ -268,8 +282,10 @@ def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
     keep = assign >= 0
     target = torch.where(keep, assign, torch.full_like(assign, new_slots))  # dropped -> spill slot
     weights = torch.where(keep, weights, torch.zeros_like(weights))
-    summed = torch.zeros(batch, frames, new_slots + 1, dim, dtype=state.x.dtype, device=state.x.device)
-    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), state.x * weights[..., None])
+    weighted = (state.x * weights[..., None]).reshape(batch * frames * slots, dim)  # (B*F*K, D)
+    summed = torch.zeros(batch * frames * (new_slots + 1), dim, dtype=state.x.dtype, device=state.x.device)
+    summed.index_add_(0, _slot_rows(target, new_slots + 1), weighted)  # whole rows, in slot order as scatter_add_
+    summed = summed.reshape(batch, frames, new_slots + 1, dim)  # (B, F, K'+1, D)
     total_w = torch.zeros(batch, frames, new_slots + 1, dtype=weights.dtype, device=weights.device)
     total_w.scatter_add_(2, target, weights)
     new_size = torch.zeros(batch, frames, new_slots + 1, dtype=sizes.dtype, device=sizes.device)
@@ -279,6 +295,59 @@ def merge_slots(state: TokenState, assign: Tensor, representative: Tensor,
         aligned = state.aligned and bool((assign == assign[:, :1]).all())
     return replace(state, x=x, pos=state.pos.gather(2, representative), size=new_size[:, :, :new_slots],
                    valid=None, slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
+                   tokens=list(state.tokens), records=list(state.records))
+
+
+def merge_into_representatives(state: TokenState, assign: Tensor, representative: Tensor,
+                               aligned: bool, weights: Optional[Tensor] = None) -> TokenState:
+    """``merge_slots`` for a plan that drops nothing (ToMe's, BAT's): every old slot is the
+    representative of its new slot or merges into one (``assign`` >= 0 everywhere);
+    ``weights`` (B, F, K) as for ``merge_slots`` (default: the sizes).
+
+    Only rows are moved: the K' representatives are selected whole and the K - K' others
+    (the sources, in slot order) added onto them with ``index_add_``, so no zero-filled
+    buffer and no pass over every slot. A new token with sources is sum(size x) / sum(size)
+    over its representative, then its sources; one without keeps its value (where
+    ``merge_slots`` computes (size x) / size, which may differ in the last bit, as may its
+    sums in slot order).
+    """
+    if state.valid is not None and not bool(state.valid.all()):
+        raise ValueError("merging needs every slot to be real: run merge reducers before adaptive "
+                         "(padded) ones, or use ratio keeping")
+    batch, frames, slots, dim = state.x.shape
+    new_slots = representative.shape[2]
+    is_rep = torch.zeros(batch, frames, slots, dtype=torch.uint8, device=assign.device)
+    is_rep.scatter_(2, representative, 1)
+    sources = is_rep.sort(dim=2, stable=True).indices[:, :, :slots - new_slots]  # (B, F, r) in slot order
+    rep_rows, src_rows = _slot_rows(representative, slots), _slot_rows(sources, slots)  # (B*F*K',), (B*F*r,)
+    dst_rows = _slot_rows(assign.gather(2, sources), new_slots)  # (B*F*r,) rows of the merged tensor
+    rows = state.x.reshape(batch * frames * slots, dim)  # (B*F*K, D)
+    x, moved = rows.index_select(0, rep_rows), rows.index_select(0, src_rows)  # (B*F*K', D), (B*F*r, D)
+    if state.size is None:
+        size = torch.ones(rep_rows.shape[0], dtype=x.dtype, device=x.device)
+        moved_size = torch.ones(src_rows.shape[0], dtype=x.dtype, device=x.device)
+    else:
+        sizes = state.size.reshape(-1)  # (B*F*K,)
+        size, moved_size = sizes.index_select(0, rep_rows), sizes.index_select(0, src_rows)
+    new_size = size.index_add(0, dst_rows, moved_size)  # (B*F*K',)
+    if weights is None and state.size is None:  # every token one patch: weights of 1 leave values as they are
+        x.index_add_(0, dst_rows, moved)
+        total = new_size
+    else:
+        if weights is None:
+            weight, moved_weight = size, moved_size
+        else:
+            flat_weights = weights.reshape(-1)  # (B*F*K,)
+            weight, moved_weight = flat_weights.index_select(0, rep_rows), flat_weights.index_select(0, src_rows)
+        # only the rows that receive sources are weighted (a row listed twice gets the same value twice)
+        x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) * weight.index_select(0, dst_rows)[:, None])
+        x.index_add_(0, dst_rows, moved * moved_weight[:, None])
+        total = weight.index_add(0, dst_rows, moved_weight).clamp(min=torch.finfo(weight.dtype).tiny)
+    x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) / total.index_select(0, dst_rows)[:, None])
+    x = x.reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
+    return replace(state, x=x, pos=state.pos.gather(2, representative),
+                   size=new_size.reshape(batch, frames, new_slots), valid=None,
+                   slot_of=_remap_slot_of(state.slot_of, assign), aligned=aligned,
                    tokens=list(state.tokens), records=list(state.records))
 
 
@@ -310,8 +379,9 @@ def pool_to_slots(state: TokenState, per_patch: Tensor) -> tuple[Tensor, Tensor]
     dim = per_patch.shape[-1]
     values = per_patch.reshape(batch, frames, state.slot_of.shape[2], dim)  # (B, F, N', D): a flattened state's F = 1
     target = torch.where(state.slot_of >= 0, state.slot_of, torch.full_like(state.slot_of, slots))  # dropped -> spill
-    summed = torch.zeros(batch, frames, slots + 1, dim, dtype=values.dtype, device=values.device)
-    summed.scatter_add_(2, target[..., None].expand(-1, -1, -1, dim), values)
+    summed = torch.zeros(batch * frames * (slots + 1), dim, dtype=values.dtype, device=values.device)
+    summed.index_add_(0, _slot_rows(target, slots + 1), values.reshape(-1, dim))  # whole rows, in patch order
+    summed = summed.reshape(batch, frames, slots + 1, dim)  # (B, F, K+1, D)
     count = torch.zeros(batch, frames, slots + 1, dtype=values.dtype, device=values.device)
     count.scatter_add_(2, target, torch.ones_like(target, dtype=values.dtype))
     count = count[:, :, :slots]

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from ired_video import flops
 from ired_video.models import window as windows
 from ired_video.models.attention import Attention, AttentionProbe, GatherWindow, key_mask_bias
-from ired_video.tokens import TokenState, pool_to_slots
+from ired_video.tokens import TokenState, gather_slots, pool_to_slots
 
 Tail = Callable[[TokenState, AttentionProbe, Optional[AttentionProbe]], tuple[Tensor, Tensor]]
 
@@ -296,10 +296,13 @@ class DividedSpaceTimeBlock(Block):
         batch, frames, slots, dim = state.x.shape
         tubes = state.x.transpose(1, 2).reshape(batch * slots, frames, dim)  # (B*K, F, D)
         valid = None if state.valid is None else state.valid.transpose(1, 2).reshape(batch * slots, frames)
-        size = None
-        if state.prop_attn and state.size is not None:
-            size = state.size.transpose(1, 2).reshape(batch * slots, frames)
         extra, probe = self._hooked_attention(state, "temporal", probe)
+        size = None
+        if state.prop_attn and state.size is not None and probe is not None and probe.want_logits:
+            # Proportional attention's log(size) is the same for every key of a tube (aligned: each frame's
+            # slot k holds the same merged locations, so the same size) and the softmax ignores it; it is
+            # added only where the logits are handed out (docs/design.md, "Reducer overhead at batch 1").
+            size = state.size.transpose(1, 2).reshape(batch * slots, frames)  # (B*K, F)
         bias = _add_bias(_bias(valid, size, tubes.dtype), extra)
         allowed = self._temporal_allowed((state.pos[:, 0] % state.num_patches).reshape(-1), frames)  # (B*K,)
         if allowed is not None:
@@ -330,7 +333,7 @@ class DividedSpaceTimeBlock(Block):
         qkv = attn.qkv(self.temporal_norm1(state.x))  # (B, F, K, 3D)
         holder = state.slot_of.clamp(min=0)  # (B, F, N)
         alive = (state.slot_of >= 0) & state.valid_mask().gather(2, holder)  # (B, F, N): held by a real token
-        grid = qkv.gather(2, holder[..., None].expand(-1, -1, -1, 3 * dim))  # (B, F, N, 3D)
+        grid = gather_slots(qkv, holder)  # (B, F, N, 3D)
         grid = grid.transpose(1, 2).reshape(batch * num_patches, frames, 3 * dim)  # (B*N, F, 3D)
         present = alive.transpose(1, 2).reshape(batch * num_patches, frames)  # (B*N, F)
         q, k, v = attn.split_qkv(grid)

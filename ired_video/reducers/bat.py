@@ -20,7 +20,7 @@ from torch import Tensor
 from ired_video.models.blocks import AttentionMaps
 from ired_video.reducers.base import Reducer, check_fraction
 from ired_video.reducers.tome import bipartite_soft_matching
-from ired_video.tokens import TokenState, merge_slots
+from ired_video.tokens import TokenState, merge_into_representatives
 
 
 def dpc_knn(features: Tensor, num_clusters: int, k: int = 5) -> tuple[Tensor, Tensor]:
@@ -111,7 +111,7 @@ class BAT(Reducer):
         attentive_slot = assign < kept
         weights = state.sizes() * torch.where(attentive_slot, torch.ones_like(scores), scores)
         self.record(state, scores=unit_scores.detach(), pos=state.pos)
-        merged = merge_slots(state, assign, representative, weights=weights,
-                             aligned=state.aligned and self.mode == "tube")
+        merged = merge_into_representatives(state, assign, representative, weights=weights,  # every slot assigned
+                                            aligned=state.aligned and self.mode == "tube")
         merged.prop_attn = self.prop_attn
         return merged

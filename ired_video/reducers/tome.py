@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ired_video.models.blocks import AttentionMaps
 from ired_video.reducers.base import Reducer
-from ired_video.tokens import TokenState, merge_slots
+from ired_video.tokens import TokenState, merge_into_representatives
 
 Schedule = Union[int, Sequence[int], tuple[int, float]]
 
@@ -52,34 +52,40 @@ def bipartite_soft_matching(metric: Tensor, r: int, class_token: bool = True) ->
     """ToMe's merge plan for (G, K, C) metrics of the K patch tokens of G sequences.
 
     ``class_token``: the sequences also hold a class token before slot 0 (kept apart by
-    the caller), which takes part in the split as the official code's index 0.
+    the caller), which takes part in the split as the official code's index 0: A = the
+    class token and the odd slots, B = the even slots (without one: A even, B odd).
     Returns ``assign`` (G, K): the new slot of every old slot, and ``representative``
     (G, K - r'): the old slot whose position each new slot takes, r' = min(r, K // 2).
+    The sides are slices and their slots arithmetic, not index tensors (docs/design.md,
+    "Reducer overhead at batch 1").
     """
     groups, slots, _ = metric.shape
     r = min(r, slots // 2)  # official: (tokens - protected) // 2, tokens = K + 1 with a class token
     device = metric.device
-    first_a = 1 if class_token else 0  # with a class token, A = CLS (apart) + odd slots
-    a_slots = torch.arange(first_a, slots, 2, device=device)  # (Ka,)
-    b_slots = torch.arange(1 - first_a, slots, 2, device=device)  # (Kb,)
+    first_a = 1 if class_token else 0
     metric = metric / metric.norm(dim=-1, keepdim=True)
-    scores = metric[:, a_slots] @ metric[:, b_slots].transpose(-1, -2)  # (G, Ka, Kb) cosine similarity
+    side_a, side_b = metric[:, first_a::2], metric[:, 1 - first_a::2]  # (G, Ka, C), (G, Kb, C)
+    scores = side_a @ side_b.transpose(-1, -2)  # (G, Ka, Kb) cosine similarity
     node_max, node_idx = scores.max(dim=-1)  # best B for every A (first on ties)
     edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)  # A tokens, most similar first
     unmerged, merged = edge_idx[:, r:], edge_idx[:, :r]  # (G, Ka - r), (G, r) positions in A
     if class_token:
         unmerged = unmerged.sort(dim=-1).values  # back to their original order, as ToMe does
-    destination = node_idx.gather(1, merged)  # (G, r) position in B each merged A goes to
-    num_unmerged, num_b = unmerged.shape[1], b_slots.shape[0]
-
-    assign_a = torch.empty(groups, a_slots.shape[0], dtype=torch.long, device=device)
+    num_a, num_b, num_unmerged = side_a.shape[1], side_b.shape[1], unmerged.shape[1]
+    assign_a = torch.empty(groups, num_a, dtype=torch.long, device=device)
     assign_a.scatter_(1, unmerged, torch.arange(num_unmerged, device=device).expand(groups, -1))
-    assign_a.scatter_(1, merged, num_unmerged + destination)
+    assign_a.scatter_(1, merged, num_unmerged + node_idx.gather(1, merged))  # the new slot of its best B
     assign = torch.empty(groups, slots, dtype=torch.long, device=device)
-    assign[:, a_slots] = assign_a
-    assign[:, b_slots] = num_unmerged + torch.arange(num_b, device=device)
-    representative = torch.cat([a_slots[unmerged], b_slots.expand(groups, -1)], dim=1)  # (G, K - r)
+    assign[:, first_a::2] = assign_a
+    assign[:, 1 - first_a::2] = num_unmerged + torch.arange(num_b, device=device)
+    b_slots = 2 * torch.arange(num_b, device=device) + (1 - first_a)  # (Kb,) old slots of the B tokens
+    representative = torch.cat([2 * unmerged + first_a, b_slots.expand(groups, -1)], dim=1)  # (G, K - r)
     return assign, representative
+
+
+def _per_frame(index: Tensor, batch: int, frames: int) -> Tensor:
+    """(B*U, n) slots per decision unit -> (B, F, n): U = 1 (tube mode) repeats over frames."""
+    return index.reshape(batch, -1, index.shape[-1]).expand(-1, frames, -1)  # (B, U, n) -> (B, F, n)
 
 
 class ToMe(Reducer):
@@ -109,9 +115,9 @@ class ToMe(Reducer):
         metric = keys.mean(dim=1, keepdim=True) if self.mode == "tube" else keys  # (B, U, K, C)
         units = metric.shape[1]
         assign, representative = bipartite_soft_matching(metric.reshape(batch * units, slots, -1), self.r)
-        assign = assign.reshape(batch, units, slots).expand(-1, frames, -1)  # (B, F, K)
-        representative = representative.reshape(batch, units, -1).expand(-1, frames, -1)
-        merged = merge_slots(state, assign, representative, aligned=state.aligned and self.mode == "tube")
+        assign, representative = _per_frame(assign, batch, frames), _per_frame(representative, batch, frames)
+        merged = merge_into_representatives(state, assign, representative,
+                                            aligned=state.aligned and self.mode == "tube")
         merged.prop_attn = self.prop_attn
         self.record(merged, merged=slots - representative.shape[-1])
         return merged

@@ -1,0 +1,125 @@
+"""Reducer overhead at batch 1: speed-up and efficiency measured in CPU time, and the time
+spent inside the reducer calls.
+
+Wall-clock speed-ups on a CPU shared with other jobs vary by tens of percent between rounds
+(the paired ``ired-video bench`` rounds of issue 17 ranged 0.4-2.2 under load 7-8 on 2
+cores); the process's CPU time does not count the time other jobs hold the core, so at one
+thread it resolves differences of a few percent. Each round runs the plain model and every
+reducer setting once, in alternating order; the speed-up is the median per-round ratio,
+efficiency = speed-up / GMACs ratio, as in ``ired-video bench``. Run it against another
+checkout of the package with ``PYTHONPATH=/path/to/checkout`` (before/after comparisons).
+
+    python tools/reducer_overhead.py --model timesformer_small_patch16_224 \\
+        --setting tome:r=16 --setting tome:r=11 --rounds 15 --output docs/bench/x.json
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from ired_video import apply_reducer, create_model
+from ired_video.reducers.base import Reducer
+
+
+def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
+    """"tome:r=16,mode=frame" -> ("tome", {"r": 16, "mode": "frame"})."""
+    name, _, rest = text.partition(":")
+    kwargs: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = int(value)
+        except ValueError:
+            try:
+                kwargs[key] = float(value)
+            except ValueError:
+                kwargs[key] = value
+    return name, kwargs
+
+
+class ReducerClock:
+    """Adds up the process CPU time spent inside ``Reducer`` calls while installed."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._original = Reducer.__call__
+
+    def __enter__(self) -> "ReducerClock":
+        original, clock = self._original, self
+
+        def timed(reducer: Reducer, state: Any, maps: Any = None) -> Any:
+            start = time.process_time()
+            try:
+                return original(reducer, state, maps)
+            finally:
+                clock.seconds += time.process_time() - start
+
+        Reducer.__call__ = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        Reducer.__call__ = self._original  # type: ignore[method-assign]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="timesformer_small_patch16_224")
+    parser.add_argument("--setting", action="append", required=True,
+                        help="reducer:key=value,... (repeatable), e.g. tome:r=16 or bat:keep=0.5")
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--output", help="JSON file for the summary and every round's times")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.batch < 1 or args.threads < 1:
+        parser.error("--rounds, --batch and --threads must be >= 1")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    plain = create_model(args.model).eval()
+    cfg = plain.config
+    video = torch.randn(args.batch, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size,
+                        generator=torch.Generator().manual_seed(0))
+    models: dict[str, torch.nn.Module] = {"plain": plain}
+    for text in args.setting:
+        name, kwargs = parse_setting(text)
+        models[text] = apply_reducer(copy.deepcopy(plain), name, **kwargs).eval()
+    times: dict[str, list[float]] = {label: [] for label in models}
+    inside: dict[str, list[float]] = {label: [] for label in models}
+    with torch.inference_mode():
+        gmacs = {label: float(m(video, return_info=True)[1].gmacs.mean()) for label, m in models.items()}
+        for round_index in range(args.rounds):
+            order = list(models) if round_index % 2 == 0 else list(models)[::-1]
+            for label in order:
+                with ReducerClock() as clock:
+                    start = time.process_time()
+                    models[label](video)
+                    times[label].append(time.process_time() - start)
+                inside[label].append(clock.seconds)
+    summary: dict[str, Any] = {"model": args.model, "batch": args.batch, "threads": args.threads,
+                               "rounds": args.rounds, "clock": "process CPU time", "torch": torch.__version__,
+                               "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": []}
+    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {args.rounds} paired rounds, CPU time")
+    for label in models:
+        ratios = [base / own for base, own in zip(times["plain"], times[label])]
+        row = {"setting": label, "gmacs": gmacs[label], "gmacs_ratio": gmacs["plain"] / gmacs[label],
+               "median_ms": 1e3 * statistics.median(times[label]), "speedup": statistics.median(ratios),
+               "speedup_range": [min(ratios), max(ratios)],
+               "inside_reducers_ms": 1e3 * statistics.median(inside[label]), "times_s": times[label]}
+        row["efficiency"] = row["speedup"] / row["gmacs_ratio"]
+        summary["rows"].append(row)
+        print(f"  {label:24s} GMACs {row['gmacs']:6.2f} (ratio {row['gmacs_ratio']:.3f})  {row['median_ms']:7.1f} ms  "
+              f"speed-up {row['speedup']:.3f} [{min(ratios):.2f}-{max(ratios):.2f}]  efficiency "
+              f"{row['efficiency']:.3f}  in reducers {row['inside_reducers_ms']:.1f} ms")
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump(summary, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
