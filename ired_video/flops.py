@@ -79,6 +79,27 @@ def embed_macs(frames: int, num_patches: int, in_chans: int, patch_size: int, di
     return frames * num_patches * in_chans * patch_size * patch_size * dim
 
 
+def conv_stem_widths(patch_size: int, dim: int) -> list[int]:
+    """Channel widths of the conv patch stem's log2(p) stride-2 stages: doubling up to ``dim``
+    (patch 8, dim 96: 24, 48, 96), at least 8."""
+    stages = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << stages != patch_size:
+        raise ValueError(f"the conv patch stem needs a power-of-two patch_size >= 2, got {patch_size}")
+    return [max(8, dim >> (stages - 1 - k)) for k in range(stages)]
+
+
+def conv_stem_macs(frames: int, grid: tuple[int, int], in_chans: int, patch_size: int, dim: int) -> int:
+    """The conv patch stem on ``frames`` frames of (grid * patch) px: each 3x3 stride-2 stage
+    (9 C_in C_out per output pixel) and the final 1x1 projection (C D per patch)."""
+    widths = conv_stem_widths(patch_size, dim)
+    total, width_in = 0, in_chans
+    for k, width in enumerate(widths, start=1):
+        scale = patch_size >> k  # output pixels per patch side after k halvings
+        total += grid[0] * scale * grid[1] * scale * 9 * width_in * width
+        width_in = width
+    return frames * (total + grid[0] * grid[1] * width_in * dim)
+
+
 def head_macs(dim: int, num_classes: int) -> int:
     return dim * num_classes
 

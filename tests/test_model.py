@@ -83,6 +83,27 @@ def test_gmacs_match_flop_counter(attention_type):
     assert abs(model.static_gmacs() - measured_gmacs) / measured_gmacs < 0.01
 
 
+def test_conv_patch_stem_is_billed_as_counted():
+    """patch_stem='conv': NHWC patch tokens of the linear stem's shape; the forward's and the
+    static bill equal FlopCounterMode, the stem's own part exactly; the default stays linear."""
+    model = create_model("timesformer_test", patch_stem="conv", embed_dim=64, num_heads=4, img_size=48).eval()
+    linear = create_model("timesformer_test", embed_dim=64, num_heads=4, img_size=48).eval()
+    assert type(linear.patch_embed).__name__ == "PatchEmbed" and linear.config.patch_stem == "linear"
+    video = _video(batch=1, size=48)
+    frames = video[:, :, 0]  # (1, C, H, W)
+    assert model.patch_embed(frames).shape == linear.patch_embed(frames).shape == (1, 6, 6, 64)
+    stem = flops.conv_stem_macs(4, (6, 6), 3, 8, 64)
+    assert flops.conv_stem_widths(8, 64) == [16, 32, 64]
+    assert count_flops(model.patch_embed, video[0].transpose(0, 1)) / 2 == stem  # (T, C, H, W): 4 frames
+    _, info = model(video, return_info=True)
+    _, linear_info = linear(video, return_info=True)
+    measured_gmacs = count_flops(model, video) / 2e9
+    assert abs(info.gmacs.item() - measured_gmacs) / measured_gmacs < 0.01
+    assert model.static_gmacs() == pytest.approx(info.gmacs.item(), rel=1e-6)
+    linear_embed = flops.embed_macs(4, 36, 3, 8, 64)
+    assert (info.gmacs - linear_info.gmacs).item() == pytest.approx((stem - linear_embed) / 1e9, rel=1e-6)
+
+
 @pytest.mark.parametrize("attention_type,published", [
     ("divided_space_time", 196.1), ("joint_space_time", 179.7), ("space_only", 140.7)])
 def test_base_model_gmacs_near_published(attention_type, published):
@@ -152,6 +173,8 @@ def test_issue_example_call():
     ({"depth": "four"}, "depth"),
     ({"attention_type": "sparse"}, "attention_type"),
     ({"img_size": 30, "patch_size": 8}, "multiple of patch_size"),
+    ({"patch_stem": "deep"}, "patch_stem"),
+    ({"patch_stem": "conv", "patch_size": 6, "img_size": 36}, "power-of-two patch_size"),
 ])
 def test_bad_model_arguments_name_the_problem(kwargs, message):
     with pytest.raises(ConfigError, match=message):

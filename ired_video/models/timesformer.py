@@ -23,6 +23,7 @@ from ired_video import flops
 from ired_video.config import DataConfig, ModelConfig, ReducerConfig
 from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
+from ired_video.models.stem import ConvStem
 from ired_video.tokens import TokenState
 
 
@@ -53,8 +54,10 @@ class TimeSformer(nn.Module):
             num_frames=config.num_frames, crop_size=config.img_size)
         dim = config.embed_dim
         self.attention_type = config.attention_type
-        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim,
-                                      output_fmt="NHWC", strict_img_size=False)
+        self.patch_embed: nn.Module = (
+            ConvStem(config.img_size, config.patch_size, config.in_chans, dim) if config.patch_stem == "conv" else
+            PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim, output_fmt="NHWC",
+                       strict_img_size=False))
         self.patch_grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         num_patches = self.patch_grid[0] * self.patch_grid[1]
 
@@ -143,10 +146,15 @@ class TimeSformer(nn.Module):
             patches = self.time_drop(patches + self._time_embed(frames)[:, :, None, :])
 
         state = TokenState.from_patches(cls_tokens, patches, grid)
-        cfg = self.config
-        state.spend(torch.full_like(state.macs, flops.embed_macs(
-            frames, grid[0] * grid[1], chans, cfg.patch_size, cfg.embed_dim)))
+        state.spend(torch.full_like(state.macs, self.embed_macs(frames, grid)))
         return state
+
+    def embed_macs(self, frames: int, grid: tuple[int, int]) -> int:
+        """MACs of the patch embedding (linear or conv stem) of one clip of ``frames`` frames."""
+        cfg = self.config
+        if cfg.patch_stem == "conv":
+            return flops.conv_stem_macs(frames, grid, cfg.in_chans, cfg.patch_size, cfg.embed_dim)
+        return flops.embed_macs(frames, grid[0] * grid[1], cfg.in_chans, cfg.patch_size, cfg.embed_dim)
 
     # ----------------------------------------------------------------- blocks
     def forward_blocks(self, state: TokenState) -> TokenState:
@@ -201,9 +209,14 @@ class TimeSformer(nn.Module):
         cfg = self.config
         frames = cfg.num_frames if frames is None else frames
         side = None if size is None else size // cfg.patch_size
-        num_patches = self.patch_grid[0] * self.patch_grid[1] if side is None else side * side
-        return flops.model_macs(cfg.attention_type, frames, num_patches, cfg.depth, cfg.embed_dim, cfg.mlp_ratio,
-                                cfg.in_chans, cfg.patch_size, cfg.num_classes) / 1e9
+        grid = self.patch_grid if side is None else (side, side)
+        num_patches = grid[0] * grid[1]
+        macs = flops.model_macs(cfg.attention_type, frames, num_patches, cfg.depth, cfg.embed_dim, cfg.mlp_ratio,
+                                cfg.in_chans, cfg.patch_size, cfg.num_classes)
+        if cfg.patch_stem == "linear":
+            return macs / 1e9
+        linear_embed = flops.embed_macs(frames, num_patches, cfg.in_chans, cfg.patch_size, cfg.embed_dim)
+        return (macs - linear_embed + self.embed_macs(frames, grid)) / 1e9
 
     def set_fused_attention(self, fused: bool) -> None:
         """Switch every attention between the fused kernel and the explicit path."""
