@@ -88,14 +88,17 @@ def conv_stem_widths(patch_size: int, dim: int) -> list[int]:
     return [max(8, dim >> (stages - 1 - k)) for k in range(stages)]
 
 
-def conv_stem_macs(frames: int, grid: tuple[int, int], in_chans: int, patch_size: int, dim: int) -> int:
+def conv_stem_macs(frames: int, grid: tuple[int, int], in_chans: int, patch_size: int, dim: int,
+                   temporal_kernel: int = 1) -> int:
     """The conv patch stem on ``frames`` frames of (grid * patch) px: each 3x3 stride-2 stage
-    (9 C_in C_out per output pixel) and the final 1x1 projection (C D per patch)."""
+    (9 C_in C_out per output pixel; the first over ``temporal_kernel`` frames, zero padding
+    billed as the counters do) and the final 1x1 projection (C D per patch)."""
     widths = conv_stem_widths(patch_size, dim)
     total, width_in = 0, in_chans
     for k, width in enumerate(widths, start=1):
         scale = patch_size >> k  # output pixels per patch side after k halvings
-        total += grid[0] * scale * grid[1] * scale * 9 * width_in * width
+        taps = 9 * (temporal_kernel if k == 1 else 1)
+        total += grid[0] * scale * grid[1] * scale * taps * width_in * width
         width_in = width
     return frames * (total + grid[0] * grid[1] * width_in * dim)
 

@@ -83,25 +83,38 @@ def test_gmacs_match_flop_counter(attention_type):
     assert abs(model.static_gmacs() - measured_gmacs) / measured_gmacs < 0.01
 
 
-def test_conv_patch_stem_is_billed_as_counted():
-    """patch_stem='conv': NHWC patch tokens of the linear stem's shape; the forward's and the
-    static bill equal FlopCounterMode, the stem's own part exactly; the default stays linear."""
-    model = create_model("timesformer_test", patch_stem="conv", embed_dim=64, num_heads=4, img_size=48).eval()
+@pytest.mark.parametrize("stem,temporal_kernel", [("conv", 1), ("conv3d", 3)])
+def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):
+    """patch_stem conv/conv3d: NHWC patch tokens of the linear stem's shape, one grid per frame;
+    the forward's and the static bill equal FlopCounterMode, the stem's own part exactly; the
+    default stays linear."""
+    model = create_model("timesformer_test", patch_stem=stem, embed_dim=64, num_heads=4, img_size=48).eval()
     linear = create_model("timesformer_test", embed_dim=64, num_heads=4, img_size=48).eval()
     assert type(linear.patch_embed).__name__ == "PatchEmbed" and linear.config.patch_stem == "linear"
     video = _video(batch=1, size=48)
-    frames = video[:, :, 0]  # (1, C, H, W)
-    assert model.patch_embed(frames).shape == linear.patch_embed(frames).shape == (1, 6, 6, 64)
-    stem = flops.conv_stem_macs(4, (6, 6), 3, 8, 64)
+    assert model.patch_embed(video).shape == (4, 6, 6, 64)  # (B*T, h, w, D)
+    stem_macs = flops.conv_stem_macs(4, (6, 6), 3, 8, 64, temporal_kernel)
     assert flops.conv_stem_widths(8, 64) == [16, 32, 64]
-    assert count_flops(model.patch_embed, video[0].transpose(0, 1)) / 2 == stem  # (T, C, H, W): 4 frames
+    assert count_flops(model.patch_embed, video) / 2 == stem_macs
     _, info = model(video, return_info=True)
     _, linear_info = linear(video, return_info=True)
     measured_gmacs = count_flops(model, video) / 2e9
     assert abs(info.gmacs.item() - measured_gmacs) / measured_gmacs < 0.01
     assert model.static_gmacs() == pytest.approx(info.gmacs.item(), rel=1e-6)
     linear_embed = flops.embed_macs(4, 36, 3, 8, 64)
-    assert (info.gmacs - linear_info.gmacs).item() == pytest.approx((stem - linear_embed) / 1e9, rel=1e-6)
+    assert (info.gmacs - linear_info.gmacs).item() == pytest.approx((stem_macs - linear_embed) / 1e9, rel=1e-6)
+
+
+def test_conv3d_stem_sees_neighbour_frames_conv_stem_does_not():
+    """Changing frame 2 moves frame 1's and 3's tokens only through the conv3d stem's first stage."""
+    video = _video(batch=1, size=32)
+    later = video.clone()
+    later[:, :, 2] += 1.0
+    for stem, changed in (("conv", [2]), ("conv3d", [1, 2, 3])):
+        model = create_model("timesformer_test", patch_stem=stem).eval()
+        with torch.no_grad():
+            diff = (model.patch_embed(video) - model.patch_embed(later)).abs().flatten(1).amax(1)  # (T,)
+        assert [t for t in range(4) if diff[t] > 1e-6] == changed, stem
 
 
 @pytest.mark.parametrize("attention_type,published", [

@@ -44,6 +44,10 @@ class ForwardInfo:
     state: Optional[TokenState] = None
 
 
+# Frames the first stage of each conv patch stem spans.
+STEM_TEMPORAL_KERNEL = {"conv": 1, "conv3d": 3}
+
+
 class TimeSformer(nn.Module):
     """Video transformer with divided, joint or space-only attention."""
 
@@ -55,7 +59,8 @@ class TimeSformer(nn.Module):
         dim = config.embed_dim
         self.attention_type = config.attention_type
         self.patch_embed: nn.Module = (
-            ConvStem(config.img_size, config.patch_size, config.in_chans, dim) if config.patch_stem == "conv" else
+            ConvStem(config.img_size, config.patch_size, config.in_chans, dim, STEM_TEMPORAL_KERNEL[config.patch_stem])
+            if config.patch_stem != "linear" else
             PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim, output_fmt="NHWC",
                        strict_img_size=False))
         self.patch_grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
@@ -132,7 +137,10 @@ class TimeSformer(nn.Module):
         if chans != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
                              f"(input must be (B, C, T, H, W))")
-        patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
+        if isinstance(self.patch_embed, ConvStem):
+            patches = self.patch_embed(video)  # (B*T, h, w, D)
+        else:
+            patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
         grid = (patches.shape[1], patches.shape[2])
         dim = patches.shape[-1]
         patches = rearrange(patches, "(b t) h w d -> b t (h w) d", b=batch)
@@ -152,8 +160,9 @@ class TimeSformer(nn.Module):
     def embed_macs(self, frames: int, grid: tuple[int, int]) -> int:
         """MACs of the patch embedding (linear or conv stem) of one clip of ``frames`` frames."""
         cfg = self.config
-        if cfg.patch_stem == "conv":
-            return flops.conv_stem_macs(frames, grid, cfg.in_chans, cfg.patch_size, cfg.embed_dim)
+        if cfg.patch_stem != "linear":
+            return flops.conv_stem_macs(frames, grid, cfg.in_chans, cfg.patch_size, cfg.embed_dim,
+                                        STEM_TEMPORAL_KERNEL[cfg.patch_stem])
         return flops.embed_macs(frames, grid[0] * grid[1], cfg.in_chans, cfg.patch_size, cfg.embed_dim)
 
     # ----------------------------------------------------------------- blocks
