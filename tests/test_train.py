@@ -314,6 +314,16 @@ def test_demo_recipe_matches_its_yaml(tmp_path):
     assert in_code == in_yaml
 
 
+def test_hard_recipe_matches_its_yaml_and_builds_the_conv3d_model(tmp_path):
+    from ired_video.engine.recipes import HARD_RECIPE, TASK_RECIPES, demo_config
+    in_code = demo_config(tmp_path, tmp_path / "out", recipe=HARD_RECIPE)
+    in_yaml = load_train_config(REPO / "configs/train/hard_micro.yaml",
+                                [f"data.train={tmp_path / 'train.csv'}", f"data.val={tmp_path / 'val.csv'}",
+                                 f"output={tmp_path / 'out'}"])
+    assert in_code == in_yaml and in_code.model["patch_stem"] == "conv3d"
+    assert TASK_RECIPES["easy"] == TASK_RECIPES["medium"] != TASK_RECIPES["hard"] == HARD_RECIPE
+
+
 def test_demo_command_end_to_end(tmp_path, capsys):
     """The README's main command, shrunk: every step runs and every promised output exists."""
     from ired_video import cli

@@ -57,9 +57,9 @@ class TaskSpec:
 
 TASKS: dict[str, Optional[TaskSpec]] = {
     "easy": None,
-    "medium": TaskSpec(("down", "left", "right", "up"), (1.6, 1.9), (0.12, 0.2), (2, 3), 0.03,
+    "medium": TaskSpec(("down", "left", "right", "up"), (1.6, 1.9), (0.12, 0.2), (2, 3), 0.015,
                        True, False, (0.2, 0.6), 0.3),
-    "hard": TaskSpec(("down", "left", "right", "up"), (1.0, 1.2), (0.12, 0.2), (2, 4), 0.04,
+    "hard": TaskSpec(("down", "left", "right", "up"), (1.0, 1.2), (0.12, 0.2), (2, 4), 0.015,
                      False, False, (0.3, 0.8), 0.0),
 }
 
