@@ -67,7 +67,7 @@ class ModelConfig:
     window_kernel: str = "gathered"
     # Patch embedding: "linear" (one p x p projection, TimeSformer's), "conv" (log2(p) 3x3
     # stride-2 conv-BN-GELU stages and a 1x1 projection; power-of-two patch sizes) or
-    # "conv3d" (the same, its first stage over 3 frames; still one token grid per frame).
+    # "conv3d" (the same, every stage over 3 frames; still one token grid per frame).
     # See docs/recipes.md.
     patch_stem: str = "linear"
 

@@ -10,7 +10,7 @@ Design notes: docs/design.md, "ired_video.flops".
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -89,16 +89,16 @@ def conv_stem_widths(patch_size: int, dim: int) -> list[int]:
 
 
 def conv_stem_macs(frames: int, grid: tuple[int, int], in_chans: int, patch_size: int, dim: int,
-                   temporal_kernel: int = 1) -> int:
+                   temporal_kernels: Optional[Sequence[int]] = None) -> int:
     """The conv patch stem on ``frames`` frames of (grid * patch) px: each 3x3 stride-2 stage
-    (9 C_in C_out per output pixel; the first over ``temporal_kernel`` frames, zero padding
-    billed as the counters do) and the final 1x1 projection (C D per patch)."""
+    over ``temporal_kernels[k]`` frames (9 k C_in C_out per output pixel; zero padding billed
+    as the counters do; default 1 each) and the final 1x1 projection (C D per patch)."""
     widths = conv_stem_widths(patch_size, dim)
+    kernels = list(temporal_kernels or [1] * len(widths))
     total, width_in = 0, in_chans
-    for k, width in enumerate(widths, start=1):
+    for k, (width, span) in enumerate(zip(widths, kernels), start=1):
         scale = patch_size >> k  # output pixels per patch side after k halvings
-        taps = 9 * (temporal_kernel if k == 1 else 1)
-        total += grid[0] * scale * grid[1] * scale * taps * width_in * width
+        total += grid[0] * scale * grid[1] * scale * 9 * span * width_in * width
         width_in = width
     return frames * (total + grid[0] * grid[1] * width_in * dim)
 

@@ -84,7 +84,7 @@ def test_gmacs_match_flop_counter(attention_type):
 
 
 @pytest.mark.parametrize("stem,temporal_kernel", [("conv", 1), ("conv3d", 3)])
-def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):
+def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):  # patch 8: 3 stages
     """patch_stem conv/conv3d: NHWC patch tokens of the linear stem's shape, one grid per frame;
     the forward's and the static bill equal FlopCounterMode, the stem's own part exactly; the
     default stays linear."""
@@ -93,7 +93,7 @@ def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):
     assert type(linear.patch_embed).__name__ == "PatchEmbed" and linear.config.patch_stem == "linear"
     video = _video(batch=1, size=48)
     assert model.patch_embed(video).shape == (4, 6, 6, 64)  # (B*T, h, w, D)
-    stem_macs = flops.conv_stem_macs(4, (6, 6), 3, 8, 64, temporal_kernel)
+    stem_macs = flops.conv_stem_macs(4, (6, 6), 3, 8, 64, [temporal_kernel] * 3)
     assert flops.conv_stem_widths(8, 64) == [16, 32, 64]
     assert count_flops(model.patch_embed, video) / 2 == stem_macs
     _, info = model(video, return_info=True)
@@ -106,11 +106,11 @@ def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):
 
 
 def test_conv3d_stem_sees_neighbour_frames_conv_stem_does_not():
-    """Changing frame 2 moves frame 1's and 3's tokens only through the conv3d stem's first stage."""
+    """Changing frame 0 reaches frames 1-3 only through the conv3d stem (3 stages of 3 frames)."""
     video = _video(batch=1, size=32)
     later = video.clone()
-    later[:, :, 2] += 1.0
-    for stem, changed in (("conv", [2]), ("conv3d", [1, 2, 3])):
+    later[:, :, 0] += 1.0
+    for stem, changed in (("conv", [0]), ("conv3d", [0, 1, 2, 3])):
         model = create_model("timesformer_test", patch_stem=stem).eval()
         with torch.no_grad():
             diff = (model.patch_embed(video) - model.patch_embed(later)).abs().flatten(1).amax(1)  # (T,)

@@ -44,8 +44,13 @@ class ForwardInfo:
     state: Optional[TokenState] = None
 
 
-# Frames the first stage of each conv patch stem spans.
+# Frames each stage of a conv patch stem spans (patch 8: three stages; see stem_kernels).
 STEM_TEMPORAL_KERNEL = {"conv": 1, "conv3d": 3}
+
+
+def stem_kernels(config: ModelConfig) -> list[int]:
+    """Temporal kernel of each stage of the config's conv patch stem."""
+    return [STEM_TEMPORAL_KERNEL[config.patch_stem]] * (config.patch_size.bit_length() - 1)
 
 
 class TimeSformer(nn.Module):
@@ -59,7 +64,7 @@ class TimeSformer(nn.Module):
         dim = config.embed_dim
         self.attention_type = config.attention_type
         self.patch_embed: nn.Module = (
-            ConvStem(config.img_size, config.patch_size, config.in_chans, dim, STEM_TEMPORAL_KERNEL[config.patch_stem])
+            ConvStem(config.img_size, config.patch_size, config.in_chans, dim, stem_kernels(config))
             if config.patch_stem != "linear" else
             PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim, output_fmt="NHWC",
                        strict_img_size=False))
@@ -162,7 +167,7 @@ class TimeSformer(nn.Module):
         cfg = self.config
         if cfg.patch_stem != "linear":
             return flops.conv_stem_macs(frames, grid, cfg.in_chans, cfg.patch_size, cfg.embed_dim,
-                                        STEM_TEMPORAL_KERNEL[cfg.patch_stem])
+                                        stem_kernels(cfg))
         return flops.embed_macs(frames, grid[0] * grid[1], cfg.in_chans, cfg.patch_size, cfg.embed_dim)
 
     # ----------------------------------------------------------------- blocks
