@@ -65,6 +65,11 @@ class ModelConfig:
     # How the spatial window is computed: "gathered" (only the pairs inside the fields,
     # billed so) or "masked" (dense attention with a -inf mask, billed as full attention).
     window_kernel: str = "gathered"
+    # Patch embedding: "linear" (one p x p projection, TimeSformer's), "conv" (log2(p) 3x3
+    # stride-2 conv-BN-GELU stages and a 1x1 projection; power-of-two patch sizes) or
+    # "conv3d" (the same, every stage over 3 frames; still one token grid per frame).
+    # See docs/recipes.md.
+    patch_stem: str = "linear"
 
     def __post_init__(self) -> None:
         for key in ("img_size", "patch_size", "num_frames", "in_chans", "embed_dim", "depth", "num_heads"):
@@ -85,6 +90,11 @@ class ModelConfig:
                 f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         require(self.window_kernel in ("gathered", "masked"), "window_kernel", self.window_kernel,
                 "'gathered' or 'masked'")
+        require(self.patch_stem in ("linear", "conv", "conv3d"), "patch_stem", self.patch_stem,
+                "'linear', 'conv' or 'conv3d'")
+        if self.patch_stem != "linear" and (self.patch_size < 2 or self.patch_size & (self.patch_size - 1)):
+            raise ConfigError(f"patch_stem={self.patch_stem!r} needs a power-of-two patch_size >= 2, "
+                              f"got {self.patch_size}")
         if self.window_radius is not None or self.window_span is not None:
             if self.attention_type != "divided_space_time":
                 raise ConfigError("window_radius/window_span: windows are implemented for "

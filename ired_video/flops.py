@@ -10,7 +10,7 @@ Design notes: docs/design.md, "ired_video.flops".
 """
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -69,6 +69,30 @@ def space_only_attention_macs(frame_counts: Tensor, dim: int) -> Tensor:
 def embed_macs(frames: int, num_patches: int, in_chans: int, patch_size: int, dim: int) -> int:
     """The patch-embedding convolution: one (C p p) -> D projection per patch."""
     return frames * num_patches * in_chans * patch_size * patch_size * dim
+
+
+def conv_stem_widths(patch_size: int, dim: int) -> list[int]:
+    """Channel widths of the conv patch stem's log2(p) stride-2 stages: doubling up to ``dim``
+    (patch 8, dim 96: 24, 48, 96), at least 8."""
+    stages = patch_size.bit_length() - 1
+    if patch_size < 2 or 1 << stages != patch_size:
+        raise ValueError(f"the conv patch stem needs a power-of-two patch_size >= 2, got {patch_size}")
+    return [max(8, dim >> (stages - 1 - k)) for k in range(stages)]
+
+
+def conv_stem_macs(frames: int, grid: tuple[int, int], in_chans: int, patch_size: int, dim: int,
+                   temporal_kernels: Optional[Sequence[int]] = None) -> int:
+    """The conv patch stem on ``frames`` frames of (grid * patch) px: each 3x3 stride-2 stage
+    over ``temporal_kernels[k]`` frames (9 k C_in C_out per output pixel; zero padding billed
+    as the counters do; default 1 each) and the final 1x1 projection (C D per patch)."""
+    widths = conv_stem_widths(patch_size, dim)
+    kernels = list(temporal_kernels or [1] * len(widths))
+    total, width_in = 0, in_chans
+    for k, (width, span) in enumerate(zip(widths, kernels), start=1):
+        scale = patch_size >> k  # output pixels per patch side after k halvings
+        total += grid[0] * scale * grid[1] * scale * 9 * span * width_in * width
+        width_in = width
+    return frames * (total + grid[0] * grid[1] * width_in * dim)
 
 
 def head_macs(dim: int, num_classes: int) -> int:

@@ -1,4 +1,5 @@
 """Generated demo dataset: layout, annotations, masks, determinism, the two commands."""
+import hashlib
 import json
 
 import numpy as np
@@ -8,7 +9,7 @@ from ired_video.cli import main as cli_main
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.data.decoding import read_clip
-from ired_video.data.demo import demo_class_names, load_mask, make_demo_dataset
+from ired_video.data.demo import _Spec, demo_class_names, demo_data_config, load_mask, make_demo_dataset, render_video
 
 
 def test_all_annotation_forms_agree(small_demo):
@@ -112,3 +113,55 @@ def test_check_videos_kills_a_hanging_decoder(monkeypatch, tmp_path, small_demo)
     report = checking.check_videos([path], timeout=0.5, progress=False)
     assert time.monotonic() - start < 10
     assert report[0]["ok"] is False and "timed out" in report[0]["error"]
+
+
+def test_easy_task_renders_exactly_as_before():
+    """The default task's pixels and masks are unchanged by the task option (hashes recorded
+    before it was added)."""
+    for (seed, shape, direction), digest in [
+            ((5, "circle", "left"), "da619cbf166a053125839d026ae611845e37d010358099ca84afe7e42ebe85af"),
+            ((11, "triangle", "right"), "e16e5cf49ced945af0e0c1c216921858f2e5d63fdcd12f6810fc282ac515eac1")]:
+        for spec in (_Spec("", seed, shape, direction, 0, 128, 96, 40, 20),
+                     _Spec("", seed, shape, direction, 0, 128, 96, 40, 20, "easy")):
+            frames, masks = render_video(spec)
+            assert hashlib.sha256(frames.tobytes() + masks.tobytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("task", ["medium", "hard"])
+def test_harder_tasks_twelve_classes_masks_on_the_moving_target(task):
+    names = demo_class_names(task)
+    assert len(names) == 12 and names == sorted(names) and "square moving up" in names
+    assert demo_data_config(task=task).class_names == names
+    steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    for index, name in enumerate(names):
+        shape, _, direction = name.split(" ")
+        spec = _Spec("", 100 + index, shape, direction, index, 128, 96, 24, 20, task)
+        frames, masks = render_video(spec)
+        assert frames.shape == (24, 96, 128, 3) and masks.shape == (24, 96, 128)
+        assert masks.sum(axis=(1, 2)).min() >= 20, name  # about one patch (12 px) across or more
+        for t in (0, 12, 23):  # the mask covers pixels of one colour: the target drawn last
+            assert len(np.unique(frames[t][masks[t]], axis=0)) == 1, (name, t)
+        ys, xs = zip(*[(np.nonzero(m)[0].mean(), np.nonzero(m)[1].mean()) for m in masks])
+        dx, dy = xs[-1] - xs[0], ys[-1] - ys[0]
+        along = dx * steps[direction][0] + dy * steps[direction][1]
+        assert along > 25 and abs(dx * steps[direction][1] + dy * steps[direction][0]) < 1, name
+        again, again_masks = render_video(spec)
+        assert np.array_equal(frames, again) and np.array_equal(masks, again_masks)
+    other, _ = render_video(_Spec("", 99, "circle", "up", 0, 128, 96, 24, 20, task))
+    assert not np.array_equal(other, render_video(_Spec("", 98, "circle", "up", 0, 128, 96, 24, 20, task))[0])
+
+
+def test_hard_task_dataset_and_command(tmp_path, capsys):
+    demo = make_demo_dataset(tmp_path / "h", videos_per_class=1, seed=2, width=64, height=48,
+                             num_frames=8, fps=10, progress=False, task="hard")
+    assert demo.class_names == demo_class_names("hard") and demo.data_config.class_names == demo.class_names
+    assert (demo.root / "classes.txt").read_text().splitlines() == demo.class_names
+    records = load_annotations(demo.train_list).records
+    assert len(records) == 12 and {r.class_name for r in records} == set(demo.class_names)
+    for rec in records:
+        assert load_mask(rec.path).sum(axis=(1, 2)).min() > 5
+    assert cli_main(["make-demo-data", str(tmp_path / "m"), "--task", "medium", "--videos-per-class", "1",
+                     "--frames", "8", "--size", "64", "48", "--no-progress"]) == 0
+    assert "wrote 12 classes" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="task='tiny'"):
+        make_demo_dataset(tmp_path / "x", videos_per_class=1, task="tiny", progress=False)

@@ -6,7 +6,7 @@ import socket
 import pytest
 import torch
 
-from ired_video import ConfigError, create_model
+from ired_video import ConfigError, create_model, flops
 from ired_video.flops import count_flops
 from ired_video.models.attention import Attention
 from tests.reference_timesformer import official_state_dict, reference_forward
@@ -83,6 +83,40 @@ def test_gmacs_match_flop_counter(attention_type):
     assert abs(model.static_gmacs() - measured_gmacs) / measured_gmacs < 0.01
 
 
+@pytest.mark.parametrize("stem,temporal_kernel", [("conv", 1), ("conv3d", 3)])
+def test_conv_patch_stems_are_billed_as_counted(stem, temporal_kernel):  # patch 8: 3 stages
+    """patch_stem conv/conv3d: NHWC patch tokens of the linear stem's shape, one grid per frame;
+    the forward's and the static bill equal FlopCounterMode, the stem's own part exactly; the
+    default stays linear."""
+    model = create_model("timesformer_test", patch_stem=stem, embed_dim=64, num_heads=4, img_size=48).eval()
+    linear = create_model("timesformer_test", embed_dim=64, num_heads=4, img_size=48).eval()
+    assert type(linear.patch_embed).__name__ == "PatchEmbed" and linear.config.patch_stem == "linear"
+    video = _video(batch=1, size=48)
+    assert model.patch_embed(video).shape == (4, 6, 6, 64)  # (B*T, h, w, D)
+    stem_macs = flops.conv_stem_macs(4, (6, 6), 3, 8, 64, [temporal_kernel] * 3)
+    assert flops.conv_stem_widths(8, 64) == [16, 32, 64]
+    assert count_flops(model.patch_embed, video) / 2 == stem_macs
+    _, info = model(video, return_info=True)
+    _, linear_info = linear(video, return_info=True)
+    measured_gmacs = count_flops(model, video) / 2e9
+    assert abs(info.gmacs.item() - measured_gmacs) / measured_gmacs < 0.01
+    assert model.static_gmacs() == pytest.approx(info.gmacs.item(), rel=1e-6)
+    linear_embed = flops.embed_macs(4, 36, 3, 8, 64)
+    assert (info.gmacs - linear_info.gmacs).item() == pytest.approx((stem_macs - linear_embed) / 1e9, rel=1e-6)
+
+
+def test_conv3d_stem_sees_neighbour_frames_conv_stem_does_not():
+    """Changing frame 0 reaches frames 1-3 only through the conv3d stem (3 stages of 3 frames)."""
+    video = _video(batch=1, size=32)
+    later = video.clone()
+    later[:, :, 0] += 1.0
+    for stem, changed in (("conv", [0]), ("conv3d", [0, 1, 2, 3])):
+        model = create_model("timesformer_test", patch_stem=stem).eval()
+        with torch.no_grad():
+            diff = (model.patch_embed(video) - model.patch_embed(later)).abs().flatten(1).amax(1)  # (T,)
+        assert [t for t in range(4) if diff[t] > 1e-6] == changed, stem
+
+
 @pytest.mark.parametrize("attention_type,published", [
     ("divided_space_time", 196.1), ("joint_space_time", 179.7), ("space_only", 140.7)])
 def test_base_model_gmacs_near_published(attention_type, published):
@@ -151,6 +185,8 @@ def test_issue_example_call():
     ({"depth": "four"}, "depth"),
     ({"attention_type": "sparse"}, "attention_type"),
     ({"img_size": 30, "patch_size": 8}, "multiple of patch_size"),
+    ({"patch_stem": "deep"}, "patch_stem"),
+    ({"patch_stem": "conv", "patch_size": 6, "img_size": 36}, "power-of-two patch_size"),
 ])
 def test_bad_model_arguments_name_the_problem(kwargs, message):
     with pytest.raises(ConfigError, match=message):

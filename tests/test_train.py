@@ -321,6 +321,15 @@ def test_demo_recipe_matches_its_yaml(tmp_path):
     assert in_code == in_yaml
 
 
+def test_demo_task_option_defaults_to_the_easy_demo():
+    from ired_video.commands.demo import build_parser
+    args = build_parser().parse_args([])
+    assert (args.task, args.epochs, args.videos_per_class) == ("easy", 24, 64)
+    assert build_parser().parse_args(["--task", "hard"]).task == "hard"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--task", "tiny"])
+
+
 def test_demo_command_end_to_end(tmp_path, capsys):
     """The README's main command, shrunk: every step runs and every promised output exists."""
     from ired_video import cli

@@ -66,7 +66,7 @@ from ired_video.config import (
     load_yaml,
     to_dict,
 )
-from ired_video.models.timesformer import ForwardInfo, TimeSformer
+from ired_video.models.timesformer import ForwardInfo, TimeSformer, evaluating
 from ired_video.models.weights import Checkpoint, load_checkpoint, load_weights
 from ired_video.reducers import apply_reducer, reducer_config
 from ired_video.tokens import NO_HOOKS, BlockHooks, TokenState
@@ -304,7 +304,7 @@ class Cascade(nn.Module):
         stage, batch 1, reducers set aside."""
         data, chans = self.data_config, self.stage_configs[0].in_chans
         video = self.stages[0].pos_embed.new_zeros(1, chans, data.num_frames, data.crop_size, data.crop_size)
-        with torch.inference_mode(), ExitStack() as stack:
+        with torch.inference_mode(), evaluating(self), ExitStack() as stack:
             for stage in self.stages:
                 stack.enter_context(stage.reducers_set_aside())
             _, info = self(video, return_info=True, all_exits=True)

@@ -6,12 +6,16 @@ import sys
 import time
 from typing import Optional
 
-from ired_video.data.demo import make_demo_dataset
+from ired_video.data.demo import TASKS, make_demo_dataset
 
 EPILOG = """\
-Six classes, "<shape> moving <direction>" (circle/square/triangle x left/right), with
-distracting shapes and a textured, sometimes panning background; per-frame masks of the
-class-carrying shape next to each video (<video stem>.npz, key "mask": bool (T, H, W)).
+Classes "<shape> moving <direction>": --task easy (the default) has six (circle/square/
+triangle x left/right) with distracting shapes and a textured, sometimes panning background;
+--task medium and hard have twelve (x left/right/up/down), distractors of the same shapes,
+and (hard) a target about one 8-px patch wide at 64 px, coloured like the distractors, on an
+always panning background: only its steady, fast straight motion tells it apart. Per-frame
+masks of the class-carrying shape next to each video (<video stem>.npz, key "mask": bool
+(T, H, W)).
 
 Written under OUT:
   train/<class>/<youtube_id>_<start>_<end>.mp4 (+ .npz), val/<class>/...
@@ -22,6 +26,7 @@ Written under OUT:
 examples:
   ired-video make-demo-data demo
   ired-video make-demo-data demo_big --videos-per-class 100 --jobs 4 --seed 1
+  ired-video make-demo-data demo_hard --task hard --videos-per-class 100 --jobs 2
   ired-video check-videos demo/train.csv -o demo_report.json
 """
 
@@ -34,8 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "Kinetics CSV and list annotations, ground-truth masks), the same "
                     "for the same --seed.")
     parser.add_argument("out", metavar="OUT", help="output folder (created)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="easy",
+                        help="easy (6 classes, the default), medium or hard (12 classes each)")
     parser.add_argument("--videos-per-class", type=int, default=32,
-                        help="videos of each of the 6 classes (default 32: 24 train, 8 val)")
+                        help="videos of each class (default 32: 24 train, 8 val)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--val-fraction", type=float, default=0.25,
                         help="share of each class in val (default 0.25)")
@@ -56,7 +63,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     start = time.perf_counter()
     demo = make_demo_dataset(args.out, args.videos_per_class, args.seed, args.val_fraction,
                              args.size[0], args.size[1], args.frames, args.fps, args.jobs,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress, task=args.task)
     print(f"wrote {len(demo.class_names)} classes x {args.videos_per_class} videos to "
           f"{demo.root} in {time.perf_counter() - start:.1f} s")
     print(f"  train: {demo.train_list} (list), {demo.kinetics_train} (Kinetics CSV)")

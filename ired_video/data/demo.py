@@ -1,11 +1,15 @@
 """A small generated dataset in the official Kinetics layout, with ground-truth masks.
 
-Each video shows one target shape (circle, square, triangle) crossing the frame left or
-right among slower distractors on a static or panning textured background; the class is
-``"<shape> moving <direction>"`` (6 classes). Written under ``out_dir``, deterministic from
-``seed``: ``train/`` and ``val/`` class folders of H.264 MP4s with a ``.npz`` mask per video
-(``mask`` bool (T, H, W) on the target's pixels), Kinetics CSVs, list files, ``classes.txt``
-and the ``data_config.yaml`` to train on it.
+Each video shows one target shape (circle, square, triangle) crossing the frame among
+distractors on a textured background; the class is ``"<shape> moving <direction>"``.
+Three tasks (``TASKS``): ``easy`` (6 classes, left/right; a large vivid target with a motion
+trail among slower muted distractors of other shapes: the default), ``medium`` and ``hard``
+(12 classes, left/right/up/down; distractors of the target shapes; ``hard``: a target about
+one 8-px patch wide at 64 px, coloured like the distractors, no trail, always panning
+background: only its steady, fast motion tells it apart). Written under ``out_dir``,
+deterministic from ``seed``: ``train/`` and ``val/`` class folders of H.264 MP4s with a
+``.npz`` mask per video (``mask`` bool (T, H, W) on the target's pixels), Kinetics CSVs, list
+files, ``classes.txt`` and the ``data_config.yaml`` to train on it.
 
 Design notes: docs/design.md, "ired_video.data.demo".
 """
@@ -16,7 +20,7 @@ import os
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import NamedTuple, Union
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
 import yaml
@@ -31,18 +35,56 @@ DISTRACTOR_SHAPES = ("diamond", "cross")
 ID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-def demo_class_names() -> list[str]:
-    """The 6 class names in label order (sorted, as every annotation form sorts them)."""
-    return sorted(f"{s} moving {d}" for s in SHAPES for d in DIRECTIONS)
+@dataclass(frozen=True)
+class TaskSpec:
+    """How one demo task draws its videos (``easy`` has its own renderer, kept as it was).
+
+    Sizes are in 8-px patches of the 64-px model input (the short side scaled to 64);
+    speeds in those patches per frame. ``actor_vivid``: the target has a saturated colour
+    and the distractors muted ones (else all share one colour distribution).
+    """
+
+    directions: tuple[str, ...]
+    actor_patches: tuple[float, float]  # target diameter range
+    actor_speed: tuple[float, float]  # target speed range (steady, straight)
+    distractors: tuple[int, int]  # count range, inclusive
+    distractor_speed: float  # random-walk step scale (well under the target's speed)
+    actor_vivid: bool
+    trail: bool  # the easy task's fading copies behind the target
+    pan: tuple[float, float]  # background pan speed range (px of the video per frame), each axis
+    static_share: float  # share of videos whose background does not pan
 
 
-def demo_data_config(fps: int = 20, height: int = 96) -> DataConfig:
+TASKS: dict[str, Optional[TaskSpec]] = {
+    "easy": None,
+    "medium": TaskSpec(("down", "left", "right", "up"), (1.6, 1.9), (0.12, 0.2), (2, 3), 0.015,
+                       True, False, (0.2, 0.6), 0.3),
+    "hard": TaskSpec(("down", "left", "right", "up"), (1.0, 1.2), (0.12, 0.2), (2, 4), 0.015,
+                     False, False, (0.3, 0.8), 0.0),
+}
+
+
+def _task_spec(task: str) -> Optional[TaskSpec]:
+    if task not in TASKS:
+        raise ValueError(f"task={task!r}: expected one of {', '.join(TASKS)}")
+    return TASKS[task]
+
+
+def demo_class_names(task: str = "easy") -> list[str]:
+    """The task's class names in label order (sorted, as every annotation form sorts them):
+    6 for ``easy``, 12 for ``medium`` and ``hard``."""
+    spec = _task_spec(task)
+    directions = DIRECTIONS if spec is None else spec.directions
+    return sorted(f"{s} moving {d}" for s in SHAPES for d in directions)
+
+
+def demo_data_config(fps: int = 20, height: int = 96, task: str = "easy") -> DataConfig:
     """DataConfig for the demo videos: 8 frames 4 apart at the video rate, 64 px crops,
     no flips (a flip turns "moving left" into "moving right")."""
     short = min(height, 80)
     return DataConfig(num_frames=8, sampling_rate=4, target_fps=float(fps), crop_size=64,
                       train_short_side=(64, max(64, short)), test_short_side=64,
-                      class_names=demo_class_names(), flip=False)
+                      class_names=demo_class_names(task), flip=False)
 
 
 def shape_mask(kind: str, cx: float, cy: float, r: float, yy: np.ndarray, xx: np.ndarray
@@ -116,10 +158,14 @@ class _Spec:
     height: int
     num_frames: int
     fps: int
+    task: str = "easy"
 
 
 def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     """(frames uint8 (T, H, W, 3), target mask bool (T, H, W)) for one spec."""
+    task = _task_spec(spec.task)
+    if task is not None:
+        return _render_task_video(spec, task)
     rng = np.random.default_rng(spec.seed)
     t_count, h, w = spec.num_frames, spec.height, spec.width
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) pixel coordinates each
@@ -169,6 +215,75 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     return frames, masks
 
 
+_DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+
+
+def _shape_colour(rng: np.random.Generator, vivid: bool) -> np.ndarray:
+    """Any hue; saturated (0.8-1) if ``vivid``, else anywhere from muted to saturated."""
+    if vivid:
+        return _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.8, 1.0), rng.uniform(0.85, 1.0))
+    return _hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.3, 1.0), rng.uniform(0.5, 1.0))
+
+
+def _render_task_video(spec: _Spec, task: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
+    """``medium``/``hard`` video: the target crosses the centre square of the frame in a
+    straight line at a steady speed; distractors of the target shapes random-walk slowly
+    (or sit still); the background pans in both axes. Returns (frames, target mask)."""
+    rng = np.random.default_rng(spec.seed)
+    t_count, h, w = spec.num_frames, spec.height, spec.width
+    patch = min(h, w) / 8  # video px per 8-px patch of the 64-px model input
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)  # (H, W) pixel coordinates each
+    static = rng.random() < task.static_share
+    pan = np.zeros(2) if static else rng.uniform(*task.pan, 2) * rng.choice([-1.0, 1.0], 2)
+    margin = (np.abs(pan) * t_count).astype(int) + 2  # (x, y) background border
+    background = _background(rng, h + margin[1], w + margin[0])
+    radius = rng.uniform(*task.actor_patches) * patch / 2
+    speed = rng.uniform(*task.actor_speed) * patch
+    ux, uy = _DIRECTION_VECTORS[spec.direction]
+    travel = speed * (t_count - 1)
+    side = min(h, w)  # the target stays inside the centred square the evaluation crop sees
+    lo_x, lo_y = (w - side) / 2 + radius + 1, (h - side) / 2 + radius + 1
+    hi_x, hi_y = lo_x + side - 2 * radius - 2, lo_y + side - 2 * radius - 2
+    travel = min(travel, side - 2 * radius - 2)
+    speed = travel / (t_count - 1)
+    along = rng.uniform(0, side - 2 * radius - 2 - travel)  # start offset along the path
+    x0 = rng.uniform(lo_x, hi_x) if ux == 0 else (lo_x + along if ux > 0 else hi_x - along)
+    y0 = rng.uniform(lo_y, hi_y) if uy == 0 else (lo_y + along if uy > 0 else hi_y - along)
+    target_colour = _shape_colour(rng, task.actor_vivid)
+    distractors = []
+    for _ in range(int(rng.integers(task.distractors[0], task.distractors[1] + 1))):
+        distractors.append({
+            "kind": SHAPES[int(rng.integers(len(SHAPES)))],
+            "pos": np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)]),
+            "vel": np.zeros(2), "moving": rng.random() < 0.7,
+            "r": rng.uniform(*task.actor_patches) * patch / 2,
+            "colour": _distractor_colour(rng) if task.actor_vivid else _shape_colour(rng, False)})
+    frames = np.empty((t_count, h, w, 3), np.uint8)
+    masks = np.empty((t_count, h, w), bool)
+    step = task.distractor_speed * patch
+    for t in range(t_count):
+        offset = np.clip(np.round(margin / 2 + pan * (t - t_count / 2)).astype(int), 0, margin)  # (x, y)
+        image = background[offset[1]:offset[1] + h, offset[0]:offset[0] + w].copy()
+        for d in distractors:
+            if d["moving"]:  # slow random walk, bouncing off the centred square's borders
+                d["vel"] = 0.8 * d["vel"] + rng.normal(0, step, 2)
+                d["pos"] = d["pos"] + d["vel"]
+                for axis, (lo, hi) in enumerate(((lo_x, hi_x), (lo_y, hi_y))):
+                    if not lo <= d["pos"][axis] <= hi:
+                        d["vel"][axis] *= -1
+                        d["pos"][axis] = min(max(d["pos"][axis], lo), hi)
+            image[shape_mask(d["kind"], d["pos"][0], d["pos"][1], d["r"], yy, xx)] = d["colour"]
+        cx, cy = x0 + ux * speed * t, y0 + uy * speed * t
+        if task.trail:
+            for back, alpha in TRAIL:
+                ghost = shape_mask(spec.shape, cx - ux * back * radius, cy - uy * back * radius, radius, yy, xx)
+                image[ghost] = (1 - alpha) * image[ghost] + alpha * target_colour
+        masks[t] = shape_mask(spec.shape, cx, cy, radius, yy, xx)
+        image[masks[t]] = target_colour
+        frames[t] = np.clip(image, 0, 255).astype(np.uint8)
+    return frames, masks
+
+
 def _write_one(spec: _Spec) -> None:
     frames, masks = render_video(spec)
     write_video(spec.path, frames, spec.fps, crf=18, threads=1)
@@ -207,22 +322,23 @@ class DemoDataset(NamedTuple):
 def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 32,
                       seed: int = 0, val_fraction: float = 0.25, width: int = 128,
                       height: int = 96, num_frames: int = 40, fps: int = 20,
-                      jobs: int = 1, progress: bool = True) -> DemoDataset:
-    """Write the demo dataset (see module doc) and return where its parts are.
+                      jobs: int = 1, progress: bool = True, task: str = "easy") -> DemoDataset:
+    """Write the demo dataset of ``task`` (see module doc) and return where its parts are.
 
-    ``videos_per_class`` videos of each of the 6 classes, ``val_fraction`` of them (at
-    least one when there are two or more) in ``val``. ``jobs`` worker processes encode in
-    parallel; the output does not depend on it.
+    ``videos_per_class`` videos of each class (6 easy, 12 medium/hard), ``val_fraction`` of
+    them (at least one when there are two or more) in ``val``. ``jobs`` worker processes
+    encode in parallel; the output does not depend on it.
     """
     if videos_per_class < 1 or num_frames < 2 or min(width, height) < 32:
         raise ValueError("need videos_per_class >= 1, num_frames >= 2, width/height >= 32")
     root = Path(out_dir)
-    names = demo_class_names()
-    specs, rows = _plan_videos(root, names, videos_per_class, seed, val_fraction, (width, height, num_frames, fps))
+    names = demo_class_names(task)
+    specs, rows = _plan_videos(root, names, videos_per_class, seed, val_fraction, (width, height, num_frames, fps),
+                               task)
     _encode(specs, jobs, progress)
     paths = {split: _write_annotations(root, split, rows) for split in ("train", "val")}
     (root / "classes.txt").write_text("".join(n + "\n" for n in names), encoding="utf-8")
-    cfg = demo_data_config(fps, height)
+    cfg = demo_data_config(fps, height, task)
     (root / "data_config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False),
                                            encoding="utf-8")
     return DemoDataset(root, names, paths["train"][0], paths["val"][0], paths["train"][1],
@@ -230,7 +346,7 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
 
 
 def _plan_videos(root: Path, names: list[str], videos_per_class: int, seed: int, val_fraction: float,
-                 geometry: tuple[int, int, int, int]) -> tuple[list[_Spec], list[tuple]]:
+                 geometry: tuple[int, int, int, int], task: str = "easy") -> tuple[list[_Spec], list[tuple]]:
     """Every video to write (its spec) and its annotation row (split, path, class, id,
     start, label), all drawn from ``seed``; the class folders are created."""
     width, height, num_frames, fps = geometry
@@ -247,7 +363,7 @@ def _plan_videos(root: Path, names: list[str], videos_per_class: int, seed: int,
             start = int(rng.integers(0, 290))
             rel = f"{split}/{name}/{vid}_{start:06d}_{start + 10:06d}.mp4"
             specs.append(_Spec(str(root / rel), int(rng.integers(2**31)), shape, direction,
-                               label, width, height, num_frames, fps))
+                               label, width, height, num_frames, fps, task))
             rows.append((split, rel, name, vid, start, label))
         for split in ("train", "val"):
             (root / split / name).mkdir(parents=True, exist_ok=True)
@@ -289,5 +405,5 @@ def load_mask(video_path: Union[str, os.PathLike]) -> np.ndarray:
         return data["mask"]
 
 
-__all__ = ["DemoDataset", "demo_class_names", "demo_data_config", "load_mask",
+__all__ = ["TASKS", "DemoDataset", "TaskSpec", "demo_class_names", "demo_data_config", "load_mask",
            "make_demo_dataset", "render_video", "shape_mask"]

@@ -24,6 +24,7 @@ from ired_video import flops
 from ired_video.config import DataConfig, ModelConfig, ReducerConfig
 from ired_video.models.attention import Attention, AttentionProbe
 from ired_video.models.blocks import BLOCKS
+from ired_video.models.stem import ConvStem
 from ired_video.tokens import ReducerRecord, TokenState
 
 
@@ -44,6 +45,15 @@ class ForwardInfo:
     state: Optional[TokenState] = None
 
 
+# Frames each stage of a conv patch stem spans (patch 8: three stages; see stem_kernels).
+STEM_TEMPORAL_KERNEL = {"conv": 1, "conv3d": 3}
+
+
+def stem_kernels(config: ModelConfig) -> list[int]:
+    """Temporal kernel of each stage of the config's conv patch stem."""
+    return [STEM_TEMPORAL_KERNEL[config.patch_stem]] * (config.patch_size.bit_length() - 1)
+
+
 class TimeSformer(nn.Module):
     """Video transformer with divided, joint or space-only attention."""
 
@@ -54,8 +64,11 @@ class TimeSformer(nn.Module):
             num_frames=config.num_frames, crop_size=config.img_size)
         dim = config.embed_dim
         self.attention_type = config.attention_type
-        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim,
-                                      output_fmt="NHWC", strict_img_size=False)
+        self.patch_embed: nn.Module = (
+            ConvStem(config.img_size, config.patch_size, config.in_chans, dim, stem_kernels(config))
+            if config.patch_stem != "linear" else
+            PatchEmbed(config.img_size, config.patch_size, config.in_chans, dim, output_fmt="NHWC",
+                       strict_img_size=False))
         self.patch_grid: tuple[int, int] = tuple(self.patch_embed.grid_size)  # type: ignore[assignment]
         num_patches = self.patch_grid[0] * self.patch_grid[1]
 
@@ -130,7 +143,10 @@ class TimeSformer(nn.Module):
         if chans != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
                              f"(input must be (B, C, T, H, W))")
-        patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
+        if isinstance(self.patch_embed, ConvStem):
+            patches = self.patch_embed(video)  # (B*T, h, w, D)
+        else:
+            patches = self.patch_embed(rearrange(video, "b c t h w -> (b t) c h w"))  # (B*T, h, w, D)
         grid = (patches.shape[1], patches.shape[2])
         dim = patches.shape[-1]
         patches = rearrange(patches, "(b t) h w d -> b t (h w) d", b=batch)
@@ -144,10 +160,16 @@ class TimeSformer(nn.Module):
             patches = self.time_drop(patches + self._time_embed(frames)[:, :, None, :])
 
         state = TokenState.from_patches(cls_tokens, patches, grid)
-        cfg = self.config
-        state.spend(torch.full_like(state.macs, flops.embed_macs(
-            frames, grid[0] * grid[1], chans, cfg.patch_size, cfg.embed_dim)))
+        state.spend(torch.full_like(state.macs, self.embed_macs(frames, grid)))
         return state
+
+    def embed_macs(self, frames: int, grid: tuple[int, int]) -> int:
+        """MACs of the patch embedding (linear or conv stem) of one clip of ``frames`` frames."""
+        cfg = self.config
+        if cfg.patch_stem != "linear":
+            return flops.conv_stem_macs(frames, grid, cfg.in_chans, cfg.patch_size, cfg.embed_dim,
+                                        stem_kernels(cfg))
+        return flops.embed_macs(frames, grid[0] * grid[1], cfg.in_chans, cfg.patch_size, cfg.embed_dim)
 
     # ----------------------------------------------------------------- blocks
     def forward_blocks(self, state: TokenState) -> TokenState:
@@ -199,12 +221,13 @@ class TimeSformer(nn.Module):
     # ----------------------------------------------------------------- misc
     def static_gmacs(self, frames: Optional[int] = None, size: Optional[int] = None) -> float:
         """GMACs of one unreduced view of ``frames`` x ``size`` px (default: the model's own):
-        the forward's own bill for a zero clip, batch 1, reducers set aside (one forward)."""
+        the forward's own bill for a zero clip, batch 1, in eval mode (no batch-norm statistics
+        move), reducers set aside (one forward)."""
         cfg = self.config
         frames = cfg.num_frames if frames is None else frames
         size = cfg.img_size if size is None else size
         video = self.pos_embed.new_zeros(1, cfg.in_chans, frames, size, size)
-        with torch.inference_mode(), self.reducers_set_aside():
+        with torch.inference_mode(), evaluating(self), self.reducers_set_aside():
             state = self.forward_blocks(self.embed(video))
             self.forward_head(state)
         return float(state.macs[0]) / 1e9
@@ -224,6 +247,17 @@ class TimeSformer(nn.Module):
         for module in self.modules():
             if isinstance(module, Attention):
                 module.fused = fused
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Put ``module`` in eval mode, restoring its training mode on exit."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _init_module(module: nn.Module) -> None:
