@@ -78,7 +78,6 @@ class ReducerRecord:
     scores: (B, U, K) what units were ranked by (drop, BAT, attention received, interaction).
     keep_prob: (B, U, K) IA-RED²'s interpreter keep probabilities; ``policy`` its sampled
         decision in training.
-    kept: (B,) real tokens after a random drop; merged: tokens per unit ToMe merged away.
     indicator, predicted, features: the interaction indicator pass (``score=indicator``).
     """
 
@@ -90,8 +89,6 @@ class ReducerRecord:
     scores: Optional[Tensor] = None
     keep_prob: Optional[Tensor] = None
     policy: Optional[PolicyDecision] = None
-    kept: Optional[Tensor] = None
-    merged: Optional[int] = None
     indicator: Optional[Tensor] = None
     predicted: Optional[Tensor] = None
     features: Optional[Tensor] = None

@@ -47,7 +47,7 @@ class RandomDrop(Reducer):
             position = state.pos[:, :1] % state.num_patches if self.mode == "tube" else state.pos  # (B, U, K)
             scores = hash_uniform(position, self.seed * 1_000_003 + self.block)
         state = drop_to(self, state, scores, counts)
-        self.record(state, kept=state.real_tokens())
+        self.record(state)
         return state
 
 

@@ -119,5 +119,5 @@ class ToMe(Reducer):
         merged = merge_into_representatives(state, assign, representative,
                                             aligned=state.aligned and self.mode == "tube")
         merged.prop_attn = self.prop_attn
-        self.record(merged, merged=slots - representative.shape[-1])
+        self.record(merged)
         return merged
