@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ired_video.config import ConfigError
+from ired_video.models.timesformer import evaluating
 
 P_GRID = [round(0.05 * i, 2) for i in range(1, 60)]  # DVT's 59 values 0.05 .. 2.95
 NEVER_EXIT = 2.0
@@ -111,10 +112,8 @@ def collect_exits(model: torch.nn.Module, loader: Any, device: Optional[torch.de
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Every stage on every clip of a loader: (K, n, classes) softmax, (n,) labels, (n, K)
     cumulative GMACs. Clips whose file failed to decode are left out."""
-    was_training = model.training
-    model.eval()
     probs, labels, gmacs = [], [], []
-    try:
+    with evaluating(model):
         for batch in loader:
             video = batch["video"] if device is None else batch["video"].to(device)
             _, info = model(video, return_info=True, all_exits=True)
@@ -122,8 +121,6 @@ def collect_exits(model: torch.nn.Module, loader: Any, device: Optional[torch.de
             probs.append(torch.stack([out.float().softmax(dim=-1) for out in info.stage_logits]).cpu()[:, ok])
             labels.append(batch["label"][ok])
             gmacs.append(info.stage_gmacs.cpu()[ok])
-    finally:
-        model.train(was_training)
     return torch.cat(probs, dim=1), torch.cat(labels), torch.cat(gmacs)
 
 

@@ -28,6 +28,7 @@ from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.engine.accelerator import new_accelerator
 from ired_video.inference import ViewRecord, stage_entries, top_k
+from ired_video.models.timesformer import evaluating
 from ired_video.viz.masks import stage_token_counts
 
 
@@ -37,26 +38,24 @@ def evaluate(model: torch.nn.Module, dataset: VideoDataset, accelerator: Acceler
     """Top-1/top-5/mean-class accuracy over videos and GMACs per view and per video."""
     loader = accelerator.prepare_data_loader(
         DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers))
-    was_training = model.training
-    model.eval()
     rows: dict[str, list[torch.Tensor]] = {}
     layout = StageLayout()
-    for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
-        start = time.perf_counter()
-        logits, info = model(batch["video"], return_info=True)
-        latency = torch.full_like(info.gmacs, (time.perf_counter() - start) / len(logits))
-        view = {"logits": logits.float(), "label": batch["label"], "video_index": batch["video_index"],
-                "index": batch["index"], "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
-                "frame_indices": batch["frame_indices"], "padded": batch["padded"],
-                "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
-                "latency": latency}
-        if getattr(info, "exit_stage", None) is not None:  # a cascade: where each view exited
-            view["exit_stage"] = info.exit_stage
-        else:  # a cascade keeps the last stage's records only when every clip reached it: no stages
-            view["stage_tokens"] = layout.tokens_after_each(info)
-        for key, value in accelerator.gather_for_metrics(view).items():
-            rows.setdefault(key, []).append(value.cpu())
-    model.train(was_training)
+    with evaluating(model):
+        for batch in tqdm(loader, desc=desc, disable=not accelerator.is_main_process, leave=False):
+            start = time.perf_counter()
+            logits, info = model(batch["video"], return_info=True)
+            latency = torch.full_like(info.gmacs, (time.perf_counter() - start) / len(logits))
+            view = {"logits": logits.float(), "label": batch["label"], "video_index": batch["video_index"],
+                    "index": batch["index"], "clip_index": batch["clip_index"], "crop_index": batch["crop_index"],
+                    "frame_indices": batch["frame_indices"], "padded": batch["padded"],
+                    "failed": batch["num_failed"], "gmacs": info.gmacs.float(), "tokens": info.tokens,
+                    "latency": latency}
+            if getattr(info, "exit_stage", None) is not None:  # a cascade: where each view exited
+                view["exit_stage"] = info.exit_stage
+            else:  # a cascade keeps the last stage's records only when every clip reached it: no stages
+                view["stage_tokens"] = layout.tokens_after_each(info)
+            for key, value in accelerator.gather_for_metrics(view).items():
+                rows.setdefault(key, []).append(value.cpu())
     if not accelerator.is_main_process:
         return {}
     views = {k: torch.cat(v) for k, v in rows.items()}

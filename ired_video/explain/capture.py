@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ired_video.models.attention import Attention, AttentionProbe
+from ired_video.models.timesformer import evaluating
 
 KINDS = ("temporal", "spatial", "space_only", "joint")
 
@@ -56,19 +57,15 @@ def attention_sites(model: nn.Module) -> list[tuple[Site, Attention]]:
 @contextmanager
 def explain_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Unreduced, explicit-attention, eval-mode ``model`` inside the block; restored after."""
-    reducers, training = model.reducers, model.training
     fused = bool(model.config.fused_attention)
-    model.reducers = nn.ModuleDict()
-    model.eval()
-    if fused:
-        model.set_fused_attention(False)
-    try:
-        yield model
-    finally:
-        model.reducers = reducers
-        model.train(training)
+    with evaluating(model), model.reducers_set_aside():
         if fused:
-            model.set_fused_attention(True)
+            model.set_fused_attention(False)
+        try:
+            yield model
+        finally:
+            if fused:
+                model.set_fused_attention(True)
 
 
 def _split_call(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Tensor, Optional[Tensor], Optional[Any]]:

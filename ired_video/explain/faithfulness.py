@@ -5,12 +5,13 @@ Design notes: docs/design.md, "ired_video.explain.faithfulness".
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
+
+from ired_video.models.timesformer import evaluating
 
 
 @dataclass
@@ -30,18 +31,6 @@ class Curves:
         return torch.trapezoid(self.insertion, self.fractions, dim=-1)
 
 
-@contextmanager
-def _unreduced(model: nn.Module) -> Iterator[nn.Module]:
-    reducers, training = model.reducers, model.training
-    model.reducers = nn.ModuleDict()
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.reducers = reducers
-        model.train(training)
-
-
 def forward_kept(model: nn.Module, video: Tensor, keep: Tensor) -> Tensor:
     """Logits (B, classes) of the unreduced model seeing only the patches ``keep`` (B, T, N) marks."""
     def mask_tokens(module: nn.Module, args: tuple) -> tuple:
@@ -50,7 +39,7 @@ def forward_kept(model: nn.Module, video: Tensor, keep: Tensor) -> Tensor:
 
     handle = model.blocks[0].register_forward_pre_hook(mask_tokens)
     try:
-        with _unreduced(model), torch.no_grad():
+        with evaluating(model), model.reducers_set_aside(), torch.no_grad():
             return model(video)
     finally:
         handle.remove()
