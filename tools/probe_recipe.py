@@ -43,7 +43,7 @@ def load_split(data: Path, split: str) -> tuple[Tensor, Tensor]:
     """uint8 (N, T, 3, 64, W) clips and (N,) labels of one split, decoded once and cached."""
     cache = data / f"probe_cache_{split}.pt"
     if cache.is_file():
-        stored = torch.load(cache)
+        stored = torch.load(cache, weights_only=True)
         return stored["x"], stored["y"]
     clips, labels = [], []
     lines = (data / f"{split}.csv").read_text(encoding="utf-8").splitlines()
