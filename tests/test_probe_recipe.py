@@ -1,20 +1,15 @@
 """tools/probe_recipe.py: the frames and crop it samples, the mean read-out, one tiny run."""
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from ired_video.build import create_model
 from ired_video.data.demo import make_demo_dataset
+from tests.tool_modules import load_tool
 
 
 def _probe():
-    path = Path(__file__).resolve().parents[1] / "tools" / "probe_recipe.py"
-    spec = importlib.util.spec_from_file_location("probe_recipe", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool("probe_recipe")
 
 
 def test_validation_view_is_the_centre_frames_and_crop():

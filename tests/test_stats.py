@@ -1,14 +1,13 @@
 """Bootstrap intervals over seeds and videos: coverage, width, pairing."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ired_video.stats import accuracy_interval, difference_interval
+from tests.tool_modules import load_tool
 
 
 def test_constant_scores_have_a_zero_width_interval():
@@ -79,16 +78,8 @@ def test_shapes_are_checked():
     assert accuracy_interval(np.array([1, 0, 1, 1])).mean == 0.75  # one seed as a vector
 
 
-def _tool(name: str):
-    path = Path(__file__).resolve().parents[1] / "tools" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _bench_demo():
-    return _tool("bench_demo")
+    return load_tool("bench_demo")
 
 
 def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
@@ -111,7 +102,7 @@ def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
 
 
 def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
-    bench = _tool("bench_cascade")
+    bench = load_tool("bench_cascade")
     rng = np.random.default_rng(1)
     per_seed = []
     for _ in range(3):
@@ -131,7 +122,7 @@ def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
 
 
 def test_bench_explain_cells_leave_out_videos_without_an_object():
-    bench = _tool("bench_explain")
+    bench = load_tool("bench_explain")
     tables = [bench.Table(per_video={"random": {"deletion_auc": [0.5, 0.7, 0.6], "insertion_auc": [0.5, 0.5, 0.5],
                                                 "pointing_game": [1.0, float("nan"), 0.0],
                                                 "mask_iou": [0.2, float("nan"), 0.4]},
