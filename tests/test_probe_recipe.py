@@ -17,7 +17,7 @@ def test_validation_view_is_the_centre_frames_and_crop():
     clips = torch.zeros(1, 40, 3, 64, 85, dtype=torch.uint8)
     clips[0] += torch.arange(40, dtype=torch.uint8).view(40, 1, 1, 1)  # pixel value = frame index
     clips[0, :, :, :, 10] = 255  # column 10 is the first of the centre crop (85 - 64) // 2
-    video = probe.sample(clips, False, None) * probe.STD + probe.MEAN  # (1, 3, 8, 64, 64), 0-1 units
+    video = probe.sample(clips, False, None) * probe.STD[0] + probe.MEAN[0]  # (1, 3, 8, 64, 64), 0-1 units
     frames = (video[0, 0, :, 0, 1] * 255).round().long().tolist()
     assert frames == [5, 9, 13, 17, 21, 25, 29, 33]  # 8 frames 4 apart, centred in 40
     assert torch.all(video[0, :, :, :, 0] == 1.0) and torch.all(video[0, :, :, :, 1:] < 1.0)

@@ -8,7 +8,7 @@ random start and a random 64-px crop (validation: the centre), no scale jitter, 
 linear warm-up and cosine decay, batch 16, label smoothing, gradient clipping 1.0.
 
 Models: ``cnn3d`` (the issue's kind of baseline: four 3x3x3 conv-BN-ReLU stages, 16-32-48-64
-channels, global average pool, 140k parameters) or any registered TimeSformer
+channels, global average pool, 141k parameters) or any registered TimeSformer
 (``--model timesformer_micro``) with ``--stem`` and ``--pool cls`` (the class token, the
 model's own head) or ``mean`` (the mean of the final patch tokens through the same norm and
 head; probe only, no reducers).
@@ -32,11 +32,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ired_video.build import create_model
+from ired_video.config import DataConfig
 from ired_video.data.decoding import read_clip
+from ired_video.data.transforms import normalize
 from ired_video.models.timesformer import TimeSformer
 
 FRAMES, STRIDE, CROP = 8, 4, 64
-MEAN, STD = 0.45, 0.225
+MEAN, STD = DataConfig().mean, DataConfig().std  # the package's defaults, as the demo recipe uses
 
 
 def load_split(data: Path, split: str) -> tuple[Tensor, Tensor]:
@@ -67,8 +69,7 @@ def sample(clips: Tensor, train: bool, generator: torch.Generator) -> Tensor:
     else:
         starts, lefts = [(frames - span) // 2] * batch, [(width - CROP) // 2] * batch
     views = [clip[t:t + span:STRIDE, :, :, left:left + CROP] for clip, t, left in zip(clips, starts, lefts)]
-    video = torch.stack(views).permute(0, 2, 1, 3, 4).float() / 255  # (B, 8, 3, 64, 64) -> (B, 3, 8, 64, 64)
-    return (video - MEAN) / STD
+    return torch.stack([normalize(view, MEAN, STD) for view in views])  # B x (3, 8, 64, 64)
 
 
 class Cnn3d(nn.Module):
