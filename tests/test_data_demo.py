@@ -1,4 +1,5 @@
 """Generated demo dataset: layout, annotations, masks, determinism, the two commands."""
+import colorsys
 import hashlib
 import json
 
@@ -127,7 +128,7 @@ def test_easy_task_renders_exactly_as_before():
             assert hashlib.sha256(frames.tobytes() + masks.tobytes()).hexdigest() == digest
 
 
-@pytest.mark.parametrize("task", ["medium", "hard"])
+@pytest.mark.parametrize("task", ["moderate", "medium", "hard"])
 def test_harder_tasks_twelve_classes_masks_on_the_moving_target(task):
     names = demo_class_names(task)
     assert len(names) == 12 and names == sorted(names) and "square moving up" in names
@@ -149,6 +150,26 @@ def test_harder_tasks_twelve_classes_masks_on_the_moving_target(task):
         assert np.array_equal(frames, again) and np.array_equal(masks, again_masks)
     other, _ = render_video(_Spec("", 99, "circle", "up", 0, 128, 96, 24, 20, task))
     assert not np.array_equal(other, render_video(_Spec("", 98, "circle", "up", 0, 128, 96, 24, 20, task))[0])
+
+
+def test_moderate_target_hue_names_its_shape_and_trails_behind_it():
+    """moderate keeps easy's cues: a vivid target whose hue family is its shape's, with a fading
+    trail on the side it comes from, among distractors of other shapes."""
+    hues = {"circle": 0.0, "square": 1 / 3, "triangle": 2 / 3}
+    steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    for index, name in enumerate(demo_class_names("moderate")):
+        shape, _, direction = name.split(" ")
+        frames, masks = render_video(_Spec("", 200 + index, shape, direction, index, 128, 96, 16, 20, "moderate"))
+        hue, saturation, _ = colorsys.rgb_to_hsv(*(frames[8][masks[8]][0].astype(float) / 255))
+        assert saturation > 0.5, name
+        assert min(abs(hue - hues[shape]), 1 - abs(hue - hues[shape])) < 0.08, (name, hue)
+        ys, xs = np.nonzero(masks[8])
+        cy, cx = ys.mean(), xs.mean()
+        radius = (masks[8].sum() / np.pi) ** 0.5
+        (ux, uy), colour = steps[direction], frames[8][masks[8]][0].astype(float)
+        behind = frames[8][int(round(cy - 1.6 * uy * radius)), int(round(cx - 1.6 * ux * radius))]
+        ahead = frames[8][int(round(cy + 1.6 * uy * radius)), int(round(cx + 1.6 * ux * radius))]
+        assert np.abs(behind - colour).sum() < np.abs(ahead - colour).sum(), name  # the trail is behind
 
 
 def test_hard_task_dataset_and_command(tmp_path, capsys):

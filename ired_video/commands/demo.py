@@ -26,7 +26,8 @@ EPILOG = """examples:
   ired-video demo --out /tmp/demo --epochs 8       # quicker, less accurate
   ired-video demo --reducer tome r=6               # another reducer
   ired-video demo --reducer iared2 keep=0.5 mode=frame
-  ired-video demo --task medium --out runs/demo_medium   # 12 classes: the recipe stays near chance
+  ired-video demo --task moderate --out runs/demo_moderate   # 12 classes: reducers differ more
+  ired-video demo --task medium --out runs/demo_medium       # 12 classes: the recipe stays near chance
 
 Outputs: data/ (the generated videos and annotations), plain/ and <reducer>/ (training
 runs: logs, checkpoints, eval reports, per-view JSONL), overlay.mp4/.png (what the
@@ -43,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "a token reducer (training-free and fine-tuned): accuracy and GMACs per clip.")
     parser.add_argument("--out", default="runs/demo", help="folder for everything (default: %(default)s)")
     parser.add_argument("--task", choices=sorted(TASKS), default="easy",
-                        help="demo task (see make-demo-data): easy (default, 6 classes), medium or hard (12 "
-                             "classes; the demo recipe does not learn them, docs/recipes.md)")
+                        help="demo task (see make-demo-data): easy (default, 6 classes), moderate (12 classes, "
+                             "not saturated by the plain model), medium or hard (12 classes; the demo recipe does "
+                             "not learn them, docs/recipes.md)")
     parser.add_argument("--epochs", type=int, default=24, help="epochs for the plain model (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=4,
                         help="epochs of fine-tuning with the reducer (default: %(default)s)")

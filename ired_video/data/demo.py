@@ -2,9 +2,10 @@
 
 Each video shows one target shape (circle, square, triangle) crossing the frame among
 distractors on a textured background; the class is ``"<shape> moving <direction>"``.
-Three tasks (``TASKS``): ``easy`` (6 classes, left/right; a large vivid target with a motion
-trail among slower muted distractors of other shapes: the default), ``medium`` and ``hard``
-(12 classes, left/right/up/down; distractors of the target shapes; ``hard``: a target about
+Four tasks (``TASKS``): ``easy`` (6 classes, left/right; a large vivid target with a motion
+trail among slower muted distractors of other shapes: the default), ``moderate`` (easy's look
+with 12 classes, left/right/up/down: the plain demo model does not saturate it), ``medium``
+and ``hard`` (12 classes; distractors of the target shapes; ``hard``: a target about
 one 8-px patch wide at 64 px, coloured like the distractors, no trail, always panning
 background: only its steady, fast motion tells it apart). Written under ``out_dir``,
 deterministic from ``seed``: ``train/`` and ``val/`` class folders of H.264 MP4s with a
@@ -53,10 +54,14 @@ class TaskSpec:
     trail: bool  # the easy task's fading copies behind the target
     pan: tuple[float, float]  # background pan speed range (px of the video per frame), each axis
     static_share: float  # share of videos whose background does not pan
+    hue_coded: bool = False  # the target's hue family names its shape (as in easy; implies vivid)
+    distractor_shapes: tuple[str, ...] = SHAPES  # SHAPES: distractors look like targets
 
 
 TASKS: dict[str, Optional[TaskSpec]] = {
     "easy": None,
+    "moderate": TaskSpec(("down", "left", "right", "up"), (2.3, 2.9), (0.12, 0.2), (1, 3), 0.015,
+                         True, True, (0.2, 0.6), 0.3, hue_coded=True, distractor_shapes=DISTRACTOR_SHAPES),
     "medium": TaskSpec(("down", "left", "right", "up"), (1.6, 1.9), (0.12, 0.2), (2, 3), 0.015,
                        True, False, (0.2, 0.6), 0.3),
     "hard": TaskSpec(("down", "left", "right", "up"), (1.0, 1.2), (0.12, 0.2), (2, 4), 0.015,
@@ -72,7 +77,7 @@ def _task_spec(task: str) -> Optional[TaskSpec]:
 
 def demo_class_names(task: str = "easy") -> list[str]:
     """The task's class names in label order (sorted, as every annotation form sorts them):
-    6 for ``easy``, 12 for ``medium`` and ``hard``."""
+    6 for ``easy``, 12 for the others."""
     spec = _task_spec(task)
     directions = DIRECTIONS if spec is None else spec.directions
     return sorted(f"{s} moving {d}" for s in SHAPES for d in directions)
@@ -226,9 +231,10 @@ def _shape_colour(rng: np.random.Generator, vivid: bool) -> np.ndarray:
 
 
 def _render_task_video(spec: _Spec, task: TaskSpec) -> tuple[np.ndarray, np.ndarray]:
-    """``medium``/``hard`` video: the target crosses the centre square of the frame in a
-    straight line at a steady speed; distractors of the target shapes random-walk slowly
-    (or sit still); the background pans in both axes. Returns (frames, target mask)."""
+    """``moderate``/``medium``/``hard`` video: the target crosses the centre square of the
+    frame in a straight line at a steady speed; distractors (of the target shapes unless the
+    task says otherwise) random-walk slowly or sit still; the background pans in both axes.
+    Returns (frames, target mask)."""
     rng = np.random.default_rng(spec.seed)
     t_count, h, w = spec.num_frames, spec.height, spec.width
     patch = min(h, w) / 8  # video px per 8-px patch of the 64-px model input
@@ -249,11 +255,11 @@ def _render_task_video(spec: _Spec, task: TaskSpec) -> tuple[np.ndarray, np.ndar
     along = rng.uniform(0, side - 2 * radius - 2 - travel)  # start offset along the path
     x0 = rng.uniform(lo_x, hi_x) if ux == 0 else (lo_x + along if ux > 0 else hi_x - along)
     y0 = rng.uniform(lo_y, hi_y) if uy == 0 else (lo_y + along if uy > 0 else hi_y - along)
-    target_colour = _shape_colour(rng, task.actor_vivid)
+    target_colour = _target_colour(rng, spec.shape) if task.hue_coded else _shape_colour(rng, task.actor_vivid)
     distractors = []
     for _ in range(int(rng.integers(task.distractors[0], task.distractors[1] + 1))):
         distractors.append({
-            "kind": SHAPES[int(rng.integers(len(SHAPES)))],
+            "kind": task.distractor_shapes[int(rng.integers(len(task.distractor_shapes)))],
             "pos": np.array([rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)]),
             "vel": np.zeros(2), "moving": rng.random() < 0.7,
             "r": rng.uniform(*task.actor_patches) * patch / 2,
@@ -325,7 +331,7 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
                       jobs: int = 1, progress: bool = True, task: str = "easy") -> DemoDataset:
     """Write the demo dataset of ``task`` (see module doc) and return where its parts are.
 
-    ``videos_per_class`` videos of each class (6 easy, 12 medium/hard), ``val_fraction`` of
+    ``videos_per_class`` videos of each class (6 classes easy, 12 the others), ``val_fraction`` of
     them (at least one when there are two or more) in ``val``. ``jobs`` worker processes
     encode in parallel; the output does not depend on it.
     """
