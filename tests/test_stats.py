@@ -1,6 +1,7 @@
 """Bootstrap intervals over seeds and videos: coverage, width, pairing."""
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -99,6 +100,27 @@ def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
     lost = -(plain[:, :10].mean() * 10 / 200)
     assert row["delta"] == pytest.approx(lost) and row["delta_high"] < 0  # the paired interval excludes 0
     assert row["seeds"] == 3 and row["videos"] == 200 and len(row["top1_per_seed"]) == 3
+
+
+def test_bench_demo_epochs_zero_gives_training_free_rows_only(tmp_path, monkeypatch):
+    bench_demo = _bench_demo()
+    scores = np.array([1.0, 0.0, 1.0, 1.0])
+    monkeypatch.setattr(bench_demo, "reducer_start", lambda plain, cfg, data, fit: (plain, cfg, None))
+    monkeypatch.setattr(bench_demo, "evaluate_scores",
+                        lambda checkpoint, test, out, reducer=None: ({"top1": 0.75, "gmacs_per_view": 0.2}, scores))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("--epochs 0 must not fine-tune")
+    monkeypatch.setattr(bench_demo, "train", no_training)
+    args = argparse.Namespace(epochs=0, batch_size=16, lr=5e-4, distill=0.0, seeds=[0, 1], data=tmp_path,
+                              out=tmp_path)
+    rows = bench_demo.reducer_rows(args, "topk", 0.5, [tmp_path / "a.pth", tmp_path / "b.pth"], 4, "test.csv",
+                                   np.stack([scores, scores]), None)
+    assert [row["name"] for row in rows] == ["topk 0.5 (no training)"]
+    assert rows[0]["seeds"] == 2 and rows[0]["trained"] is False and rows[0]["delta"] == 0.0
+    args.epochs = 1
+    with pytest.raises(AssertionError, match="must not fine-tune"):
+        bench_demo.reducer_rows(args, "topk", 0.5, [tmp_path / "a.pth"], 4, "test.csv", scores[None], None)
 
 
 def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():

@@ -199,7 +199,8 @@ def main() -> int:
     parser.add_argument("--keeps", type=float, nargs="+", default=[0.7, 0.5])
     parser.add_argument("--test", type=Path, default=None,
                         help="annotations to report on (default: DATA/val.csv; see above for a larger split)")
-    parser.add_argument("--epochs", type=int, default=6, help="fine-tuning epochs per reducer (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=6,
+                        help="fine-tuning epochs per reducer; 0: training-free rows only (default: %(default)s)")
     parser.add_argument("--lr", type=float, default=5e-4, help="fine-tuning learning rate (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--distill", type=float, default=0.0,
@@ -231,8 +232,7 @@ def main() -> int:
             if key == "topk":
                 topk_gmacs = rows[-1]["gmacs_per_view"]
             print(f"{rows[-1]['name']}: top-1 {rows[-1]['top1']:.3f} [{rows[-1]['top1_low']:.3f}, "
-                  f"{rows[-1]['top1_high']:.3f}] ({rows[-2]['top1']:.3f} without training), "
-                  f"{rows[-1]['gmacs_per_view']:.4f} GMACs/view", flush=True)
+                  f"{rows[-1]['top1_high']:.3f}], {rows[-1]['gmacs_per_view']:.4f} GMACs/view", flush=True)
     print(write_results(rows, args.out))
     return 0
 
@@ -254,14 +254,18 @@ def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[P
         run = args.out / f"{label.replace(' ', '_')}_seed{seed}"
         start, free_reducer, _ = reducer_start(plain, cfg, args.data, run / "fit")
         free_runs.append(evaluate_scores(start, test, run / "training_free.json", free_reducer))
+        if args.epochs == 0:
+            continue
         train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe,
                           f"init.checkpoint={start}", f"train.seed={seed}"), overwrite=True)
         tuned_runs.append(evaluate_scores(run / "last.pth", test, run / "test.json"))
     settings = to_dict(cfg)
-    return [summarise(f"{label} (no training)", False, [r for r, _ in free_runs],
-                      np.stack([s for _, s in free_runs]), plain_scores, settings),
-            summarise(label, True, [r for r, _ in tuned_runs], np.stack([s for _, s in tuned_runs]),
-                      plain_scores, settings)]
+    rows = [summarise(f"{label} (no training)", False, [r for r, _ in free_runs],
+                      np.stack([s for _, s in free_runs]), plain_scores, settings)]
+    if tuned_runs:
+        rows.append(summarise(label, True, [r for r, _ in tuned_runs], np.stack([s for _, s in tuned_runs]),
+                              plain_scores, settings))
+    return rows
 
 
 if __name__ == "__main__":
