@@ -123,6 +123,36 @@ def test_bench_demo_epochs_zero_gives_training_free_rows_only(tmp_path, monkeypa
         bench_demo.reducer_rows(args, "topk", 0.5, [tmp_path / "a.pth"], 4, "test.csv", scores[None], None)
 
 
+def test_bench_demo_control_row_trains_the_plain_model_alike_and_pairs_fine_tuned_rows(tmp_path, monkeypatch):
+    """The control: each seed's plain model trained --epochs further, no reducer, same recipe;
+    fine-tuned reducer rows carry their paired difference to it, and the table shows it."""
+    bench_demo = _bench_demo()
+    plain = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+    control = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    trained = []
+    monkeypatch.setattr(bench_demo, "train", lambda cfg, overwrite: trained.append(cfg))
+    monkeypatch.setattr(bench_demo, "evaluate_scores",
+                        lambda checkpoint, test, out, reducer=None: ({"top1": 0.75, "gmacs_per_view": 0.36},
+                                                                     control[len(trained) - 1]))
+    (tmp_path / "train.csv").write_text("")
+    (tmp_path / "val.csv").write_text("")
+    args = argparse.Namespace(epochs=3, batch_size=16, lr=5e-4, distill=0.0, seeds=[0, 1], data=tmp_path,
+                              out=tmp_path)
+    row = bench_demo.control_row(args, [tmp_path / "a.pth", tmp_path / "b.pth"], "test.csv", plain)
+    assert len(trained) == 2 and all(cfg.reducer.name == "none" and cfg.train.epochs == 3 for cfg in trained)
+    assert [str(cfg.init.checkpoint) for cfg in trained] == [str(tmp_path / "a.pth"), str(tmp_path / "b.pth")]
+    assert row["name"] == "plain, 3 more epochs" and row["delta"] == pytest.approx(0.25)
+    reduced = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
+    reports = [{"top1": 0.6, "gmacs_per_view": 0.2}] * 2
+    tuned = bench_demo.summarise("topk 0.5", True, reports, reduced, plain, None, control)
+    assert tuned["delta"] == pytest.approx(0.125) and tuned["delta_control"] == pytest.approx(-0.125)
+    free = bench_demo.summarise("topk 0.5 (no training)", False, reports, reduced, plain)
+    table = bench_demo.write_results([bench_demo.summarise("plain", True, reports, plain, plain), row, free, tuned],
+                                     tmp_path)
+    lines = table.splitlines()
+    assert "Δ vs plain trained as long" in lines[0] and all(line.count("|") == 8 for line in lines)
+    assert "| +12.5 [" in lines[-1] and "| -12.5 [" in lines[-1] and "| -12.5 [" not in lines[-2]
+
 def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
     bench = load_tool("bench_cascade")
     rng = np.random.default_rng(1)

@@ -11,7 +11,9 @@ interpreters learn only through their own objective, so its run adds the REINFOR
 term and the keep-ratio target (keep per stage, compounded over the stages); the interaction
 reducer's predictor is first fitted to the indicator on the plain model (training clips;
 ``ired-video fit-interaction``), and both its rows start from that checkpoint. ToMe's ``r``
-is chosen so its GMACs match top-k's at the same keep. Writes a Markdown table (stdout and
+is chosen so its GMACs match top-k's at the same keep. A control row, the plain model trained
+the same ``--epochs`` further without a reducer, separates what the reducer costs from what
+the extra epochs give: each fine-tuned row is also paired with it. Writes a Markdown table (stdout and
 ``--out``/table.md), the rows as JSON and an SVG plot (``--replot`` redraws them). Top-1 is
 the mean over seeds with a bootstrap interval over seeds and test videos; the difference to
 the plain model is paired (same seed, same videos: ``ired_video.stats``).
@@ -147,31 +149,48 @@ def evaluate_scores(checkpoint: Path, test: str, out: Path, reducer: Any = None)
 
 
 def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: np.ndarray,
-              plain_scores: np.ndarray, reducer: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+              plain_scores: np.ndarray, reducer: Optional[dict[str, Any]] = None,
+              control_scores: Optional[np.ndarray] = None) -> dict[str, Any]:
     """One table row from per-seed reports and the (seeds, videos) score matrix: mean top-1
-    with its interval, and the paired difference to the plain model's matrix."""
+    with its interval, and the paired difference to the plain model's matrix (and, when
+    given, to the control's: the plain model trained as long as the fine-tuned reducer)."""
     accuracy = accuracy_interval(scores)
     difference = difference_interval(scores, plain_scores)
-    return {"name": name, "trained": trained, "reducer": reducer, "seeds": len(reports), "videos": scores.shape[1],
-            "top1": accuracy.mean, "top1_low": accuracy.low, "top1_high": accuracy.high,
-            "delta": difference.mean, "delta_low": difference.low, "delta_high": difference.high,
-            "top1_per_seed": [float(r["top1"]) for r in reports],
-            "gmacs_per_view": float(np.mean([r["gmacs_per_view"] for r in reports])),
-            "scores": scores.tolist()}
+    row = {"name": name, "trained": trained, "reducer": reducer, "seeds": len(reports), "videos": scores.shape[1],
+           "top1": accuracy.mean, "top1_low": accuracy.low, "top1_high": accuracy.high,
+           "delta": difference.mean, "delta_low": difference.low, "delta_high": difference.high,
+           "top1_per_seed": [float(r["top1"]) for r in reports],
+           "gmacs_per_view": float(np.mean([r["gmacs_per_view"] for r in reports])),
+           "scores": scores.tolist()}
+    if control_scores is not None:
+        versus_control = difference_interval(scores, control_scores)
+        row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
+                   delta_control_high=versus_control.high)
+    return row
+
+
+def _signed_interval(row: dict[str, Any], key: str) -> str:
+    """``+1.2 [-0.3, +2.5]`` (points) from a row's ``key``, ``key_low``, ``key_high``; blank when absent."""
+    if key not in row:
+        return ""
+    return f"{100 * row[key]:+.1f} [{100 * row[key + '_low']:+.1f}, {100 * row[key + '_high']:+.1f}]"
 
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> str:
     """table.md, rows.json and accuracy_vs_gmacs.svg under ``out``; returns the table."""
     base = rows[0]
-    table = ["| model | top-1 (%) [95% CI] | Δ top-1 vs plain [95% CI] | GMACs/view | GMACs saved | seeds x videos |",
-             "|---|---|---|---|---|---|"]
+    controlled = any("delta_control" in row for row in rows)
+    table = ["| model | top-1 (%) [95% CI] | Δ top-1 vs plain [95% CI] "
+             + ("| Δ vs plain trained as long [95% CI] " if controlled else "")
+             + "| GMACs/view | GMACs saved | seeds x videos |",
+             "|---|---|---|---|---|---|" + ("---|" if controlled else "")]
     for row in rows:
         saved = 1 - row["gmacs_per_view"] / base["gmacs_per_view"]
-        delta = "" if row is base else (f"{100 * row['delta']:+.1f} [{100 * row['delta_low']:+.1f}, "
-                                        f"{100 * row['delta_high']:+.1f}]")
+        delta = "" if row is base else _signed_interval(row, "delta")
+        control = f" {_signed_interval(row, 'delta_control')} |" if controlled else ""
         table.append(f"| {row['name']} | {100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, "
-                     f"{100 * row['top1_high']:.1f}] | {delta} | {row['gmacs_per_view']:.4f} | {100 * saved:.0f}% "
-                     f"| {row['seeds']} x {row['videos']} |")
+                     f"{100 * row['top1_high']:.1f}] | {delta} |{control} {row['gmacs_per_view']:.4f} | "
+                     f"{100 * saved:.0f}% | {row['seeds']} x {row['videos']} |")
     (out / "table.md").write_text("\n".join(table) + "\n")
     (out / "rows.json").write_text(json.dumps(rows, indent=1))
     svg_plot(rows, out / "accuracy_vs_gmacs.svg")
@@ -205,13 +224,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--distill", type=float, default=0.0,
                         help="weight of logit and token distillation from the plain model (default: off)")
-    parser.add_argument("--reducers", nargs="+", choices=list(REDUCERS), default=list(REDUCERS),
-                        help="which reducers to run (default: all; tome needs topk, whose GMACs it matches)")
+    parser.add_argument("--reducers", nargs="*", choices=list(REDUCERS), default=list(REDUCERS),
+                        help="which reducers to run (default: all; tome needs topk, whose GMACs it matches; "
+                             "none: the plain and control rows only)")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite table.md and the plot from OUT/rows.json of an earlier run")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.replot:
+        if not (args.out / "rows.json").is_file():
+            parser.error(f"--replot: {args.out / 'rows.json'} does not exist (run the benchmark into --out first)")
         print(write_results(json.loads((args.out / "rows.json").read_text()), args.out))
         return 0
     if args.data is None:
@@ -224,11 +246,15 @@ def main() -> int:
                    for seed, path in zip(args.seeds, plains)]
     plain_scores = np.stack([scores for _, scores in evaluations])  # (seeds, videos)
     rows = [summarise("plain", True, [report for report, _ in evaluations], plain_scores, plain_scores)]
+    control_scores = None
+    if args.epochs > 0:
+        rows.append(control_row(args, plains, test, plain_scores))
+        control_scores = np.array(rows[-1]["scores"])  # (seeds, videos)
     depth = create_model(checkpoint=plains[0]).config.depth
     for keep in args.keeps:
         topk_gmacs: Optional[float] = None
         for key in [key for key in REDUCERS if key in args.reducers]:  # REDUCERS' order: tome after topk
-            rows += reducer_rows(args, key, keep, plains, depth, test, plain_scores, topk_gmacs)
+            rows += reducer_rows(args, key, keep, plains, depth, test, plain_scores, topk_gmacs, control_scores)
             if key == "topk":
                 topk_gmacs = rows[-1]["gmacs_per_view"]
             print(f"{rows[-1]['name']}: top-1 {rows[-1]['top1']:.3f} [{rows[-1]['top1_low']:.3f}, "
@@ -237,15 +263,36 @@ def main() -> int:
     return 0
 
 
-def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[Path], depth: int, test: str,
-                 plain_scores: np.ndarray, topk_gmacs: Optional[float]) -> list[dict[str, Any]]:
-    """The training-free and the fine-tuned row of one reducer at one keep, over the seeds
-    (``depth``: the plain models' blocks)."""
-    name, extra = REDUCERS[key]
+def finetune_recipe(args: argparse.Namespace) -> list[str]:
+    """The settings every fine-tuning run shares, reducer or control."""
     recipe = [f"train.epochs={args.epochs}", f"train.batch_size={args.batch_size}", f"optim.lr={args.lr}",
               "schedule.warmup_epochs=0", "eval.every=0"]
     if args.distill:
         recipe += [f"objective.distill={args.distill}", f"objective.distill_tokens={args.distill}"]
+    return recipe
+
+
+def control_row(args: argparse.Namespace, plains: list[Path], test: str, plain_scores: np.ndarray) -> dict[str, Any]:
+    """Each seed's plain model trained ``--epochs`` further with the fine-tuning recipe and no
+    reducer: the baseline for what fine-tuning alone gives."""
+    runs = []
+    for seed, plain in zip(args.seeds, plains):
+        run = args.out / f"plain_continued_seed{seed}"
+        train(demo_config(args.data, run, *finetune_recipe(args), f"init.checkpoint={plain}", f"train.seed={seed}"),
+              overwrite=True)
+        runs.append(evaluate_scores(run / "last.pth", test, run / "test.json"))
+    return summarise(f"plain, {args.epochs} more epochs", True, [r for r, _ in runs],
+                     np.stack([s for _, s in runs]), plain_scores)
+
+
+def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[Path], depth: int, test: str,
+                 plain_scores: np.ndarray, topk_gmacs: Optional[float],
+                 control_scores: Optional[np.ndarray] = None) -> list[dict[str, Any]]:
+    """The training-free and the fine-tuned row of one reducer at one keep, over the seeds
+    (``depth``: the plain models' blocks; ``control_scores``: the control row's, paired with
+    the fine-tuned row)."""
+    name, extra = REDUCERS[key]
+    recipe = finetune_recipe(args)
     label = f"{key} {keep}"
     free_runs, tuned_runs = [], []
     for seed, plain in zip(args.seeds, plains):
@@ -264,7 +311,7 @@ def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[P
                       np.stack([s for _, s in free_runs]), plain_scores, settings)]
     if tuned_runs:
         rows.append(summarise(label, True, [r for r, _ in tuned_runs], np.stack([s for _, s in tuned_runs]),
-                              plain_scores, settings))
+                              plain_scores, settings, control_scores))
     return rows
 
 
