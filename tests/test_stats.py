@@ -153,6 +153,21 @@ def test_bench_demo_control_row_trains_the_plain_model_alike_and_pairs_fine_tune
     assert "Δ vs plain trained as long" in lines[0] and all(line.count("|") == 8 for line in lines)
     assert "| +12.5 [" in lines[-1] and "| -12.5 [" in lines[-1] and "| -12.5 [" not in lines[-2]
 
+def test_bench_demo_merge_combines_split_runs_and_pairs_them_with_the_control():
+    bench_demo = _bench_demo()
+    plain = np.array([[1.0, 0.0, 1.0, 0.0]])
+    reports = [{"top1": 0.5, "gmacs_per_view": 0.36}]
+    plain_row = bench_demo.summarise("plain", True, reports, plain, plain)
+    control = bench_demo.summarise("plain, 6 more epochs", True, reports, np.ones((1, 4)), plain)
+    tuned = bench_demo.summarise("bat 0.5", True, reports, np.array([[1.0, 1.0, 1.0, 0.0]]), plain, {"name": "bat"})
+    free = bench_demo.summarise("bat 0.5 (no training)", False, reports, plain, plain, {"name": "bat"})
+    merged = bench_demo.merge_rows([[plain_row, free, tuned], [plain_row, control]])
+    assert [row["name"] for row in merged] == ["plain", "plain, 6 more epochs", "bat 0.5 (no training)", "bat 0.5"]
+    assert merged[3]["delta_control"] == pytest.approx(-0.25) and "delta_control" not in merged[2]
+    other_plain = bench_demo.summarise("plain", True, reports, np.ones((1, 4)), np.ones((1, 4)))
+    with pytest.raises(SystemExit, match="different plain models"):
+        bench_demo.merge_rows([[plain_row, free], [other_plain, control]])
+
 def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
     bench = load_tool("bench_cascade")
     rng = np.random.default_rng(1)

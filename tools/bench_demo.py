@@ -66,8 +66,9 @@ PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 def _family(row: dict[str, Any]) -> str:
-    """The reducer a row belongs to: its name up to the keep ("topk+fuse 0.5" -> "topk+fuse")."""
-    return row["name"].split(" ")[0]
+    """The reducer a row belongs to: its name up to the keep ("topk+fuse 0.5" -> "topk+fuse");
+    the control row ("plain, 6 more epochs") is its own family."""
+    return "plain, trained as long" if row["name"].startswith("plain,") else row["name"].split(" ")[0]
 
 
 def svg_plot(rows: list[dict[str, Any]], path: Path) -> None:
@@ -197,6 +198,26 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> str:
     return "\n".join(table)
 
 
+def merge_rows(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row list from runs split over processes (same plain checkpoints, seeds and test
+    split): the first run's plain row, then every other row once, in order; fine-tuned rows
+    are paired with the control row if any part has one."""
+    plain, rows = parts[0][0], []
+    for part in parts:
+        if part[0]["scores"] != plain["scores"]:
+            raise SystemExit(f"--merge: the parts have different plain models or test videos ({part[0]['name']})")
+        rows += [row for row in part[1:] if row["name"] not in {r["name"] for r in rows}]
+    controls = [row for row in rows if row["reducer"] is None]
+    if controls:
+        control_scores = np.array(controls[0]["scores"])  # (seeds, videos)
+        for row in rows:
+            if row["trained"] and row["reducer"] is not None:
+                versus_control = difference_interval(np.array(row["scores"]), control_scores)
+                row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
+                           delta_control_high=versus_control.high)
+    return [plain, *controls, *[row for row in rows if row["reducer"] is not None]]
+
+
 def plain_checkpoints(args: argparse.Namespace) -> list[Path]:
     """One plain checkpoint per seed: the given ones, or trained now with the demo recipe."""
     if args.plain:
@@ -227,6 +248,9 @@ def main() -> int:
     parser.add_argument("--reducers", nargs="*", choices=list(REDUCERS), default=list(REDUCERS),
                         help="which reducers to run (default: all; tome needs topk, whose GMACs it matches; "
                              "none: the plain and control rows only)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None, metavar="PART",
+                        help="only combine the rows.json of runs split over processes (e.g. --reducers halves and "
+                             "a control-only run) into OUT")
     parser.add_argument("--replot", action="store_true",
                         help="only rewrite table.md and the plot from OUT/rows.json of an earlier run")
     args = parser.parse_args()
@@ -236,8 +260,15 @@ def main() -> int:
             parser.error(f"--replot: {args.out / 'rows.json'} does not exist (run the benchmark into --out first)")
         print(write_results(json.loads((args.out / "rows.json").read_text()), args.out))
         return 0
+    if args.merge:
+        missing = [str(part / "rows.json") for part in args.merge if not (part / "rows.json").is_file()]
+        if missing:
+            parser.error(f"--merge: no rows.json in {', '.join(missing)}")
+        print(write_results(merge_rows([json.loads((part / "rows.json").read_text()) for part in args.merge]),
+                            args.out))
+        return 0
     if args.data is None:
-        parser.error("--data is required (unless --replot)")
+        parser.error("--data is required (unless --replot or --merge)")
     if "tome" in args.reducers and "topk" not in args.reducers:
         parser.error("--reducers tome needs topk too: ToMe's r is chosen to match top-k's GMACs")
     plains = plain_checkpoints(args)
