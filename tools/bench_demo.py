@@ -164,10 +164,15 @@ def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: n
            "gmacs_per_view": float(np.mean([r["gmacs_per_view"] for r in reports])),
            "scores": scores.tolist()}
     if control_scores is not None:
-        versus_control = difference_interval(scores, control_scores)
-        row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
-                   delta_control_high=versus_control.high)
+        _pair_with_control(row, control_scores)
     return row
+
+
+def _pair_with_control(row: dict[str, Any], control_scores: np.ndarray) -> None:
+    """Add the paired difference of ``row``'s (seeds, videos) scores to the control's."""
+    versus_control = difference_interval(np.array(row["scores"]), control_scores)
+    row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
+               delta_control_high=versus_control.high)
 
 
 def _signed_interval(row: dict[str, Any], key: str) -> str:
@@ -212,9 +217,7 @@ def merge_rows(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
         control_scores = np.array(controls[0]["scores"])  # (seeds, videos)
         for row in rows:
             if row["trained"] and row["reducer"] is not None:
-                versus_control = difference_interval(np.array(row["scores"]), control_scores)
-                row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
-                           delta_control_high=versus_control.high)
+                _pair_with_control(row, control_scores)
     return [plain, *controls, *[row for row in rows if row["reducer"] is not None]]
 
 
