@@ -153,6 +153,7 @@ def test_bench_demo_control_row_trains_the_plain_model_alike_and_pairs_fine_tune
     assert "Δ vs plain trained as long" in lines[0] and all(line.count("|") == 8 for line in lines)
     assert "| +12.5 [" in lines[-1] and "| -12.5 [" in lines[-1] and "| -12.5 [" not in lines[-2]
 
+
 def test_bench_demo_merge_combines_split_runs_and_pairs_them_with_the_control():
     bench_demo = _bench_demo()
     plain = np.array([[1.0, 0.0, 1.0, 0.0]])
@@ -167,6 +168,7 @@ def test_bench_demo_merge_combines_split_runs_and_pairs_them_with_the_control():
     other_plain = bench_demo.summarise("plain", True, reports, np.ones((1, 4)), np.ones((1, 4)))
     with pytest.raises(SystemExit, match="different plain models"):
         bench_demo.merge_rows([[plain_row, free], [other_plain, control]])
+
 
 def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
     bench = load_tool("bench_cascade")
