@@ -9,7 +9,9 @@ Design notes: docs/design.md, "ired_video.stats".
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,14 @@ class Interval:
     def points(self) -> str:
         """As percentage points, e.g. ``92.3 [90.1, 94.2]``."""
         return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
+
+
+def signed_points(row: Mapping[str, Any], key: str) -> str:
+    """A difference stored in a benchmark row as ``key``, ``key_low``, ``key_high`` (fractions),
+    as signed percentage points, e.g. ``+1.2 [-0.3, +2.5]``; blank when the row has no ``key``."""
+    if key not in row:
+        return ""
+    return f"{100 * row[key]:+.1f} [{100 * row[key + '_low']:+.1f}, {100 * row[key + '_high']:+.1f}]"
 
 
 def _as_matrix(scores: np.ndarray, name: str) -> np.ndarray:

@@ -21,14 +21,18 @@ For each seed (``--seeds``, default 0 1 2) from that seed's plain demo checkpoin
 4. baselines at the same budgets, training-free from ``--init`` (``--baselines``): the
    plain model (its one cost), top-k (tube; the keep whose GMACs come closest to the budget
    without exceeding it, or its cheapest) and ToMe (the r whose analytic GMACs come
-   closest, either side); and each cascade's stage 1 alone (every clip exits there).
+   closest, either side); and each cascade's stage 1 alone (every clip exits there);
+5. the control (``--control``, default on): the plain model fine-tuned exactly as the
+   cascades are (same clips, epochs, rate and seed) without a cascade, since extra epochs
+   alone can raise accuracy.
 
 Every row reports mean top-1 over the seeds with a 95% bootstrap interval over seeds and
-test clips, and its paired difference to the plain model (``ired_video.stats``).
-Writes table.md, results.json under ``--out``. Without ``--calibration`` the plain model saw
-the held-out clips in its own training (they come from the demo training split), so
-calibration is slightly optimistic about stage 1; the test split is never used for fitting
-or calibration.
+test clips, and its paired difference to the plain model (``ired_video.stats``); the
+fine-tuned rows (cascades, stage 1 alone) also to the control.
+Writes table.md, results.json (with every row's per-clip right answers) under ``--out``.
+Without ``--calibration`` the plain model saw the held-out clips in its own training (they
+come from the demo training split), so calibration is slightly optimistic about stage 1;
+the test split is never used for fitting or calibration.
 
     python tools/bench_cascade.py --data runs/demo/data --out runs/bench_cascade --seeds 0 1 2
 """
@@ -58,7 +62,7 @@ from ired_video.data.dataset import VideoDataset
 from ired_video.engine.recipes import demo_config, plain_per_seed
 from ired_video.engine.train import train
 from ired_video.models.weights import save_checkpoint
-from ired_video.stats import accuracy_interval, difference_interval
+from ired_video.stats import accuracy_interval, difference_interval, signed_points
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = {"feature_variant": "official", "relation_variant": "official"}
@@ -96,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--baselines", action=argparse.BooleanOptionalAction, default=True,
                         help="also evaluate training-free top-k and ToMe at every budget (default: on)")
+    parser.add_argument("--control", action=argparse.BooleanOptionalAction, default=True,
+                        help="also fine-tune each plain model as the cascades are, without a cascade, and pair "
+                             "the fine-tuned rows with it (default: on)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                         help="one plain model, hold-out split and cascade fine-tuning per seed")
     parser.add_argument("--workers", type=int, default=2)
@@ -160,6 +167,15 @@ def cpu_minutes() -> float:
     return (own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime) / 60
 
 
+def finetune_overrides(fit: Path, init: Path, epochs: int, seed: int) -> list[str]:
+    """The fine-tuning recipe the cascades and the control share (demo recipe, lr 3e-4, no warm-up)."""
+    fit_clips = len(fit.read_text().splitlines())
+    batch = min(16, max(fit_clips // 2, 1))  # as the demo: small sets still get steps
+    return [f"data.train={fit}", f"init.checkpoint={init}", "init.drop_head=false", f"train.epochs={epochs}",
+            f"train.batch_size={batch}", "optim.lr=0.0003", "schedule.warmup_epochs=0", "eval.every=0",
+            f"train.seed={seed}"]
+
+
 def right_answers(model: torch.nn.Module, batches: list[dict[str, Any]]) -> tuple[np.ndarray, float]:
     """(n,) 1.0 where ``model`` is right on each clip of ``batches``, and its mean GMACs per clip."""
     correct, gmacs = [], []
@@ -180,22 +196,24 @@ def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list
         fit, holdout = (data / "train.csv").resolve(), Path(args.calibration)
     else:
         fit, holdout = split_train(data, out, args.holdout, seed)
-    fit_clips = len(fit.read_text().splitlines())
-    batch = f"train.batch_size={min(16, max(fit_clips // 2, 1))}"  # as the demo: small sets still get steps
+    recipe = finetune_overrides(fit, init, args.epochs, seed)
     plain_model = create_model(checkpoint=init).eval()
     held_batches = decoded(holdout, plain_model, args.workers)
     plain_correct, full = right_answers(plain_model, test_batches)
     rows: dict[tuple[str, Optional[float]], dict[str, Any]] = {
         ("plain (static)", None): {"correct": plain_correct, "gmacs": full}}
+    if args.control:
+        run = out / "plain_continued"
+        train(demo_config(data, run, *recipe), overwrite=True)
+        correct, gmacs = right_answers(create_model(checkpoint=run / "best.pth").eval(), test_batches)
+        rows[(f"plain, {args.epochs} more epochs (control)", None)] = {"correct": correct, "gmacs": gmacs,
+                                                                      "control": True}
     reuse: dict[str, dict[str, float]] = {}
     for label in args.variants:
         started = time.perf_counter()
         run = out / label.replace(" ", "_")
         switches = [f"cascade.{key}={str(value).lower()}" for key, value in VARIANTS[label].items()]
-        train(demo_config(data, run, f"data.train={fit}", f"init.checkpoint={init}", "init.drop_head=false",
-                          f"train.epochs={args.epochs}", batch, "optim.lr=0.0003", "schedule.warmup_epochs=0",
-                          "eval.every=0", f"train.seed={seed}", f"cascade.config={args.cascade}", *switches),
-              overwrite=True)
+        train(demo_config(data, run, *recipe, f"cascade.config={args.cascade}", *switches), overwrite=True)
         model = create_model(checkpoint=run / "best.pth")
         assert isinstance(model, Cascade)
         calibration = calibrate(model, held_batches, args.budgets[-1] * full)
@@ -215,7 +233,7 @@ def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list
             routed = score(probs, labels, cumulative, thresholds)
             _, correct = routed_answers(probs, labels, thresholds)
             rows[(method, fraction)] = {"correct": correct.double().numpy(), "gmacs": routed["gmacs"],
-                                        "exit_shares": routed["exit_shares"]}
+                                        "exit_shares": routed["exit_shares"], "fine_tuned": True}
     for name in ("topk", "tome") if args.baselines else ():
         for fraction in args.budgets:
             reducer, _ = reducer_at_budget(init, name, fraction * full)
@@ -229,9 +247,12 @@ def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list
 
 
 def aggregate(per_seed: list[dict[tuple[str, Optional[float]], dict[str, Any]]], full: float) -> list[dict[str, Any]]:
-    """Rows over seeds: mean top-1 with its interval, paired difference to the plain model,
-    mean GMACs and exit shares, per-seed settings; a row failing in any seed reports why."""
+    """Rows over seeds: mean top-1 with its interval, paired difference to the plain model
+    (and, for fine-tuned rows, to the control when there is one), mean GMACs and exit shares,
+    per-seed settings and per-clip right answers; a row failing in any seed reports why."""
     plain = np.stack([seed[("plain (static)", None)]["correct"] for seed in per_seed])  # (seeds, clips)
+    control_keys = [key for key, entry in per_seed[0].items() if entry.get("control")]
+    control = np.stack([seed[control_keys[0]]["correct"] for seed in per_seed]) if control_keys else None
     rows = []
     for key in per_seed[0]:
         method, fraction = key
@@ -247,7 +268,11 @@ def aggregate(per_seed: list[dict[tuple[str, Optional[float]], dict[str, Any]]],
         row.update(gmacs=float(np.mean([entry["gmacs"] for entry in entries])), top1=accuracy.mean,
                    top1_low=accuracy.low, top1_high=accuracy.high, delta=difference.mean,
                    delta_low=difference.low, delta_high=difference.high,
-                   top1_per_seed=[float(s.mean()) for s in scores])
+                   top1_per_seed=[float(s.mean()) for s in scores], correct=scores.astype(int).tolist())
+        if control is not None and entries[0].get("fine_tuned"):
+            versus_control = difference_interval(scores, control)
+            row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
+                       delta_control_high=versus_control.high)
         if "exit_shares" in entries[0]:
             row["exit_shares"] = np.mean([entry["exit_shares"] for entry in entries], axis=0).tolist()
         if "setting" in entries[0]:
@@ -285,20 +310,23 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def markdown(rows: list[dict[str, Any]], full: float) -> str:
+    """The table; a column of differences to the control when a row has one."""
+    controlled = any("delta_control" in row for row in rows)
     header = ("| method | budget (GMACs/clip) | GMACs/clip | of plain | top-1 (%) [95% CI] | Δ vs plain [95% CI] "
-              "| exit shares (stage 1, 2, ...) |")
-    lines = [header, "|---|---|---|---|---|---|---|"]
+              + ("| Δ vs plain trained as long [95% CI] " if controlled else "") + "| exit shares (stage 1, 2, ...) |")
+    lines = [header, "|---|---|---|---|---|---|---|" + ("---|" if controlled else "")]
     for row in rows:
         budget = "" if row["budget"] is None else f"{row['budget']:.4f}"
         if "error" in row:
-            lines.append(f"| {row['method']} | {budget} | - | - | - | - | {row['error']} |")
+            lines.append(f"| {row['method']} | {budget} | - | - | - | - |{' - |' if controlled else ''} "
+                         f"{row['error']} |")
             continue
         shares = ", ".join(f"{v:.2f}" for v in row.get("exit_shares", []))
-        delta = "" if row["method"] == "plain (static)" else \
-            f"{100 * row['delta']:+.1f} [{100 * row['delta_low']:+.1f}, {100 * row['delta_high']:+.1f}]"
+        delta = "" if row["method"] == "plain (static)" else signed_points(row, "delta")
+        control = f" {signed_points(row, 'delta_control')} |" if controlled else ""
         lines.append(f"| {row['method']} | {budget} | {row['gmacs']:.4f} | {row['gmacs'] / full:.0%} | "
                      f"{100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, {100 * row['top1_high']:.1f}] | "
-                     f"{delta} | {shares} |")
+                     f"{delta} |{control} {shares} |")
     return "\n".join(lines)
 
 

@@ -42,7 +42,7 @@ from ired_video.engine.interaction_fit import reducer_start
 from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings
 from ired_video.engine.train import train
 from ired_video.reducers import default_stages, reducer_config
-from ired_video.stats import accuracy_interval, difference_interval
+from ired_video.stats import accuracy_interval, difference_interval, signed_points
 
 REDUCERS = {"random": ("random", {}), "topk": ("topk", {}), "topk+fuse": ("topk", {"fuse": True}),
             "attention_received": ("attention_received", {}), "interaction": ("interaction", {}),
@@ -175,13 +175,6 @@ def _pair_with_control(row: dict[str, Any], control_scores: np.ndarray) -> None:
                delta_control_high=versus_control.high)
 
 
-def _signed_interval(row: dict[str, Any], key: str) -> str:
-    """``+1.2 [-0.3, +2.5]`` (points) from a row's ``key``, ``key_low``, ``key_high``; blank when absent."""
-    if key not in row:
-        return ""
-    return f"{100 * row[key]:+.1f} [{100 * row[key + '_low']:+.1f}, {100 * row[key + '_high']:+.1f}]"
-
-
 def write_results(rows: list[dict[str, Any]], out: Path) -> str:
     """table.md, rows.json and accuracy_vs_gmacs.svg under ``out``; returns the table."""
     base = rows[0]
@@ -192,8 +185,8 @@ def write_results(rows: list[dict[str, Any]], out: Path) -> str:
              "|---|---|---|---|---|---|" + ("---|" if controlled else "")]
     for row in rows:
         saved = 1 - row["gmacs_per_view"] / base["gmacs_per_view"]
-        delta = "" if row is base else _signed_interval(row, "delta")
-        control = f" {_signed_interval(row, 'delta_control')} |" if controlled else ""
+        delta = "" if row is base else signed_points(row, "delta")
+        control = f" {signed_points(row, 'delta_control')} |" if controlled else ""
         table.append(f"| {row['name']} | {100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, "
                      f"{100 * row['top1_high']:.1f}] | {delta} |{control} {row['gmacs_per_view']:.4f} | "
                      f"{100 * saved:.0f}% | {row['seeds']} x {row['videos']} |")
