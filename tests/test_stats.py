@@ -190,6 +190,35 @@ def test_bench_cascade_rows_pair_every_method_with_the_plain_model_over_seeds():
     assert "-" in bench.markdown(rows, 0.36).splitlines()[-1]
 
 
+def test_bench_cascade_pairs_fine_tuned_rows_with_the_control_only():
+    """The control (plain model fine-tuned as the cascades are) gets its own row; cascade rows
+    carry their paired difference to it, training-free baselines do not."""
+    bench = load_tool("bench_cascade")
+    plain = np.array([1.0, 0.0, 1.0, 0.0])
+    per_seed = [{("plain (static)", None): {"correct": plain, "gmacs": 0.36},
+                 ("plain, 6 more epochs (control)", None): {"correct": np.ones(4), "gmacs": 0.36, "control": True},
+                 ("cascade, official", 0.5): {"correct": np.array([1.0, 1.0, 1.0, 0.0]), "gmacs": 0.18,
+                                              "exit_shares": [0.6, 0.4], "fine_tuned": True},
+                 ("topk, training-free (closest setting)", 0.5): {"correct": plain, "gmacs": 0.18,
+                                                                  "setting": {"keep": 0.4}}}] * 2
+    plain_row, control, cascade, topk = bench.aggregate(per_seed, 0.36)
+    assert control["delta"] == pytest.approx(0.5) and "delta_control" not in control
+    assert cascade["delta"] == pytest.approx(0.25) and cascade["delta_control"] == pytest.approx(-0.25)
+    assert "delta_control" not in topk and cascade["correct"] == [[1, 1, 1, 0]] * 2
+    lines = bench.markdown([plain_row, control, cascade, topk], 0.36).splitlines()
+    assert "Δ vs plain trained as long" in lines[0] and all(line.count("|") == 9 for line in lines)
+    assert "| -25.0 [" in lines[4] and lines[5].endswith("| +0.0 [+0.0, +0.0] |  |  |")
+
+
+def test_bench_cascade_control_and_cascades_share_one_fine_tuning_recipe(tmp_path):
+    bench = load_tool("bench_cascade")
+    fit = tmp_path / "fit.txt"
+    fit.write_text("a.mp4 0\nb.mp4 1\n")
+    recipe = bench.finetune_overrides(fit, tmp_path / "plain.pth", 6, 2)
+    assert "train.epochs=6" in recipe and "train.seed=2" in recipe and "train.batch_size=1" in recipe
+    assert f"init.checkpoint={tmp_path / 'plain.pth'}" in recipe and not any(o.startswith("cascade.") for o in recipe)
+
+
 def test_bench_explain_cells_leave_out_videos_without_an_object():
     bench = load_tool("bench_explain")
     tables = [bench.Table(per_video={"random": {"deletion_auc": [0.5, 0.7, 0.6], "insertion_auc": [0.5, 0.5, 0.5],
@@ -205,3 +234,31 @@ def test_bench_explain_cells_leave_out_videos_without_an_object():
     assert cells["topk keep=0.5"]["object_kept"]["mean"] == 0.75
     text = bench.markdown(cells, 2, 3)
     assert "| random | 0.600 [" in text and "| topk keep=0.5 | 0.750 [" in text
+
+
+def test_bench_explain_merge_gives_the_table_of_one_run_over_all_seeds(tmp_path):
+    bench = load_tool("bench_explain")
+
+    def table(offset: float) -> object:
+        return bench.Table({"random": {}}, {}, 3, {"random": {"deletion_auc": [0.5 + offset, 0.7, 0.6],
+                                                              "insertion_auc": [0.5, 0.5, offset],
+                                                              "pointing_game": [1.0, float("nan"), 0.0],
+                                                              "mask_iou": [0.2, float("nan"), 0.4]}})
+
+    run = {"data": "d", "split": "val", "steps": 10, "minutes": 1.0}
+    for name, seeds in (("a", [0, 1]), ("b", [2])):
+        part = {**run, "seeds": seeds, "checkpoints": [f"p{s}" for s in seeds],
+                "interpreter_checkpoints": [f"i{s}" for s in seeds]}
+        bench.write_report(tmp_path / name, "cmd", (part, [table(0.1 * s) for s in seeds]))
+    merged, tables = bench.merge_parts([tmp_path / "a", tmp_path / "b"])
+    assert merged["seeds"] == [0, 1, 2] and merged["checkpoints"] == ["p0", "p1", "p2"]
+    assert bench.aggregate(tables) == bench.aggregate([table(0.0), table(0.1), table(0.2)])
+    assert tables[0].per_video["random"]["pointing_game"][1] != tables[0].per_video["random"]["pointing_game"][1]
+    with pytest.raises(SystemExit, match="appear twice"):
+        bench.merge_parts([tmp_path / "a", tmp_path / "a"])
+    bench.write_report(tmp_path / "c", "cmd", ({**run, "steps": 20, "seeds": [3], "checkpoints": ["p3"],
+                                               "interpreter_checkpoints": ["i3"]}, [table(0.3)]))
+    with pytest.raises(SystemExit, match="differ from the first part"):
+        bench.merge_parts([tmp_path / "a", tmp_path / "c"])
+    assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "all")]) == 0
+    assert "3 seeds x 3 videos" in (tmp_path / "all" / "bench_explain.md").read_text()

@@ -14,6 +14,9 @@ IA-RED² stage is trained on the *frozen* checkpoint first (the paper's first st
 REINFORCE policy with a keep-ratio term, backbone frozen; ``--interpreter-epochs``
 epochs with the demo recipe, keep 0.7 per stage, tube mode) into ``OUT/interpreter/``;
 its interpreters then explain the unchanged backbone.
+
+A run split over processes (e.g. ``--seeds 0 1 --out A`` and ``--seeds 2 --out B``, same
+data, split and ``--steps``) is combined into one table with ``--merge A B --out OUT``.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -59,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plain demo checkpoints, one per seed (default: train one per seed with the demo recipe)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one model per seed")
     parser.add_argument("--plain-epochs", type=int, default=24, help="epochs of each plain model trained here")
-    parser.add_argument("--data", required=True, help="the demo dataset it was trained on (e.g. runs/demo/data)")
+    parser.add_argument("--data", help="the demo dataset it was trained on (e.g. runs/demo/data); required "
+                                       "unless --merge")
     parser.add_argument("--out", default="runs/bench_explain", help="output folder (default: %(default)s)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--interpreter-data", type=Path, default=None,
@@ -69,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interpreter-epochs", type=int, default=4,
                         help="epochs of the IA-RED² stage when the checkpoint has no interpreter "
                              "(default: %(default)s)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
+                        help="combine the OUT folders of runs split over seeds into one table in --out "
+                             "(nothing is evaluated)")
     return parser
 
 
@@ -120,6 +127,12 @@ def markdown(cells: dict[str, dict[str, dict[str, float]]], seeds: int, videos: 
 
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    command = shlex.join(["python", "tools/bench_explain.py", *(argv if argv is not None else sys.argv[1:])])
+    if args.merge:
+        return write_report(Path(args.out), command, merge_parts(args.merge))
+    if args.data is None:
+        print("bench_explain: error: --data is required (or --merge PART...)", file=sys.stderr)
+        return 2
     out, data_dir = Path(args.out), Path(args.data)
     if not (data_dir / f"{args.split}.csv").is_file():
         print(f"bench_explain: error: {data_dir / f'{args.split}.csv'}: no such file", file=sys.stderr)
@@ -140,20 +153,53 @@ def main(argv: Optional[list[str]] = None) -> int:
         table, interpreter = seed_table(Path(checkpoint), args, out / f"seed{seed}")
         tables.append(table)
         interpreters.append(str(interpreter or checkpoint))
+    run = {"checkpoints": [str(c) for c in checkpoints], "interpreter_checkpoints": interpreters,
+           "seeds": args.seeds, "data": str(data_dir), "split": args.split, "steps": args.steps,
+           "minutes": (time.perf_counter() - started) / 60}
+    return write_report(out, command, (run, tables))
+
+
+def write_report(out: Path, command: str, run_and_tables: tuple[dict[str, Any], list[Table]]) -> int:
+    """bench_explain.md, bench_explain.json and per_video.json (what --merge reads) under ``out``."""
+    run, tables = run_and_tables
     cells = aggregate(tables)
     text = markdown(cells, len(tables), tables[0].videos)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_explain.md").write_text(text + "\n")
-    command = shlex.join(["python", "tools/bench_explain.py", *(argv if argv is not None else sys.argv[1:])])
-    report = {"command": command,
-              "checkpoints": [str(c) for c in checkpoints], "interpreter_checkpoints": interpreters,
-              "seeds": args.seeds, "data": str(data_dir), "split": args.split, "steps": args.steps,
-              "minutes": (time.perf_counter() - started) / 60, "videos": tables[0].videos, "cells": cells,
+    report = {"command": command, **run, "videos": tables[0].videos, "cells": cells,
               "per_seed": [table.to_dict() for table in tables]}
     (out / "bench_explain.json").write_text(json.dumps(report, indent=1))
-    print(f"wrote {out / 'bench_explain.md'} and .json in {report['minutes']:.1f} min")
+    (out / "per_video.json").write_text(json.dumps([table.per_video for table in tables]))
+    print(f"wrote {out / 'bench_explain.md'} and .json ({run['minutes']:.1f} min of evaluation)")
     return 0
+
+
+def merge_parts(parts: list[Path]) -> tuple[dict[str, Any], list[Table]]:
+    """The runs in ``parts`` (OUT folders of this tool) as one: their seeds in the order given.
+    They must share the data, split, curve steps and videos, and no seed may repeat."""
+    run: dict[str, Any] = {}
+    tables: list[Table] = []
+    for part in parts:
+        try:
+            report = json.loads((part / "bench_explain.json").read_text())
+            per_video = json.loads((part / "per_video.json").read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"bench_explain: error: --merge {part}: {err}") from err
+        shared = {key: report[key] for key in ("data", "split", "steps", "videos")}
+        if run and shared != {key: run[key] for key in shared}:
+            raise SystemExit(f"bench_explain: error: --merge {part}: data, split, steps or videos {shared} "
+                             f"differ from the first part's")
+        if set(report["seeds"]) & set(run.get("seeds", [])):
+            raise SystemExit(f"bench_explain: error: --merge {part}: seeds {report['seeds']} appear twice")
+        run = {**shared, "parts": run.get("parts", []) + [str(part)],
+               "seeds": run.get("seeds", []) + report["seeds"],
+               "checkpoints": run.get("checkpoints", []) + report["checkpoints"],
+               "interpreter_checkpoints": run.get("interpreter_checkpoints", []) + report["interpreter_checkpoints"],
+               "minutes": run.get("minutes", 0.0) + report["minutes"]}
+        tables += [Table(seed["methods"], seed["reducers"], seed["videos"], videos)
+                   for seed, videos in zip(report["per_seed"], per_video)]
+    return run, tables
 
 
 if __name__ == "__main__":
