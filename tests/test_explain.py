@@ -11,6 +11,7 @@ from ired_video.explain.faithfulness import curves, forward_kept, ranks
 from ired_video.explain.interaction import EdgeEffects, exact_edge_effects, first_order_edge_effects, patch_interactions
 from ired_video.explain.localisation import mask_iou, object_share_kept, patch_coverage, pointing_game
 from ired_video.explain.methods import METHODS, AttentionCall, MissingInterpreter, explain, rollout_from_calls
+from ired_video.explain.table import demo_items
 from ired_video.reducers import apply_reducer
 
 
@@ -395,3 +396,11 @@ def test_reducer_shares_use_the_models_own_trained_interpreters():
         assert torch.equal(same.state_dict()[key], value), key
     other = _with_reducer(model, reducer_config("iared2", keep=0.5))
     assert not torch.equal(other.reducers["1"].interpreter.key.weight, model.reducers["1"].interpreter.key.weight)
+
+
+def test_demo_items_takes_the_first_videos_of_each_class_in_list_order(tmp_path):
+    (tmp_path / "val.csv").write_text("a0.mp4 0\na1.mp4 0\na2.mp4 0\nb0.mp4 1\nb1.mp4 1\nc0.mp4 2\n")
+    names = [(path.name, label) for path, label in demo_items(tmp_path, "val", per_class=2)]
+    assert names == [("a0.mp4", 0), ("a1.mp4", 0), ("b0.mp4", 1), ("b1.mp4", 1), ("c0.mp4", 2)]
+    assert [path.name for path, _ in demo_items(tmp_path, "val", limit=2, per_class=1)] == ["a0.mp4", "b0.mp4"]
+    assert len(demo_items(tmp_path, "val")) == 6

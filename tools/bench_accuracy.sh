@@ -5,7 +5,7 @@
 # trains or calibrates on the test videos), then runs with seeds 0 1 2
 #   tools/bench_demo.py     every reducer at keep 0.7 and 0.5, training-free and fine-tuned
 #   tools/bench_cascade.py  the DVT cascade variants and the baselines at matched budgets
-#   tools/bench_explain.py  faithfulness and localisation of every explanation method
+#   tools/bench_explain.py  faithfulness and localisation of every explanation method (600 test videos)
 # The cascade and explanation benchmarks start from bench_demo's plain models (one per seed).
 #
 #   tools/bench_accuracy.sh [OUT]                 # default OUT: runs/bench_accuracy, TASK=moderate
@@ -20,7 +20,7 @@ out=${1:-runs/bench_accuracy}
 mkdir -p "$out"
 task=(--task "${TASK:-moderate}")  # moderate: the plain model does not saturate it (easy: ~100%)
 seeds=(0 1 2) per_class=(--videos-per-class 64) test_per_class=101 calib_per_class=25
-demo=() cascade=() explain=()
+demo=() cascade=() explain=(--per-class 50 --steps 10)  # explain: 600 test videos, 11-point curves
 if [ "${QUICK:-0}" = 1 ]; then
     seeds=(0 1) per_class=(--videos-per-class 4) test_per_class=3 calib_per_class=2
     demo=(--plain-epochs 1 --epochs 1 --reducers topk random --keeps 0.5)

@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--interpreter-data", type=Path, default=None,
                         help="demo dataset whose train.csv trains the interpreters (default: --data)")
     parser.add_argument("--limit", type=int, default=None, help="first N videos only (default: all)")
+    parser.add_argument("--per-class", type=int, default=None, metavar="N",
+                        help="first N videos of each class only, in list order (default: all)")
     parser.add_argument("--steps", type=int, default=20, help="points per deletion/insertion curve minus one")
     parser.add_argument("--interpreter-epochs", type=int, default=4,
                         help="epochs of the IA-RED² stage when the checkpoint has no interpreter "
@@ -89,7 +91,7 @@ def seed_table(checkpoint: Path, args: argparse.Namespace, out: Path) -> tuple[T
                                              args.interpreter_epochs)
         loaded = load_model(interpreter_ckpt, device="cpu")
     reducers = [reducer_from_args(spec.split()) for spec in DEFAULT_REDUCERS] + [loaded.model.reducer_config]
-    items = demo_items(Path(args.data), args.split, args.limit)
+    items = demo_items(Path(args.data), args.split, args.limit, args.per_class)
     return build_table(loaded.model, items, list(METHODS), reducers, args.steps), interpreter_ckpt
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -68,19 +69,24 @@ def _fmt(value: float) -> str:
     return "n/a" if math.isnan(value) else f"{value:.3f}"
 
 
-def demo_items(data_dir: Path, split: str = "val", limit: Optional[int] = None) -> list[tuple[Path, int]]:
-    """(video path, label) of a demo list file ``<data_dir>/<split>.csv`` ("path label" lines)."""
+def demo_items(data_dir: Path, split: str = "val", limit: Optional[int] = None,
+               per_class: Optional[int] = None) -> list[tuple[Path, int]]:
+    """(video path, label) of a demo list file ``<data_dir>/<split>.csv`` ("path label" lines),
+    in file order: the first ``per_class`` of each label, then the first ``limit`` of those."""
     listing = Path(data_dir) / f"{split}.csv"
     if not listing.is_file():
         raise FileNotFoundError(f"{listing}: no such list file (make one with 'ired-video make-demo-data')")
-    items = []
+    items: list[tuple[Path, int]] = []
+    taken: Counter[int] = Counter()
     for number, line in enumerate(listing.read_text().splitlines(), 1):
         if not line.strip():
             continue
         path, _, label = line.rpartition(" ")
         if not path or not label.isdigit():
             raise ValueError(f"{listing}:{number}: expected '<relative path> <label>', got {line!r}")
-        items.append((Path(data_dir) / path, int(label)))
+        if per_class is None or taken[int(label)] < per_class:
+            taken[int(label)] += 1
+            items.append((Path(data_dir) / path, int(label)))
     return items[:limit]
 
 
