@@ -236,6 +236,29 @@ def test_bench_explain_cells_leave_out_videos_without_an_object():
     assert "| random | 0.600 [" in text and "| topk keep=0.5 | 0.750 [" in text
 
 
+def test_bench_explain_pairs_each_method_with_class_attention_on_the_same_videos():
+    bench = load_tool("bench_explain")
+    rng = np.random.default_rng(0)
+
+    def table() -> object:
+        attention = rng.random(200)
+        scores = {"attention": {m: attention.tolist() for m in bench.METRICS},
+                  "interpreter": {m: (attention + 0.05).tolist() for m in bench.METRICS}}
+        scores["interpreter"]["mask_iou"][0] = float("nan")  # no visible object in video 0
+        return bench.Table(per_video=scores, videos=200)
+
+    tables = [table() for _ in range(3)]
+    differences = bench.paired_differences(tables)
+    assert list(differences) == ["interpreter"]
+    cell = differences["interpreter"]["deletion_auc"]
+    assert cell["mean"] == pytest.approx(0.05) and cell["low"] == pytest.approx(0.05) and cell["videos"] == 200
+    assert differences["interpreter"]["mask_iou"]["videos"] == 199
+    cells = bench.aggregate(tables)  # unpaired, the two methods' intervals overlap; paired, the gap is clear
+    assert cells["interpreter"]["deletion_auc"]["low"] < cells["attention"]["deletion_auc"]["high"]
+    text = bench.markdown(cells, 3, 200, differences)
+    assert "| interpreter | +0.050 [+0.050, +0.050] |" in text
+
+
 def test_bench_explain_merge_gives_the_table_of_one_run_over_all_seeds(tmp_path):
     bench = load_tool("bench_explain")
 

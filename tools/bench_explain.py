@@ -7,7 +7,9 @@ the demo recipe) is scored on the demo split: the table of ``ired-video faithful
 interpreter, class attention, attention rollout, the interaction indicator and random, plus
 the share of object patches each reducer keeps. Each cell is the mean over seeds and videos
 with a 95% bootstrap interval over both (videos without a visible object are left out of
-the localisation cells), written as ``OUT/bench_explain.md`` and ``.json``.
+the localisation cells), and each method's paired difference to class attention (the
+raw attention IA-RED² claims to beat; same seeds and videos resampled together), written as
+``OUT/bench_explain.md`` and ``.json``.
 
 The interpreter column needs IA-RED² interpreters. When the checkpoint has none, a short
 IA-RED² stage is trained on the *frozen* checkpoint first (the paper's first stage:
@@ -38,7 +40,7 @@ from ired_video.explain.methods import METHODS
 from ired_video.explain.table import DEFAULT_REDUCERS, METRICS, Table, build_table, demo_items
 from ired_video.inference import load_model
 from ired_video.reducers import reducer_config
-from ired_video.stats import accuracy_interval
+from ired_video.stats import accuracy_interval, difference_interval
 
 
 def train_interpreter(checkpoint: Path, data_dir: Path, out: Path, epochs: int) -> Path:
@@ -113,9 +115,33 @@ def aggregate(tables: list[Table]) -> dict[str, dict[str, dict[str, float]]]:
     return cells
 
 
-def markdown(cells: dict[str, dict[str, dict[str, float]]], seeds: int, videos: int) -> str:
+def paired_differences(tables: list[Table], reference: str = "attention") -> dict[str, dict[str, dict[str, float]]]:
+    """Per method other than ``reference`` and per explanation score: method - reference, mean
+    with a paired interval (same seeds, same videos resampled together); videos whose score
+    is NaN for either in any seed are left out."""
+    differences: dict[str, dict[str, dict[str, float]]] = {}
+    if reference not in tables[0].per_video:
+        return differences
+    for row, scores in tables[0].per_video.items():
+        if row == reference or "deletion_auc" not in scores:
+            continue
+        for score in METRICS:
+            ours = np.array([table.per_video[row][score] for table in tables])  # (seeds, videos)
+            theirs = np.array([table.per_video[reference][score] for table in tables])  # (seeds, videos)
+            both = ~(np.isnan(ours) | np.isnan(theirs)).any(axis=0)
+            interval = difference_interval(ours[:, both], theirs[:, both])
+            differences.setdefault(row, {})[score] = {"mean": interval.mean, "low": interval.low,
+                                                      "high": interval.high, "videos": int(both.sum())}
+    return differences
+
+
+def markdown(cells: dict[str, dict[str, dict[str, float]]], seeds: int, videos: int,
+             differences: Optional[dict[str, dict[str, dict[str, float]]]] = None) -> str:
     def fmt(cell: dict[str, float]) -> str:
         return "n/a" if math.isnan(cell["mean"]) else f"{cell['mean']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}]"
+
+    def signed(cell: dict[str, float]) -> str:
+        return f"{cell['mean']:+.3f} [{cell['low']:+.3f}, {cell['high']:+.3f}]"
     lines = [f"Explanation methods ({seeds} seeds x {videos} videos, mean [95% CI]; deletion AUC: lower is better, "
              "others higher)", "", "| method | deletion AUC | insertion AUC | pointing game | mask IoU |",
              "|---|---|---|---|---|"]
@@ -124,6 +150,12 @@ def markdown(cells: dict[str, dict[str, dict[str, float]]], seeds: int, videos: 
     lines += ["", "| reducer | object patches kept | all patches kept |", "|---|---|---|"]
     lines += [f"| {row} | {fmt(scores['object_kept'])} | {fmt(scores['all_kept'])} |"
               for row, scores in cells.items() if "object_kept" in scores]
+    if differences:
+        lines += ["", "Paired difference to class attention (method - attention, same seeds and videos, "
+                  "mean [95% CI])", "", "| method | deletion AUC | insertion AUC | pointing game | mask IoU |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {row} | " + " | ".join(signed(scores[m]) for m in METRICS) + " |"
+                  for row, scores in differences.items()]
     return "\n".join(lines)
 
 
@@ -164,13 +196,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 def write_report(out: Path, command: str, run_and_tables: tuple[dict[str, Any], list[Table]]) -> int:
     """bench_explain.md, bench_explain.json and per_video.json (what --merge reads) under ``out``."""
     run, tables = run_and_tables
-    cells = aggregate(tables)
-    text = markdown(cells, len(tables), tables[0].videos)
+    cells, differences = aggregate(tables), paired_differences(tables)
+    text = markdown(cells, len(tables), tables[0].videos, differences)
     print(text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_explain.md").write_text(text + "\n")
     report = {"command": command, **run, "videos": tables[0].videos, "cells": cells,
-              "per_seed": [table.to_dict() for table in tables]}
+              "versus_attention": differences, "per_seed": [table.to_dict() for table in tables]}
     (out / "bench_explain.json").write_text(json.dumps(report, indent=1))
     (out / "per_video.json").write_text(json.dumps([table.per_video for table in tables]))
     print(f"wrote {out / 'bench_explain.md'} and .json ({run['minutes']:.1f} min of evaluation)")
@@ -195,6 +227,7 @@ def merge_parts(parts: list[Path]) -> tuple[dict[str, Any], list[Table]]:
         if set(report["seeds"]) & set(run.get("seeds", [])):
             raise SystemExit(f"bench_explain: error: --merge {part}: seeds {report['seeds']} appear twice")
         run = {**shared, "parts": run.get("parts", []) + [str(part)],
+               "part_commands": run.get("part_commands", []) + [report["command"]],
                "seeds": run.get("seeds", []) + report["seeds"],
                "checkpoints": run.get("checkpoints", []) + report["checkpoints"],
                "interpreter_checkpoints": run.get("interpreter_checkpoints", []) + report["interpreter_checkpoints"],
