@@ -272,15 +272,15 @@ def test_bench_explain_merge_gives_the_table_of_one_run_over_all_seeds(tmp_path)
     for name, seeds in (("a", [0, 1]), ("b", [2])):
         part = {**run, "seeds": seeds, "checkpoints": [f"p{s}" for s in seeds],
                 "interpreter_checkpoints": [f"i{s}" for s in seeds]}
-        bench.write_report(tmp_path / name, "cmd", (part, [table(0.1 * s) for s in seeds]))
+        bench.write_report(tmp_path / name, "cmd", part, [table(0.1 * s) for s in seeds])
     merged, tables = bench.merge_parts([tmp_path / "a", tmp_path / "b"])
     assert merged["seeds"] == [0, 1, 2] and merged["checkpoints"] == ["p0", "p1", "p2"]
     assert bench.aggregate(tables) == bench.aggregate([table(0.0), table(0.1), table(0.2)])
     assert tables[0].per_video["random"]["pointing_game"][1] != tables[0].per_video["random"]["pointing_game"][1]
     with pytest.raises(SystemExit, match="appear twice"):
         bench.merge_parts([tmp_path / "a", tmp_path / "a"])
-    bench.write_report(tmp_path / "c", "cmd", ({**run, "steps": 20, "seeds": [3], "checkpoints": ["p3"],
-                                               "interpreter_checkpoints": ["i3"]}, [table(0.3)]))
+    bench.write_report(tmp_path / "c", "cmd", {**run, "steps": 20, "seeds": [3], "checkpoints": ["p3"],
+                                               "interpreter_checkpoints": ["i3"]}, [table(0.3)])
     with pytest.raises(SystemExit, match="differ from the first part"):
         bench.merge_parts([tmp_path / "a", tmp_path / "c"])
     assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "all")]) == 0

@@ -163,7 +163,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     command = shlex.join(["python", "tools/bench_explain.py", *(argv if argv is not None else sys.argv[1:])])
     if args.merge:
-        return write_report(Path(args.out), command, merge_parts(args.merge))
+        return write_report(Path(args.out), command, *merge_parts(args.merge))
     if args.data is None:
         print("bench_explain: error: --data is required (or --merge PART...)", file=sys.stderr)
         return 2
@@ -190,12 +190,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     run = {"checkpoints": [str(c) for c in checkpoints], "interpreter_checkpoints": interpreters,
            "seeds": args.seeds, "data": str(data_dir), "split": args.split, "steps": args.steps,
            "minutes": (time.perf_counter() - started) / 60}
-    return write_report(out, command, (run, tables))
+    return write_report(out, command, run, tables)
 
 
-def write_report(out: Path, command: str, run_and_tables: tuple[dict[str, Any], list[Table]]) -> int:
+def write_report(out: Path, command: str, run: dict[str, Any], tables: list[Table]) -> int:
     """bench_explain.md, bench_explain.json and per_video.json (what --merge reads) under ``out``."""
-    run, tables = run_and_tables
     cells, differences = aggregate(tables), paired_differences(tables)
     text = markdown(cells, len(tables), tables[0].videos, differences)
     print(text)
