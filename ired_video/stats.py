@@ -29,6 +29,10 @@ class Interval:
         """As percentage points, e.g. ``92.3 [90.1, 94.2]``."""
         return f"{100 * self.mean:.1f} [{100 * self.low:.1f}, {100 * self.high:.1f}]"
 
+    def fields(self, key: str) -> dict[str, float]:
+        """As benchmark-row fields ``key``, ``key_low``, ``key_high`` (what ``signed_points`` reads)."""
+        return {key: self.mean, f"{key}_low": self.low, f"{key}_high": self.high}
+
 
 def signed_points(row: Mapping[str, Any], key: str) -> str:
     """A difference stored in a benchmark row as ``key``, ``key_low``, ``key_high`` (fractions),

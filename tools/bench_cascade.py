@@ -265,14 +265,11 @@ def aggregate(per_seed: list[dict[tuple[str, Optional[float]], dict[str, Any]]],
             continue
         scores = np.stack([entry["correct"] for entry in entries])  # (seeds, clips)
         accuracy, difference = accuracy_interval(scores), difference_interval(scores, plain)
-        row.update(gmacs=float(np.mean([entry["gmacs"] for entry in entries])), top1=accuracy.mean,
-                   top1_low=accuracy.low, top1_high=accuracy.high, delta=difference.mean,
-                   delta_low=difference.low, delta_high=difference.high,
-                   top1_per_seed=[float(s.mean()) for s in scores], correct=scores.astype(int).tolist())
+        row.update(gmacs=float(np.mean([entry["gmacs"] for entry in entries])), **accuracy.fields("top1"),
+                   **difference.fields("delta"), top1_per_seed=[float(s.mean()) for s in scores],
+                   correct=scores.astype(int).tolist())
         if control is not None and entries[0].get("fine_tuned"):
-            versus_control = difference_interval(scores, control)
-            row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
-                       delta_control_high=versus_control.high)
+            row.update(difference_interval(scores, control).fields("delta_control"))
         if "exit_shares" in entries[0]:
             row["exit_shares"] = np.mean([entry["exit_shares"] for entry in entries], axis=0).tolist()
         if "setting" in entries[0]:

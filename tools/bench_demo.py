@@ -158,8 +158,7 @@ def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: n
     accuracy = accuracy_interval(scores)
     difference = difference_interval(scores, plain_scores)
     row = {"name": name, "trained": trained, "reducer": reducer, "seeds": len(reports), "videos": scores.shape[1],
-           "top1": accuracy.mean, "top1_low": accuracy.low, "top1_high": accuracy.high,
-           "delta": difference.mean, "delta_low": difference.low, "delta_high": difference.high,
+           **accuracy.fields("top1"), **difference.fields("delta"),
            "top1_per_seed": [float(r["top1"]) for r in reports],
            "gmacs_per_view": float(np.mean([r["gmacs_per_view"] for r in reports])),
            "scores": scores.tolist()}
@@ -170,9 +169,7 @@ def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: n
 
 def _pair_with_control(row: dict[str, Any], control_scores: np.ndarray) -> None:
     """Add the paired difference of ``row``'s (seeds, videos) scores to the control's."""
-    versus_control = difference_interval(np.array(row["scores"]), control_scores)
-    row.update(delta_control=versus_control.mean, delta_control_low=versus_control.low,
-               delta_control_high=versus_control.high)
+    row.update(difference_interval(np.array(row["scores"]), control_scores).fields("delta_control"))
 
 
 def write_results(rows: list[dict[str, Any]], out: Path) -> str:
