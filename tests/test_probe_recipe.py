@@ -5,6 +5,7 @@ import torch
 
 from ired_video.build import create_model
 from ired_video.data.demo import make_demo_dataset
+from ired_video.models.weights import save_checkpoint
 from tests.tool_modules import load_tool
 
 
@@ -54,3 +55,85 @@ def test_a_tiny_probe_decodes_once_and_writes_its_row(tmp_path):
     rows = json.loads(out.read_text())
     assert len(rows) == 2 and [p["step"] for p in rows[0]["points"]] == [1, 2]
     assert rows[0]["classes"] == 6 and rows[0]["train_videos"] == 6 and rows[0]["val_videos"] == 6
+
+
+def test_patch_coverage_follows_the_sampled_frames_and_crop():
+    probe = _probe()
+    masks = torch.zeros(1, 40, 64, 85, dtype=torch.uint8)
+    masks[0, 5, 8:16, 10 + 16:10 + 24] = 255  # frame 5 (the first centre frame), patch row 1, column 2 of the crop
+    masks[0, 6, :, :] = 255  # a frame the centre view skips
+    starts, lefts = probe.windows(masks, False, None)
+    coverage = probe.patch_coverage(masks, starts, lefts, patch=8)  # (1, 8, 64)
+    assert coverage.shape == (1, 8, 64)
+    assert coverage[0, 0, 1 * 8 + 2] == 1.0 and coverage[0, 0].sum() == 1.0
+    assert coverage[0, 1:].sum() == 0.0
+
+
+def test_motion_losses_are_lowest_at_the_targets_and_ignore_uncovered_patches():
+    probe = _probe()
+    coverage = torch.zeros(1, 2, 4)
+    coverage[0, 0, 1], coverage[0, 0, 2] = 0.75, 0.25  # frame 1: the actor is not in the crop
+    direction = torch.tensor([[1.0, 0.0]])
+    exact = torch.zeros(1, 2, 4, 3)
+    exact[..., 0] = coverage.clamp(min=1e-9).log()
+    exact[0, 0, 1, 1:] = direction[0]  # the one patch over a quarter covered points the right way
+    exact[0, 0, 3, 1:] = torch.tensor([0.0, 5.0])  # an uncovered patch's direction is not scored
+    losses = probe.motion_losses(exact, coverage, direction)
+    entropy = -(torch.tensor([0.75, 0.25]) * torch.tensor([0.75, 0.25]).log()).sum()
+    assert set(losses) == {"where", "direction"}
+    assert torch.isclose(losses["where"], entropy, atol=1e-5) and losses["direction"] == 0.0
+    wrong = exact.clone()
+    wrong[0, 0, 1, 1:] = torch.tensor([-1.0, 0.0])
+    wrong[0, 0, :, 0] = 0.0
+    worse = probe.motion_losses(wrong, coverage, direction)
+    assert worse["where"] > losses["where"] and torch.isclose(worse["direction"], torch.tensor(4.0))
+
+
+def test_shape_loss_scores_only_the_actor_patches():
+    probe = _probe()
+    coverage = torch.zeros(1, 1, 3)
+    coverage[0, 0, 0] = 1.0
+    out = torch.zeros(1, 1, 3, 3 + 2)  # two shapes
+    out[0, 0, 0, 3:] = torch.tensor([10.0, -10.0])  # the actor's patch says shape 0
+    out[0, 0, 1, 3:] = torch.tensor([-10.0, 10.0])  # an empty patch says shape 1: not scored
+    right = probe.motion_losses(out, coverage, torch.zeros(1, 2), torch.tensor([0]))["shape"]
+    wrong = probe.motion_losses(out, coverage, torch.zeros(1, 2), torch.tensor([1]))["shape"]
+    assert right < 1e-6 and torch.isclose(wrong, torch.tensor(20.0), atol=1e-4)
+
+
+def test_pretrained_backbone_starts_a_probe_with_a_new_head(tmp_path):
+    probe = _probe()
+    data = make_demo_dataset(tmp_path / "demo", videos_per_class=2, num_frames=32, progress=False).root
+    backbone, out = tmp_path / "backbone.pth", tmp_path / "rows.json"
+    common = ["--model", "timesformer_test", "--steps", "2", "--every", "2", "--batch-size", "2", "--out", str(out)]
+    assert probe.main(["--pretrain", str(data), "--save", str(backbone), "--shape-target", *common]) == 0
+    saved = torch.load(backbone, weights_only=True)
+    assert saved["format"] == "ired_video" and saved["pretraining"]["phase"] == "pretrain"
+    assert probe.main(["--data", str(data), "--init", str(backbone), *common]) == 0
+    pretrained, probed = json.loads(out.read_text())
+    assert pretrained["phase"] == "pretrain" and pretrained["shape_target"]
+    assert {"actor_found", "direction", "shape", "shape_loss"} <= set(pretrained["points"][-1])
+    assert probed["init"] == str(backbone) and probed["classes"] == 6
+    save_checkpoint(tmp_path / "micro.pth", create_model("timesformer_micro", num_classes=6))
+    try:
+        probe.main(["--data", str(data), "--init", str(tmp_path / "micro.pth"), *common])
+    except SystemExit as err:
+        assert "micro.pth" in str(err)
+    else:
+        raise AssertionError("a backbone of another model was accepted")
+
+
+def test_validation_scores_split_the_label_into_shape_and_direction():
+    probe = _probe()
+    names = ["circle moving left", "circle moving right", "square moving left", "square moving right"]
+    guesses = torch.tensor([1, 1, 2, 2])  # predicted class of each video, whatever it is shown
+
+    class Fixed(torch.nn.Module):
+        def forward(self, video):
+            return torch.nn.functional.one_hot(guesses[:len(video)], 4).float()
+
+    x = torch.zeros(4, 40, 3, 64, 64, dtype=torch.uint8)
+    y = torch.tensor([1, 0, 1, 0])  # right / shape only / neither / direction only
+    scores = probe.validation_scores(Fixed(), x, y, names)
+    assert scores == {"val_top1": 25.0, "val_shape": 50.0, "val_direction": 50.0}
+    assert probe.validation_scores(Fixed(), x, y, ["a", "b", "c", "d"]) == {"val_top1": 25.0}

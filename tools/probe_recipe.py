@@ -13,8 +13,19 @@ channels, global average pool, 141k parameters) or any registered TimeSformer
 model's own head) or ``mean`` (the mean of the final patch tokens through the same norm and
 head; probe only, no reducers).
 
+``--pretrain CORPUS --save BACKBONE`` pretrains a TimeSformer instead, without class labels,
+on a generated corpus's saved masks: per frame, which patch holds the actor (a softmax over
+the frame's patch tokens against the actor's coverage) and, on the actor's patches, its
+direction of motion, and saves it as our checkpoint (a one-class head the fine-tuning
+replaces), which ``--init BACKBONE`` here and ``ired-video train init.checkpoint=BACKBONE``
+start from; a probe's CPU seconds count its fine-tuning only.
+
     python tools/probe_recipe.py --data runs/data/hard200 --model cnn3d --steps 600 \\
         --out docs/bench/probe_hard.json
+    python tools/probe_recipe.py --pretrain runs/data/hardpre --save runs/pre.pt \\
+        --model timesformer_micro --stem conv3d --steps 1500 --threads 2
+    python tools/probe_recipe.py --data runs/data/hard200 --init runs/pre.pt \\
+        --model timesformer_micro --stem conv3d --steps 600
 """
 from __future__ import annotations
 
@@ -26,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -36,40 +48,69 @@ from ired_video.config import DataConfig
 from ired_video.data.decoding import read_clip
 from ired_video.data.transforms import normalize
 from ired_video.models.timesformer import TimeSformer
+from ired_video.models.weights import CheckpointError, load_weights, save_checkpoint
 
 FRAMES, STRIDE, CROP = 8, 4, 64
+DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 MEAN, STD = DataConfig().mean, DataConfig().std  # the package's defaults, as the demo recipe uses
 
 
-def load_split(data: Path, split: str) -> tuple[Tensor, Tensor]:
-    """uint8 (N, T, 3, 64, W) clips and (N,) labels of one split, decoded once and cached."""
+def load_split(data: Path, split: str, with_masks: bool = False) -> dict[str, Tensor]:
+    """One split decoded once and cached: ``x`` uint8 (N, T, 3, 64, W) clips, ``y`` (N,) labels;
+    with ``with_masks`` also ``m`` uint8 (N, T, 64, W) actor coverage x 255 and ``d`` (N, 2)
+    the actor's direction of motion (x right, y down), from the masks saved by the generator."""
     cache = data / f"probe_cache_{split}.pt"
-    if cache.is_file():
-        stored = torch.load(cache, weights_only=True)
-        return stored["x"], stored["y"]
-    clips, labels = [], []
+    stored = torch.load(cache, weights_only=True) if cache.is_file() else {}
+    if "x" in stored and (not with_masks or "m" in stored):
+        return stored
+    clips, labels, masks, directions = [], [], [], []
     lines = (data / f"{split}.csv").read_text(encoding="utf-8").splitlines()
     for line in tqdm(lines, desc=f"decoding {split}", unit="video"):
         relative, label = line.rsplit(" ", 1)
         clip = read_clip(data / relative, lambda count, fps: tuple(range(count)), "pyav", short_side=CROP)
-        clips.append(torch.from_numpy(clip.frames).permute(0, 3, 1, 2))  # (T, H, W, 3) -> (T, 3, H, W)
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+        clips.append(frames)
         labels.append(int(label))
-    x, y = torch.stack(clips), torch.tensor(labels)
-    torch.save({"x": x, "y": y}, cache)
-    return x, y
+        if with_masks:
+            with np.load((data / relative).with_suffix(".npz")) as saved:
+                mask = torch.from_numpy(saved["mask"]).float()  # (T, H0, W0) at the video's size
+                directions.append(DIRECTIONS[str(saved["direction"])])
+            coverage = F.adaptive_avg_pool2d(mask, frames.shape[-2:])  # (T, 64, W): share of each pixel
+            masks.append((coverage * 255).round().to(torch.uint8))
+    stored = {"x": torch.stack(clips), "y": torch.tensor(labels)}
+    if with_masks:
+        stored.update(m=torch.stack(masks), d=torch.tensor(directions))
+    torch.save(stored, cache)
+    return stored
 
 
-def sample(clips: Tensor, train: bool, generator: torch.Generator) -> Tensor:
-    """(B, T, 3, H, W) uint8 -> normalised (B, 3, 8, 64, 64): 8 frames 4 apart, one crop."""
-    batch, frames, _, _, width = clips.shape
+def windows(clips: Tensor, train: bool, generator: Optional[torch.Generator]) -> tuple[list[int], list[int]]:
+    """First frame and left column of each clip's view: random when training, else centred."""
+    batch, frames, width = clips.shape[0], clips.shape[1], clips.shape[-1]
     span = STRIDE * (FRAMES - 1) + 1
     if train:
         starts = torch.randint(0, frames - span + 1, (batch,), generator=generator).tolist()
         lefts = torch.randint(0, width - CROP + 1, (batch,), generator=generator).tolist()
-    else:
-        starts, lefts = [(frames - span) // 2] * batch, [(width - CROP) // 2] * batch
-    views = [clip[t:t + span:STRIDE, :, :, left:left + CROP] for clip, t, left in zip(clips, starts, lefts)]
+        return starts, lefts
+    return [(frames - span) // 2] * batch, [(width - CROP) // 2] * batch
+
+
+def crop(frames: Tensor, start: int, left: int) -> Tensor:
+    """(T, ..., H, W) -> (8, ..., H, 64): 8 frames ``STRIDE`` apart from ``start``, 64 columns from ``left``."""
+    return frames[start:start + STRIDE * (FRAMES - 1) + 1:STRIDE, ..., left:left + CROP]
+
+
+def sample(clips: Tensor, train: bool, generator: Optional[torch.Generator]) -> Tensor:
+    """(B, T, 3, H, W) uint8 -> normalised (B, 3, 8, 64, 64): 8 frames 4 apart, one crop."""
+    views = [crop(clip, t, left) for clip, t, left in zip(clips, *windows(clips, train, generator))]
     return torch.stack([normalize(view, MEAN, STD) for view in views])  # B x (3, 8, 64, 64)
+
+
+def patch_coverage(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
+    """(B, T, 64, W) uint8 coverage -> (B, 8, K) share of each patch covered by the actor."""
+    views = torch.stack([crop(mask, t, left) for mask, t, left in zip(masks, starts, lefts)]).float() / 255
+    pooled = F.avg_pool2d(views, patch)  # (B, 8, 64, 64) -> (B, 8, h, w)
+    return pooled.flatten(2)  # (B, 8, h, w) -> (B, 8, K), row-major as the model's tokens
 
 
 class Cnn3d(nn.Module):
@@ -99,6 +140,41 @@ class MeanPooled(nn.Module):
         return self.model.head(self.model.norm(state.x.mean(dim=(1, 2))))  # (B, F, K, D) -> (B, D)
 
 
+class MotionPretraining(nn.Module):
+    """A TimeSformer with a per-patch-token head for pretraining: channel 0 a logit for "the
+    actor is here" (softmax over each frame's patches), channels 1-2 its direction (x, y),
+    then ``shapes`` logits for the actor's shape (none by default)."""
+
+    def __init__(self, model: TimeSformer, shapes: int = 0) -> None:
+        super().__init__()
+        self.model = model
+        self.dense = nn.Linear(model.head.in_features, 3 + shapes)
+
+    def forward(self, video: Tensor) -> Tensor:
+        state = self.model.forward_blocks(self.model.embed(video))
+        return self.dense(self.model.norm(state.x))  # (B, F, K, D) -> (B, F, K, 3 + shapes)
+
+
+def motion_losses(out: Tensor, coverage: Tensor, direction: Tensor, shape: Optional[Tensor] = None
+                  ) -> dict[str, Tensor]:
+    """``where``: cross-entropy of each frame's patch logits against the actor's coverage
+    (frames where the actor is in the crop); ``direction``: squared error of channels 1-2
+    against the clip's direction, and (with ``shape``, (B,) indices) ``shape``: cross-entropy
+    of the remaining channels, both on patches at least a quarter covered."""
+    visible = coverage.sum(-1) > 0  # (B, F)
+    target = coverage[visible] / coverage[visible].sum(-1, keepdim=True)  # (V, K), rows sum to 1
+    losses = {"where": -(target * out[..., 0][visible].log_softmax(-1)).sum(-1).mean()}
+    weight = (coverage > 0.25).float()  # (B, F, K)
+    total = weight.sum().clamp(min=1)
+    error = ((out[..., 1:3] - direction[:, None, None, :]) ** 2).sum(-1)  # (B, F, K)
+    losses["direction"] = (error * weight).sum() / total
+    if shape is not None:
+        logits = out[..., 3:].flatten(0, 2)  # (B, F, K, S) -> (B*F*K, S)
+        per_patch = F.cross_entropy(logits, shape[:, None, None].expand_as(weight).flatten(), reduction="none")
+        losses["shape"] = (per_patch * weight.flatten()).sum() / total
+    return losses
+
+
 def build(name: str, num_classes: int, stem: str, pool: str) -> nn.Module:
     if name == "cnn3d":
         return Cnn3d(num_classes)
@@ -122,54 +198,155 @@ def cpu_seconds() -> float:
 
 
 @torch.no_grad()
-def top1(model: nn.Module, x: Tensor, y: Tensor) -> float:
+def validation_scores(model: nn.Module, x: Tensor, y: Tensor, names: list[str]) -> dict[str, float]:
+    """Top-1 (%) on the centre views; for "<shape> moving <direction>" class names also the
+    share of videos whose predicted class has the right shape, and the right direction."""
     model.eval()
-    correct = sum(int((model(sample(x[i:i + 64], False, None)).argmax(1) == y[i:i + 64]).sum())
-                  for i in range(0, len(y), 64))
+    with torch.no_grad():
+        predicted = torch.cat([model(sample(x[i:i + 64], False, None)).argmax(1) for i in range(0, len(y), 64)])
     model.train()
-    return 100.0 * correct / len(y)
+    scores = {"val_top1": round(100.0 * float((predicted == y).float().mean()), 1)}
+    parts = [name.split(" moving ") for name in names]
+    if names and all(len(part) == 2 for part in parts):
+        for key, which in (("val_shape", 0), ("val_direction", 1)):
+            factor = torch.tensor([[a[which] == b[which] for b in parts] for a in parts])  # (C, C)
+            scores[key] = round(100.0 * float(factor[predicted, y].float().mean()), 1)
+    return scores
+
+
+def cosine_warmup(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over 1/12 of ``steps``, then cosine decay to zero."""
+    warmup = max(1, steps // 12)
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, schedule: Any, loss: Tensor) -> None:
+    opt.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    schedule.step()
+
+
+@torch.no_grad()
+def motion_scores(net: MotionPretraining, split: dict[str, Tensor], patch: int) -> dict[str, float]:
+    """Share of visible-actor frames whose top patch is on the actor, of clips whose
+    actor-weighted mean predicted direction is nearest the true one of the four, and (with
+    ``shape`` targets in ``split``) of clips whose actor-weighted mean shape logits are right."""
+    net.eval()
+    found = frames = right = shaped = 0
+    axes = torch.tensor(list(DIRECTIONS.values()))  # (4, 2)
+    for i in range(0, len(split["y"]), 64):
+        clips, masks, direction = split["x"][i:i + 64], split["m"][i:i + 64], split["d"][i:i + 64]
+        starts, lefts = windows(clips, False, None)
+        out = net(sample(clips, False, None))  # (B, F, K, 3 + shapes)
+        coverage = patch_coverage(masks, starts, lefts, patch)  # (B, F, K)
+        visible = coverage.sum(-1) > 0
+        top = out[..., 0].argmax(-1, keepdim=True)  # (B, F, 1)
+        found += int((coverage.gather(-1, top).squeeze(-1) > 0)[visible].sum())
+        frames += int(visible.sum())
+        weight = coverage[..., None]  # (B, F, K, 1)
+        mean = (out[..., 1:3] * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1e-6)  # (B, 2)
+        right += int(((mean @ axes.T).argmax(-1) == (direction @ axes.T).argmax(-1)).sum())
+        if "shape" in split:
+            shape_logits = (out[..., 3:] * weight).sum((1, 2))  # (B, S)
+            shaped += int((shape_logits.argmax(-1) == split["shape"][i:i + 64]).sum())
+    net.train()
+    scores = {"actor_found": round(100.0 * found / max(frames, 1), 1),
+              "direction": round(100.0 * right / len(split["y"]), 1)}
+    if "shape" in split:
+        scores["shape"] = round(100.0 * shaped / len(split["y"]), 1)
+    return scores
+
+
+def pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrain a TimeSformer on ``--pretrain`` (a generated corpus with masks) to find the
+    actor and its direction, no class labels; save the backbone to ``--save``."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    train, val = load_split(args.pretrain, "train", True), load_split(args.pretrain, "val", True)
+    shapes = 0
+    if args.shape_target:  # the shape is the class name's first word ("circle moving left")
+        names = [n.split()[0] for n in (args.pretrain / "classes.txt").read_text(encoding="utf-8").splitlines()]
+        kinds = sorted(set(names))
+        shape_of_label = torch.tensor([kinds.index(n) for n in names])
+        shapes = len(kinds)
+        for split in (train, val):
+            split["shape"] = shape_of_label[split["y"]]
+    model = create_model(args.model, num_classes=1, patch_stem=args.stem)
+    patch = model.config.patch_size
+    net = MotionPretraining(model, shapes)
+    opt = optimiser(net, args.lr, args.weight_decay)
+    schedule = cosine_warmup(opt, args.steps)
+    generator = torch.Generator().manual_seed(args.seed)
+    start_cpu, start_wall, losses, points = cpu_seconds(), time.perf_counter(), [], []
+    for step in range(1, args.steps + 1):
+        index = torch.randint(0, len(train["y"]), (args.batch_size,), generator=generator)
+        clips = train["x"][index]
+        starts, lefts = windows(clips, True, generator)
+        views = torch.stack([normalize(crop(c, t, left), MEAN, STD) for c, t, left in zip(clips, starts, lefts)])
+        parts = motion_losses(net(views), patch_coverage(train["m"][index], starts, lefts, patch),
+                              train["d"][index], train["shape"][index] if shapes else None)
+        optimiser_step(net, opt, schedule, sum(parts.values()))
+        losses.append({k: v.item() for k, v in parts.items()})
+        if step % args.every == 0 or step == args.steps:
+            recent = losses[-50:]
+            point = {"step": step, **{f"{k}_loss": round(sum(r[k] for r in recent) / len(recent), 3) for k in parts},
+                     **motion_scores(net, val, patch),
+                     "cpu_s": round(cpu_seconds() - start_cpu, 1), "wall_s": round(time.perf_counter() - start_wall, 1)}
+            points.append(point)
+            print(f"[{args.name}] " + ", ".join(f"{k} {v}" for k, v in point.items()), flush=True)
+    row = {"name": args.name, "phase": "pretrain", "model": args.model, "stem": args.stem, "lr": args.lr,
+            "weight_decay": args.weight_decay, "batch_size": args.batch_size, "steps": args.steps,
+            "seed": args.seed, "threads": args.threads, "data": str(args.pretrain), "shape_target": args.shape_target,
+            "train_videos": len(train["y"]), "val_videos": len(val["y"]), "saved": str(args.save),
+            "parameters": sum(p.numel() for p in net.parameters()), "points": points}
+    save_checkpoint(args.save, model, pretraining={k: v for k, v in row.items() if k != "points"})
+    return row
 
 
 def probe(args: argparse.Namespace) -> dict[str, Any]:
-    """Train one model; the row with validation top-1 at every ``--every`` steps."""
+    """Train one model (from ``--init`` if given); the row with validation top-1 at every ``--every`` steps."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
-    train_x, train_y = load_split(args.data, "train")
-    val_x, val_y = load_split(args.data, "val")
+    train, val = load_split(args.data, "train"), load_split(args.data, "val")
+    train_x, train_y, val_x, val_y = train["x"], train["y"], val["x"], val["y"]
     num_classes = int(train_y.max()) + 1
+    classes = args.data / "classes.txt"
+    names = classes.read_text(encoding="utf-8").splitlines() if classes.is_file() else []
     model = build(args.model, num_classes, args.stem, args.pool)
+    if args.init is not None:
+        try:  # strict but for the classifier, which the new label set replaces
+            load_weights(model.model if isinstance(model, MeanPooled) else model, args.init, drop_head=True)
+        except CheckpointError as err:
+            raise SystemExit(str(err)) from None
     opt = optimiser(model, args.lr, args.weight_decay)
-    warmup = max(1, args.steps // 12)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps)))
+    schedule = cosine_warmup(opt, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
     start_cpu, start_wall, losses, points = cpu_seconds(), time.perf_counter(), [], []
     for step in range(1, args.steps + 1):
         index = torch.randint(0, len(train_y), (args.batch_size,), generator=generator)
         loss = F.cross_entropy(model(sample(train_x[index], True, generator)), train_y[index],
                                label_smoothing=args.label_smoothing)
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        schedule.step()
+        optimiser_step(model, opt, schedule, loss)
         losses.append(loss.item())
         if step % args.every == 0 or step == args.steps:
             point = {"step": step, "train_loss": round(sum(losses[-50:]) / len(losses[-50:]), 3),
-                     "val_top1": round(top1(model, val_x, val_y), 1),
+                     **validation_scores(model, val_x, val_y, names),
                      "cpu_s": round(cpu_seconds() - start_cpu, 1), "wall_s": round(time.perf_counter() - start_wall, 1)}
             points.append(point)
             print(f"[{args.name}] " + ", ".join(f"{k} {v}" for k, v in point.items()), flush=True)
     return {"name": args.name, "model": args.model, "stem": args.stem, "pool": args.pool, "lr": args.lr,
             "weight_decay": args.weight_decay, "batch_size": args.batch_size, "steps": args.steps,
             "seed": args.seed, "threads": args.threads, "data": str(args.data), "train_videos": len(train_y),
-            "val_videos": len(val_y), "classes": num_classes,
+            "val_videos": len(val_y), "classes": num_classes, "init": None if args.init is None else str(args.init),
             "parameters": sum(p.numel() for p in model.parameters()), "points": points}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="a generated demo dataset folder (train.csv, val.csv)")
+    parser.add_argument("--data", type=Path, default=None, help="a generated demo dataset folder (train.csv, val.csv)")
     parser.add_argument("--model", default="cnn3d", help="cnn3d or a registered TimeSformer name")
     parser.add_argument("--stem", default="linear", choices=("linear", "conv", "conv3d"), help="TimeSformer patch stem")
     parser.add_argument("--pool", default="cls", choices=("cls", "mean"), help="TimeSformer read-out")
@@ -183,9 +360,23 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--name", default=None, help="row name (default: model-stem-pool)")
     parser.add_argument("--out", type=Path, default=None, help="JSON list to append the row to")
+    parser.add_argument("--pretrain", type=Path, default=None,
+                        help="instead of classifying --data: pretrain on this generated corpus (masks as targets, "
+                             "no labels) and save the backbone to --save")
+    parser.add_argument("--shape-target", action="store_true",
+                        help="--pretrain also teaches the actor's shape per patch (with the direction, the "
+                             "generated tasks' label: a diagnostic, not a label-free pretraining)")
+    parser.add_argument("--save", type=Path, default=None, help="where --pretrain writes the backbone")
+    parser.add_argument("--init", type=Path, default=None, help="start from a backbone saved by --pretrain")
     args = parser.parse_args(argv)
+    if (args.pretrain is None) != (args.save is None):
+        parser.error("--pretrain and --save go together")
+    if (args.pretrain is None) == (args.data is None):
+        parser.error("give --data (classify) or --pretrain (pretrain), one of them")
+    if args.pretrain is not None and args.model == "cnn3d":
+        parser.error("--pretrain needs a TimeSformer --model")
     args.name = args.name or f"{args.model}-{args.stem}-{args.pool}"
-    row = probe(args)
+    row = pretrain(args) if args.pretrain is not None else probe(args)
     if args.out is not None:
         rows = json.loads(args.out.read_text()) if args.out.is_file() else []
         args.out.write_text(json.dumps(rows + [row], indent=1) + "\n")
