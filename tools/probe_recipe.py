@@ -22,10 +22,10 @@ start from; a probe's CPU seconds count its fine-tuning only.
 
     python tools/probe_recipe.py --data runs/data/hard200 --model cnn3d --steps 600 \\
         --out docs/bench/probe_hard.json
-    python tools/probe_recipe.py --pretrain runs/data/hardpre --save runs/pre.pt \\
-        --model timesformer_micro --stem conv3d --steps 1500 --threads 2
-    python tools/probe_recipe.py --data runs/data/hard200 --init runs/pre.pt \\
-        --model timesformer_micro --stem conv3d --steps 600
+    python tools/probe_recipe.py --pretrain runs/data/hardpre --save runs/pre/conv3d_300.pth \\
+        --model timesformer_micro --stem conv3d --steps 300 --threads 2
+    python tools/probe_recipe.py --data runs/data/hard200 --init runs/pre/conv3d_300.pth \\
+        --model timesformer_micro --stem conv3d --steps 700
 """
 from __future__ import annotations
 
@@ -100,10 +100,20 @@ def crop(frames: Tensor, start: int, left: int) -> Tensor:
     return frames[start:start + STRIDE * (FRAMES - 1) + 1:STRIDE, ..., left:left + CROP]
 
 
+def views(clips: Tensor, starts: list[int], lefts: list[int]) -> Tensor:
+    """(B, T, 3, H, W) uint8 -> normalised (B, 3, 8, 64, 64) at the given windows."""
+    return torch.stack([normalize(crop(clip, t, left), MEAN, STD) for clip, t, left in zip(clips, starts, lefts)])
+
+
 def sample(clips: Tensor, train: bool, generator: Optional[torch.Generator]) -> Tensor:
     """(B, T, 3, H, W) uint8 -> normalised (B, 3, 8, 64, 64): 8 frames 4 apart, one crop."""
-    views = [crop(clip, t, left) for clip, t, left in zip(clips, *windows(clips, train, generator))]
-    return torch.stack([normalize(view, MEAN, STD) for view in views])  # B x (3, 8, 64, 64)
+    return views(clips, *windows(clips, train, generator))
+
+
+def label_parts(names: list[str]) -> Optional[list[list[str]]]:
+    """[shape, direction] of each "<shape> moving <direction>" class name; None for other names."""
+    parts = [name.split(" moving ") for name in names]
+    return parts if parts and all(len(part) == 2 for part in parts) else None
 
 
 def patch_coverage(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
@@ -202,12 +212,11 @@ def validation_scores(model: nn.Module, x: Tensor, y: Tensor, names: list[str]) 
     """Top-1 (%) on the centre views; for "<shape> moving <direction>" class names also the
     share of videos whose predicted class has the right shape, and the right direction."""
     model.eval()
-    with torch.no_grad():
-        predicted = torch.cat([model(sample(x[i:i + 64], False, None)).argmax(1) for i in range(0, len(y), 64)])
+    predicted = torch.cat([model(sample(x[i:i + 64], False, None)).argmax(1) for i in range(0, len(y), 64)])
     model.train()
     scores = {"val_top1": round(100.0 * float((predicted == y).float().mean()), 1)}
-    parts = [name.split(" moving ") for name in names]
-    if names and all(len(part) == 2 for part in parts):
+    parts = label_parts(names)
+    if parts is not None:
         for key, which in (("val_shape", 0), ("val_direction", 1)):
             factor = torch.tensor([[a[which] == b[which] for b in parts] for a in parts])  # (C, C)
             scores[key] = round(100.0 * float(factor[predicted, y].float().mean()), 1)
@@ -240,7 +249,7 @@ def motion_scores(net: MotionPretraining, split: dict[str, Tensor], patch: int) 
     for i in range(0, len(split["y"]), 64):
         clips, masks, direction = split["x"][i:i + 64], split["m"][i:i + 64], split["d"][i:i + 64]
         starts, lefts = windows(clips, False, None)
-        out = net(sample(clips, False, None))  # (B, F, K, 3 + shapes)
+        out = net(views(clips, starts, lefts))  # (B, F, K, 3 + shapes)
         coverage = patch_coverage(masks, starts, lefts, patch)  # (B, F, K)
         visible = coverage.sum(-1) > 0
         top = out[..., 0].argmax(-1, keepdim=True)  # (B, F, 1)
@@ -267,10 +276,13 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     train, val = load_split(args.pretrain, "train", True), load_split(args.pretrain, "val", True)
     shapes = 0
-    if args.shape_target:  # the shape is the class name's first word ("circle moving left")
-        names = [n.split()[0] for n in (args.pretrain / "classes.txt").read_text(encoding="utf-8").splitlines()]
-        kinds = sorted(set(names))
-        shape_of_label = torch.tensor([kinds.index(n) for n in names])
+    if args.shape_target:
+        classes = args.pretrain / "classes.txt"
+        parts = label_parts(classes.read_text(encoding="utf-8").splitlines())
+        if parts is None:
+            raise SystemExit(f"{classes}: --shape-target needs '<shape> moving <direction>' class names")
+        kinds = sorted({shape for shape, _ in parts})
+        shape_of_label = torch.tensor([kinds.index(shape) for shape, _ in parts])
         shapes = len(kinds)
         for split in (train, val):
             split["shape"] = shape_of_label[split["y"]]
@@ -285,8 +297,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         index = torch.randint(0, len(train["y"]), (args.batch_size,), generator=generator)
         clips = train["x"][index]
         starts, lefts = windows(clips, True, generator)
-        views = torch.stack([normalize(crop(c, t, left), MEAN, STD) for c, t, left in zip(clips, starts, lefts)])
-        parts = motion_losses(net(views), patch_coverage(train["m"][index], starts, lefts, patch),
+        parts = motion_losses(net(views(clips, starts, lefts)), patch_coverage(train["m"][index], starts, lefts, patch),
                               train["d"][index], train["shape"][index] if shapes else None)
         optimiser_step(net, opt, schedule, sum(parts.values()))
         losses.append({k: v.item() for k, v in parts.items()})
@@ -298,10 +309,10 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             points.append(point)
             print(f"[{args.name}] " + ", ".join(f"{k} {v}" for k, v in point.items()), flush=True)
     row = {"name": args.name, "phase": "pretrain", "model": args.model, "stem": args.stem, "lr": args.lr,
-            "weight_decay": args.weight_decay, "batch_size": args.batch_size, "steps": args.steps,
-            "seed": args.seed, "threads": args.threads, "data": str(args.pretrain), "shape_target": args.shape_target,
-            "train_videos": len(train["y"]), "val_videos": len(val["y"]), "saved": str(args.save),
-            "parameters": sum(p.numel() for p in net.parameters()), "points": points}
+           "weight_decay": args.weight_decay, "batch_size": args.batch_size, "steps": args.steps,
+           "seed": args.seed, "threads": args.threads, "data": str(args.pretrain), "shape_target": args.shape_target,
+           "train_videos": len(train["y"]), "val_videos": len(val["y"]), "saved": str(args.save),
+           "parameters": sum(p.numel() for p in net.parameters()), "points": points}
     save_checkpoint(args.save, model, pretraining={k: v for k, v in row.items() if k != "points"})
     return row
 
