@@ -46,12 +46,12 @@ from tqdm import tqdm
 from ired_video.build import create_model
 from ired_video.config import DataConfig
 from ired_video.data.decoding import read_clip
+from ired_video.data.demo import DIRECTION_VECTORS
 from ired_video.data.transforms import normalize
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import CheckpointError, load_weights, save_checkpoint
 
 FRAMES, STRIDE, CROP = 8, 4, 64
-DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 MEAN, STD = DataConfig().mean, DataConfig().std  # the package's defaults, as the demo recipe uses
 
 
@@ -74,7 +74,7 @@ def load_split(data: Path, split: str, with_masks: bool = False) -> dict[str, Te
         if with_masks:
             with np.load((data / relative).with_suffix(".npz")) as saved:
                 mask = torch.from_numpy(saved["mask"]).float()  # (T, H0, W0) at the video's size
-                directions.append(DIRECTIONS[str(saved["direction"])])
+                directions.append(DIRECTION_VECTORS[str(saved["direction"])])
             coverage = F.adaptive_avg_pool2d(mask, frames.shape[-2:])  # (T, 64, W): share of each pixel
             masks.append((coverage * 255).round().to(torch.uint8))
     stored = {"x": torch.stack(clips), "y": torch.tensor(labels)}
@@ -245,7 +245,7 @@ def motion_scores(net: MotionPretraining, split: dict[str, Tensor], patch: int) 
     ``shape`` targets in ``split``) of clips whose actor-weighted mean shape logits are right."""
     net.eval()
     found = frames = right = shaped = 0
-    axes = torch.tensor(list(DIRECTIONS.values()))  # (4, 2)
+    axes = torch.tensor(list(DIRECTION_VECTORS.values()))  # (4, 2)
     for i in range(0, len(split["y"]), 64):
         clips, masks, direction = split["x"][i:i + 64], split["m"][i:i + 64], split["d"][i:i + 64]
         starts, lefts = windows(clips, False, None)

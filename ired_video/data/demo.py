@@ -220,7 +220,8 @@ def render_video(spec: _Spec) -> tuple[np.ndarray, np.ndarray]:
     return frames, masks
 
 
-_DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+# unit motion of the actor per direction name, in image axes (x right, y down)
+DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 
 
 def _shape_colour(rng: np.random.Generator, vivid: bool) -> np.ndarray:
@@ -245,7 +246,7 @@ def _render_task_video(spec: _Spec, task: TaskSpec) -> tuple[np.ndarray, np.ndar
     background = _background(rng, h + margin[1], w + margin[0])
     radius = rng.uniform(*task.actor_patches) * patch / 2
     speed = rng.uniform(*task.actor_speed) * patch
-    ux, uy = _DIRECTION_VECTORS[spec.direction]
+    ux, uy = DIRECTION_VECTORS[spec.direction]
     travel = speed * (t_count - 1)
     side = min(h, w)  # the target stays inside the centred square the evaluation crop sees
     lo_x, lo_y = (w - side) / 2 + radius + 1, (h - side) / 2 + radius + 1
@@ -411,5 +412,5 @@ def load_mask(video_path: Union[str, os.PathLike]) -> np.ndarray:
         return data["mask"]
 
 
-__all__ = ["TASKS", "DemoDataset", "TaskSpec", "demo_class_names", "demo_data_config", "load_mask",
+__all__ = ["DIRECTION_VECTORS", "TASKS", "DemoDataset", "TaskSpec", "demo_class_names", "demo_data_config", "load_mask",
            "make_demo_dataset", "render_video", "shape_mask"]
