@@ -10,7 +10,16 @@ from ired_video.cli import main as cli_main
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
 from ired_video.data.decoding import read_clip
-from ired_video.data.demo import _Spec, demo_class_names, demo_data_config, load_mask, make_demo_dataset, render_video
+from ired_video.data.demo import (
+    _Spec,
+    class_name_parts,
+    demo_class_names,
+    demo_data_config,
+    label_factor_shares,
+    load_mask,
+    make_demo_dataset,
+    render_video,
+)
 
 
 def test_all_annotation_forms_agree(small_demo):
@@ -186,3 +195,14 @@ def test_hard_task_dataset_and_command(tmp_path, capsys):
     assert "wrote 12 classes" in capsys.readouterr().out
     with pytest.raises(ValueError, match="task='tiny'"):
         make_demo_dataset(tmp_path / "x", videos_per_class=1, task="tiny", progress=False)
+
+
+def test_label_factor_shares_split_each_prediction_into_shape_and_direction():
+    names = demo_class_names("hard")
+    assert class_name_parts(names)[0] == ("circle", "down")  # sorted: "circle moving down" first
+    index = {name: i for i, name in enumerate(names)}
+    truth = [index["circle moving left"]] * 4
+    predicted = [index[n] for n in ("circle moving left", "circle moving up", "square moving left", "square moving up")]
+    assert label_factor_shares(predicted, truth, names) == {"shape": 0.5, "direction": 0.5}
+    assert label_factor_shares(predicted, truth, ["a"] * len(names)) is None  # other names: nothing to split
+    assert label_factor_shares([], [], names) is None

@@ -5,8 +5,11 @@ Runs ``ired-video train --config CONFIG`` in a child process on the train/val li
 overrides, and appends one row to ``--out`` (JSON list): the settings, validation top-1 at
 every evaluated epoch (with the wall seconds since the start), the best and last top-1, wall
 seconds and the CPU seconds (user + sys) of the training process and its data-loader
-workers (``getrusage(RUSAGE_CHILDREN)``). On a shared machine the wall time is inflated;
-the CPU seconds are the budget (20 core-minutes = 1200 s = 10 minutes on 2 idle cores).
+workers (``getrusage(RUSAGE_CHILDREN)``); when the val list's folder has a ``classes.txt`` of
+generated ``"<shape> moving <direction>"`` names, also ``val_shape`` / ``val_direction``: the
+share of the last evaluation's views whose top class has the right shape / direction. On a
+shared machine the wall time is inflated; the CPU seconds are the budget (20 core-minutes =
+1200 s = 10 minutes on 2 idle cores).
 
     nice -n 5 python tools/bench_recipe.py --name baseline --data runs/data/hard200 \\
         --config ired_video/recipes/demo_micro.yaml --out docs/bench/recipe_hard.json train.epochs=24
@@ -22,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
+
+from ired_video.data.demo import label_factor_shares
 
 EPOCH_LINE = re.compile(r"^epoch (\d+): top-1 ([0-9.]+), top-5 ([0-9.]+), ([0-9.]+) GMACs/view over (\d+) videos")
 
@@ -55,6 +60,18 @@ def run(name: str, config: str, train: str, val: str, output: str, overrides: li
             "cpu_min": round(cpu / 60, 2)}
 
 
+def factor_shares(views: Path, classes: Path) -> dict[str, float]:
+    """``val_shape`` / ``val_direction`` of the views in ``views`` (eval_views.jsonl), when
+    ``classes`` holds demo-style class names; empty otherwise."""
+    if not classes.is_file() or not views.is_file():
+        return {}
+    rows = [json.loads(line) for line in views.read_text(encoding="utf-8").splitlines() if line.strip()]
+    scored = [row for row in rows if row.get("top_k")]
+    shares = label_factor_shares([row["top_k"][0]["index"] for row in scored], [row["label"] for row in scored],
+                                 classes.read_text(encoding="utf-8").splitlines())
+    return {f"val_{factor}": round(share, 3) for factor, share in (shares or {}).items()}
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="row name")
@@ -70,8 +87,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     val = args.val or (args.data and f"{args.data}/val.csv")
     if not train or not val:
         parser.error("give --data, or --train and --val")
-    row = run(args.name, args.config, train, val, args.output or f"runs/recipe/{args.name}", args.overrides)
+    output = args.output or f"runs/recipe/{args.name}"
+    row = run(args.name, args.config, train, val, output, args.overrides)
     row["val_videos"] = len(Path(val).read_text().splitlines())
+    row.update(factor_shares(Path(output) / "eval_views.jsonl", Path(val).parent / "classes.txt"))
     out = Path(args.out)
     rows = json.loads(out.read_text()) if out.is_file() else []
     rows = [r for r in rows if r["name"] != args.name] + [row]

@@ -16,15 +16,16 @@ head; probe only, no reducers).
 ``--pretrain CORPUS --save BACKBONE`` pretrains a TimeSformer instead, without class labels,
 on a generated corpus's saved masks: per frame, which patch holds the actor (a softmax over
 the frame's patch tokens against the actor's coverage) and, on the actor's patches, its
-direction of motion, and saves it as our checkpoint (a one-class head the fine-tuning
+direction of motion (with ``--mask-target`` also which of each patch's pixels the actor
+covers: its silhouette), and saves it as our checkpoint (a one-class head the fine-tuning
 replaces), which ``--init BACKBONE`` here and ``ired-video train init.checkpoint=BACKBONE``
 start from; a probe's CPU seconds count its fine-tuning only.
 
     python tools/probe_recipe.py --data runs/data/hard200 --model cnn3d --steps 600 \\
         --out docs/bench/probe_hard.json
-    python tools/probe_recipe.py --pretrain runs/data/hardpre --save runs/pre/conv3d_300.pth \\
-        --model timesformer_micro --stem conv3d --steps 300 --threads 2
-    python tools/probe_recipe.py --data runs/data/hard200 --init runs/pre/conv3d_300.pth \\
+    python tools/probe_recipe.py --pretrain runs/data/hardpre --save runs/pre/conv3d_mask_900.pth \\
+        --mask-target --model timesformer_micro --stem conv3d --steps 900 --threads 2
+    python tools/probe_recipe.py --data runs/data/hard200 --init runs/pre/conv3d_mask_900.pth \\
         --model timesformer_micro --stem conv3d --steps 700
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ from tqdm import tqdm
 from ired_video.build import create_model
 from ired_video.config import DataConfig
 from ired_video.data.decoding import read_clip
-from ired_video.data.demo import DIRECTION_VECTORS
+from ired_video.data.demo import DIRECTION_VECTORS, class_name_parts, label_factor_shares
 from ired_video.data.transforms import normalize
 from ired_video.models.timesformer import TimeSformer
 from ired_video.models.weights import CheckpointError, load_weights, save_checkpoint
@@ -110,17 +111,18 @@ def sample(clips: Tensor, train: bool, generator: Optional[torch.Generator]) -> 
     return views(clips, *windows(clips, train, generator))
 
 
-def label_parts(names: list[str]) -> Optional[list[list[str]]]:
-    """[shape, direction] of each "<shape> moving <direction>" class name; None for other names."""
-    parts = [name.split(" moving ") for name in names]
-    return parts if parts and all(len(part) == 2 for part in parts) else None
+def patch_pixels(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
+    """(B, T, 64, W) uint8 coverage -> (B, 8, K, patch * patch) the actor's pixels in each patch, 0-1."""
+    views = torch.stack([crop(mask, t, left) for mask, t, left in zip(masks, starts, lefts)]).float() / 255
+    batch, frames, size = views.shape[0], views.shape[1], views.shape[-1] // patch
+    tiles = views.view(batch, frames, size, patch, size, patch)  # (B, 8, 64, 64) -> (B, 8, h, p, w, p)
+    return tiles.permute(0, 1, 2, 4, 3, 5).reshape(batch, frames, size * size, patch * patch)  # -> (B, 8, K, p*p)
 
 
 def patch_coverage(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
-    """(B, T, 64, W) uint8 coverage -> (B, 8, K) share of each patch covered by the actor."""
-    views = torch.stack([crop(mask, t, left) for mask, t, left in zip(masks, starts, lefts)]).float() / 255
-    pooled = F.avg_pool2d(views, patch)  # (B, 8, 64, 64) -> (B, 8, h, w)
-    return pooled.flatten(2)  # (B, 8, h, w) -> (B, 8, K), row-major as the model's tokens
+    """(B, T, 64, W) uint8 coverage -> (B, 8, K) share of each patch covered by the actor,
+    row-major as the model's tokens."""
+    return patch_pixels(masks, starts, lefts, patch).mean(-1)
 
 
 class Cnn3d(nn.Module):
@@ -151,37 +153,51 @@ class MeanPooled(nn.Module):
 
 
 class MotionPretraining(nn.Module):
-    """A TimeSformer with a per-patch-token head for pretraining: channel 0 a logit for "the
-    actor is here" (softmax over each frame's patches), channels 1-2 its direction (x, y),
-    then ``shapes`` logits for the actor's shape (none by default)."""
+    """A TimeSformer with heads on each final patch token, for pretraining: ``where`` (B, F, K)
+    a logit for "the actor is here" (softmax over each frame's patches), ``direction``
+    (B, F, K, 2) its motion (x, y); optionally ``shape`` (B, F, K, shapes) logits for its shape
+    and ``mask`` (B, F, K, patch * patch) logits for which of the patch's pixels it covers."""
 
-    def __init__(self, model: TimeSformer, shapes: int = 0) -> None:
+    def __init__(self, model: TimeSformer, shapes: int = 0, mask: bool = False) -> None:
         super().__init__()
         self.model = model
-        self.dense = nn.Linear(model.head.in_features, 3 + shapes)
+        width, patch = model.head.in_features, model.config.patch_size
+        heads = {"where": nn.Linear(width, 1), "direction": nn.Linear(width, 2)}
+        if shapes:
+            heads["shape"] = nn.Linear(width, shapes)
+        if mask:
+            heads["mask"] = nn.Linear(width, patch * patch)
+        self.heads = nn.ModuleDict(heads)
 
-    def forward(self, video: Tensor) -> Tensor:
-        state = self.model.forward_blocks(self.model.embed(video))
-        return self.dense(self.model.norm(state.x))  # (B, F, K, D) -> (B, F, K, 3 + shapes)
+    def forward(self, video: Tensor) -> dict[str, Tensor]:
+        tokens = self.model.norm(self.model.forward_blocks(self.model.embed(video)).x)  # (B, F, K, D)
+        out = {name: head(tokens) for name, head in self.heads.items()}
+        out["where"] = out["where"].squeeze(-1)  # (B, F, K, 1) -> (B, F, K)
+        return out
 
 
-def motion_losses(out: Tensor, coverage: Tensor, direction: Tensor, shape: Optional[Tensor] = None
-                  ) -> dict[str, Tensor]:
+def motion_losses(out: dict[str, Tensor], coverage: Tensor, direction: Tensor, shape: Optional[Tensor] = None,
+                  pixels: Optional[Tensor] = None) -> dict[str, Tensor]:
     """``where``: cross-entropy of each frame's patch logits against the actor's coverage
-    (frames where the actor is in the crop); ``direction``: squared error of channels 1-2
-    against the clip's direction, and (with ``shape``, (B,) indices) ``shape``: cross-entropy
-    of the remaining channels, both on patches at least a quarter covered."""
+    (frames where the actor is in the crop); ``direction``: squared error against the clip's
+    direction, and (with ``shape``, (B,) indices) ``shape``: cross-entropy, both on patches at
+    least a quarter covered; (with ``pixels``, (B, F, K, p*p)) ``mask``: per-pixel binary
+    cross-entropy, the mean over the actor's patches plus the mean over all the others."""
     visible = coverage.sum(-1) > 0  # (B, F)
     target = coverage[visible] / coverage[visible].sum(-1, keepdim=True)  # (V, K), rows sum to 1
-    losses = {"where": -(target * out[..., 0][visible].log_softmax(-1)).sum(-1).mean()}
+    losses = {"where": -(target * out["where"][visible].log_softmax(-1)).sum(-1).mean()}
     weight = (coverage > 0.25).float()  # (B, F, K)
     total = weight.sum().clamp(min=1)
-    error = ((out[..., 1:3] - direction[:, None, None, :]) ** 2).sum(-1)  # (B, F, K)
+    error = ((out["direction"] - direction[:, None, None, :]) ** 2).sum(-1)  # (B, F, K)
     losses["direction"] = (error * weight).sum() / total
     if shape is not None:
-        logits = out[..., 3:].flatten(0, 2)  # (B, F, K, S) -> (B*F*K, S)
+        logits = out["shape"].flatten(0, 2)  # (B, F, K, S) -> (B*F*K, S)
         per_patch = F.cross_entropy(logits, shape[:, None, None].expand_as(weight).flatten(), reduction="none")
         losses["shape"] = (per_patch * weight.flatten()).sum() / total
+    if pixels is not None:
+        per_patch = F.binary_cross_entropy_with_logits(out["mask"], pixels, reduction="none").mean(-1)  # (B, F, K)
+        actor = coverage > 0
+        losses["mask"] = per_patch[actor].mean() + per_patch[~actor].mean() if actor.any() else per_patch.mean()
     return losses
 
 
@@ -215,11 +231,9 @@ def validation_scores(model: nn.Module, x: Tensor, y: Tensor, names: list[str]) 
     predicted = torch.cat([model(sample(x[i:i + 64], False, None)).argmax(1) for i in range(0, len(y), 64)])
     model.train()
     scores = {"val_top1": round(100.0 * float((predicted == y).float().mean()), 1)}
-    parts = label_parts(names)
-    if parts is not None:
-        for key, which in (("val_shape", 0), ("val_direction", 1)):
-            factor = torch.tensor([[a[which] == b[which] for b in parts] for a in parts])  # (C, C)
-            scores[key] = round(100.0 * float(factor[predicted, y].float().mean()), 1)
+    shares = label_factor_shares(predicted.tolist(), y.tolist(), names)
+    for factor, share in (shares or {}).items():
+        scores[f"val_{factor}"] = round(100.0 * share, 1)
     return scores
 
 
@@ -241,44 +255,54 @@ def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, schedule: Any, 
 @torch.no_grad()
 def motion_scores(net: MotionPretraining, split: dict[str, Tensor], patch: int) -> dict[str, float]:
     """Share of visible-actor frames whose top patch is on the actor, of clips whose
-    actor-weighted mean predicted direction is nearest the true one of the four, and (with
-    ``shape`` targets in ``split``) of clips whose actor-weighted mean shape logits are right."""
+    actor-weighted mean predicted direction is nearest the true one of the four, with
+    ``shape`` targets in ``split`` of clips whose actor-weighted mean shape logits are right,
+    and with a ``mask`` head the IoU of its pixels (logit > 0) with the actor's (> half covered)."""
     net.eval()
     found = frames = right = shaped = 0
+    overlap = union = 0.0
     axes = torch.tensor(list(DIRECTION_VECTORS.values()))  # (4, 2)
     for i in range(0, len(split["y"]), 64):
         clips, masks, direction = split["x"][i:i + 64], split["m"][i:i + 64], split["d"][i:i + 64]
         starts, lefts = windows(clips, False, None)
-        out = net(views(clips, starts, lefts))  # (B, F, K, 3 + shapes)
-        coverage = patch_coverage(masks, starts, lefts, patch)  # (B, F, K)
+        out = net(views(clips, starts, lefts))
+        pixels = patch_pixels(masks, starts, lefts, patch)  # (B, F, K, p*p)
+        coverage = pixels.mean(-1)  # (B, F, K)
         visible = coverage.sum(-1) > 0
-        top = out[..., 0].argmax(-1, keepdim=True)  # (B, F, 1)
+        top = out["where"].argmax(-1, keepdim=True)  # (B, F, 1)
         found += int((coverage.gather(-1, top).squeeze(-1) > 0)[visible].sum())
         frames += int(visible.sum())
         weight = coverage[..., None]  # (B, F, K, 1)
-        mean = (out[..., 1:3] * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1e-6)  # (B, 2)
+        mean = (out["direction"] * weight).sum((1, 2)) / weight.sum((1, 2)).clamp(min=1e-6)  # (B, 2)
         right += int(((mean @ axes.T).argmax(-1) == (direction @ axes.T).argmax(-1)).sum())
         if "shape" in split:
-            shape_logits = (out[..., 3:] * weight).sum((1, 2))  # (B, S)
+            shape_logits = (out["shape"] * weight).sum((1, 2))  # (B, S)
             shaped += int((shape_logits.argmax(-1) == split["shape"][i:i + 64]).sum())
+        if "mask" in out:
+            drawn, actor = out["mask"] > 0, pixels > 0.5
+            overlap += float((drawn & actor).sum())
+            union += float((drawn | actor).sum())
     net.train()
     scores = {"actor_found": round(100.0 * found / max(frames, 1), 1),
               "direction": round(100.0 * right / len(split["y"]), 1)}
     if "shape" in split:
         scores["shape"] = round(100.0 * shaped / len(split["y"]), 1)
+    if union:
+        scores["mask_iou"] = round(100.0 * overlap / union, 1)
     return scores
 
 
 def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     """Pretrain a TimeSformer on ``--pretrain`` (a generated corpus with masks) to find the
-    actor and its direction, no class labels; save the backbone to ``--save``."""
+    actor, its direction (and with ``--mask-target`` its pixels), no class labels; save the
+    backbone to ``--save``."""
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     train, val = load_split(args.pretrain, "train", True), load_split(args.pretrain, "val", True)
     shapes = 0
     if args.shape_target:
         classes = args.pretrain / "classes.txt"
-        parts = label_parts(classes.read_text(encoding="utf-8").splitlines())
+        parts = class_name_parts(classes.read_text(encoding="utf-8").splitlines())
         if parts is None:
             raise SystemExit(f"{classes}: --shape-target needs '<shape> moving <direction>' class names")
         kinds = sorted({shape for shape, _ in parts})
@@ -288,7 +312,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
             split["shape"] = shape_of_label[split["y"]]
     model = create_model(args.model, num_classes=1, patch_stem=args.stem)
     patch = model.config.patch_size
-    net = MotionPretraining(model, shapes)
+    net = MotionPretraining(model, shapes, args.mask_target)
     opt = optimiser(net, args.lr, args.weight_decay)
     schedule = cosine_warmup(opt, args.steps)
     generator = torch.Generator().manual_seed(args.seed)
@@ -297,8 +321,9 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
         index = torch.randint(0, len(train["y"]), (args.batch_size,), generator=generator)
         clips = train["x"][index]
         starts, lefts = windows(clips, True, generator)
-        parts = motion_losses(net(views(clips, starts, lefts)), patch_coverage(train["m"][index], starts, lefts, patch),
-                              train["d"][index], train["shape"][index] if shapes else None)
+        pixels = patch_pixels(train["m"][index], starts, lefts, patch)  # (B, 8, K, p*p)
+        parts = motion_losses(net(views(clips, starts, lefts)), pixels.mean(-1), train["d"][index],
+                              train["shape"][index] if shapes else None, pixels if args.mask_target else None)
         optimiser_step(net, opt, schedule, sum(parts.values()))
         losses.append({k: v.item() for k, v in parts.items()})
         if step % args.every == 0 or step == args.steps:
@@ -311,6 +336,7 @@ def pretrain(args: argparse.Namespace) -> dict[str, Any]:
     row = {"name": args.name, "phase": "pretrain", "model": args.model, "stem": args.stem, "lr": args.lr,
            "weight_decay": args.weight_decay, "batch_size": args.batch_size, "steps": args.steps,
            "seed": args.seed, "threads": args.threads, "data": str(args.pretrain), "shape_target": args.shape_target,
+           "mask_target": args.mask_target,
            "train_videos": len(train["y"]), "val_videos": len(val["y"]), "saved": str(args.save),
            "parameters": sum(p.numel() for p in net.parameters()), "points": points}
     save_checkpoint(args.save, model, pretraining={k: v for k, v in row.items() if k != "points"})
@@ -377,6 +403,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--shape-target", action="store_true",
                         help="--pretrain also teaches the actor's shape per patch (with the direction, the "
                              "generated tasks' label: a diagnostic, not a label-free pretraining)")
+    parser.add_argument("--mask-target", action="store_true",
+                        help="--pretrain also draws the actor's pixels in each patch (its silhouette from the "
+                             "generator's masks; no class label)")
     parser.add_argument("--save", type=Path, default=None, help="where --pretrain writes the backbone")
     parser.add_argument("--init", type=Path, default=None, help="start from a backbone saved by --pretrain")
     args = parser.parse_args(argv)

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import yaml
@@ -81,6 +81,24 @@ def demo_class_names(task: str = "easy") -> list[str]:
     spec = _task_spec(task)
     directions = DIRECTIONS if spec is None else spec.directions
     return sorted(f"{s} moving {d}" for s in SHAPES for d in directions)
+
+
+def class_name_parts(names: Sequence[str]) -> Optional[list[tuple[str, str]]]:
+    """(shape, direction) of each ``"<shape> moving <direction>"`` class name; None when any
+    name has another form."""
+    parts = [tuple(name.split(" moving ")) for name in names]
+    return [(p[0], p[1]) for p in parts] if parts and all(len(p) == 2 for p in parts) else None
+
+
+def label_factor_shares(predicted: Sequence[int], truth: Sequence[int], names: Sequence[str]
+                        ) -> Optional[dict[str, float]]:
+    """Share (0-1) of predictions whose class has the true class's shape, and its direction,
+    for demo-style class names (indices into ``names``); None for other names or no predictions."""
+    parts = class_name_parts(names)
+    if parts is None or not truth:
+        return None
+    return {factor: sum(parts[p][i] == parts[t][i] for p, t in zip(predicted, truth)) / len(truth)
+            for i, factor in enumerate(("shape", "direction"))}
 
 
 def demo_data_config(fps: int = 20, height: int = 96, task: str = "easy") -> DataConfig:
