@@ -1,6 +1,8 @@
 """tools/bench_recipe.py: the shape / direction shares it reads from a run's eval_views.jsonl."""
 import json
 
+import pytest
+
 from ired_video.data.demo import demo_class_names
 from tests.tool_modules import load_tool
 
@@ -20,3 +22,48 @@ def test_factor_shares_read_the_top_class_of_each_view(tmp_path):
     assert bench.factor_shares(views, tmp_path / "missing.txt") == {}
     classes.write_text("walking\nrunning\n")
     assert bench.factor_shares(views, classes) == {}
+
+
+def _evaluated(folder, correct):
+    """A run folder whose eval_views.jsonl has one view per video, right where ``correct``."""
+    folder.mkdir(parents=True)
+    lines = [json.dumps({"video_index": i, "label": 0, "top_k": [{"label": "a", "index": 0 if ok else 1}]})
+             for i, ok in enumerate(correct)]
+    (folder / "eval_views.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_seeds_on_disk_are_summarised_without_training_again(tmp_path, monkeypatch):
+    bench = load_tool("bench_recipe")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("a.mp4 0\n")
+    (data / "val.csv").write_text("".join(f"v{i}.mp4 0\n" for i in range(4)))
+    base = tmp_path / "runs" / "R"
+    rows = []
+    for seed, correct in ((0, [1, 1, 1, 0]), (1, [1, 0, 1, 0])):
+        _evaluated(tmp_path / "runs" / f"R_seed{seed}", correct)
+        rows.append({"name": f"R_seed{seed}", "overrides": ["train.epochs=1", f"train.seed={seed}"],
+                     "best_top1": sum(correct) / 4, "last_top1": sum(correct) / 4, "wall_s": 1.0, "cpu_s": 10.0 + seed})
+    out = tmp_path / "rows.json"
+    out.write_text(json.dumps(rows))
+    monkeypatch.setattr(bench, "run", lambda *a: (_ for _ in ()).throw(AssertionError("trained again")))
+    argv = ["--name", "R", "--data", str(data), "--output", str(base), "--out", str(out), "--seeds", "2",
+            "train.epochs=1"]
+    assert bench.main(argv) == 0
+    summary = json.loads(out.read_text())[-1]
+    assert summary["name"] == "R" and summary["seeds"] == ["R_seed0", "R_seed1"]
+    assert summary["top1"] == 0.625 and summary["top1_low"] <= 0.625 <= summary["top1_high"]
+    assert summary["cpu_s_mean"] == 10.5 and summary["cpu_s_max"] == 11.0
+    with pytest.raises(AssertionError, match="trained again"):  # other overrides: not the same run
+        bench.main([*argv[:-1], "train.epochs=2"])
+
+
+def test_view_correct_refuses_several_views_per_video(tmp_path):
+    bench = load_tool("bench_recipe")
+    folder = _evaluated(tmp_path / "run", [1, 0])
+    assert bench.view_correct(folder / "eval_views.jsonl").tolist() == [1.0, 0.0]
+    with (folder / "eval_views.jsonl").open("a") as views:
+        views.write(json.dumps({"video_index": 0, "label": 0, "top_k": []}) + "\n")
+    with pytest.raises(SystemExit, match="several views per video"):
+        bench.view_correct(folder / "eval_views.jsonl")

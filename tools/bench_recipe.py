@@ -11,6 +11,10 @@ share of the last evaluation's views whose top class has the right shape / direc
 shared machine the wall time is inflated; the CPU seconds are the budget (20 core-minutes =
 1200 s = 10 minutes on 2 idle cores).
 
+With ``--seeds 3`` it trains once per seed (0, 1, 2) and adds a row with the mean last-epoch
+top-1 and its 95% interval, bootstrapped over seeds and validation videos; seeds already
+in ``--out`` (same overrides, evaluation on disk) are reused, so a killed run resumes.
+
     nice -n 5 python tools/bench_recipe.py --name baseline --data runs/data/hard200 \\
         --config ired_video/recipes/demo_micro.yaml --out docs/bench/recipe_hard.json train.epochs=24
 """
@@ -26,7 +30,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from ired_video.data.demo import label_factor_shares
+from ired_video.stats import accuracy_interval
 
 EPOCH_LINE = re.compile(r"^epoch (\d+): top-1 ([0-9.]+), top-5 ([0-9.]+), ([0-9.]+) GMACs/view over (\d+) videos")
 
@@ -72,6 +79,41 @@ def factor_shares(views: Path, classes: Path) -> dict[str, float]:
     return {f"val_{factor}": round(share, 3) for factor, share in (shares or {}).items()}
 
 
+def view_correct(views: Path) -> np.ndarray:
+    """(videos,) 1.0 where the video's top class is its label, in video order, from a run's
+    eval_views.jsonl; an evaluation of several views per video is refused (top-1 then comes
+    from the views' mean probabilities, which the file does not hold)."""
+    rows = [json.loads(line) for line in views.read_text(encoding="utf-8").splitlines() if line.strip()]
+    indices = [row["video_index"] for row in rows]
+    if len(set(indices)) != len(indices):
+        raise SystemExit(f"{views}: several views per video; per-video scores need one view each")
+    ordered = sorted(rows, key=lambda row: row["video_index"])
+    return np.array([float(bool(row["top_k"]) and row["top_k"][0]["index"] == row["label"]) for row in ordered])
+
+
+def seed_summary(name: str, rows: list[dict[str, Any]], outputs: list[Path]) -> dict[str, Any]:
+    """One row over the seeds' runs: last-epoch top-1 as mean with a 95% bootstrap interval
+    over seeds and validation videos (ired_video.stats), mean CPU seconds and shares."""
+    scores = np.stack([view_correct(output / "eval_views.jsonl") for output in outputs])  # (seeds, videos)
+    summary: dict[str, Any] = {"name": name, "seeds": [row["name"] for row in rows],
+                               **accuracy_interval(scores).fields("top1"),
+                               "last_top1_per_seed": [row["last_top1"] for row in rows],
+                               "cpu_s_mean": round(float(np.mean([row["cpu_s"] for row in rows])), 1),
+                               "cpu_s_max": max(row["cpu_s"] for row in rows)}
+    for key in ("val_shape", "val_direction"):
+        if all(key in row for row in rows):
+            summary[f"{key}_mean"] = round(float(np.mean([row[key] for row in rows])), 3)
+    return summary
+
+
+def finished(rows: list[dict[str, Any]], name: str, overrides: list[str], output: Path) -> Optional[dict[str, Any]]:
+    """The row of an earlier run of ``name`` with these overrides whose evaluation is on disk."""
+    for row in rows:
+        if row["name"] == name and row["overrides"] == overrides and (output / "eval_views.jsonl").is_file():
+            return row
+    return None
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="row name")
@@ -80,23 +122,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--train", help="train list (default: DATA/train.csv)")
     parser.add_argument("--val", help="val list (default: DATA/val.csv)")
     parser.add_argument("--output", help="run folder (default: runs/recipe/NAME)")
-    parser.add_argument("--out", required=True, help="JSON file the row is appended to")
+    parser.add_argument("--seeds", type=int, default=None, metavar="N",
+                        help="train once per seed S = 0..N-1 (train.seed=S, rows NAME_seedS, folders "
+                             "OUTPUT_seedS; a seed already in --out with the same overrides and its evaluation on "
+                             "disk is not rerun) and add a row NAME with the mean top-1 and its 95%% interval")
+    parser.add_argument("--out", required=True,
+                        help="JSON file the rows are appended to (a row of the same name is replaced)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     train = args.train or (args.data and f"{args.data}/train.csv")
     val = args.val or (args.data and f"{args.data}/val.csv")
     if not train or not val:
         parser.error("give --data, or --train and --val")
-    output = args.output or f"runs/recipe/{args.name}"
-    row = run(args.name, args.config, train, val, output, args.overrides)
-    row["val_videos"] = len(Path(val).read_text().splitlines())
-    row.update(factor_shares(Path(output) / "eval_views.jsonl", Path(val).parent / "classes.txt"))
     out = Path(args.out)
-    rows = json.loads(out.read_text()) if out.is_file() else []
-    rows = [r for r in rows if r["name"] != args.name] + [row]
+    stored = json.loads(out.read_text()) if out.is_file() else []
+    base = args.output or f"runs/recipe/{args.name}"
+    runs = ([(args.name, Path(base), args.overrides)] if args.seeds is None else
+            [(f"{args.name}_seed{seed}", Path(f"{base}_seed{seed}"), [*args.overrides, f"train.seed={seed}"])
+             for seed in range(args.seeds)])
+    rows = []
+    for name, output, overrides in runs:
+        row = finished(stored, name, overrides, output) if args.seeds is not None else None
+        if row is None:
+            row = run(name, args.config, train, val, str(output), overrides)
+            row["val_videos"] = len(Path(val).read_text().splitlines())
+            row.update(factor_shares(output / "eval_views.jsonl", Path(val).parent / "classes.txt"))
+        rows.append(row)
+        print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}))
+    if args.seeds is not None:
+        rows.append(seed_summary(args.name, rows, [output for _, output, _ in runs]))
+        print(json.dumps(rows[-1]))
+    names = {row["name"] for row in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=1))
-    print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}))
+    out.write_text(json.dumps([r for r in stored if r["name"] not in names] + rows, indent=1))
     return 0
 
 
