@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One command for the README's hard-task recipe number (docs/recipes.md, "Drawing the actor's
+# silhouette"): makes the hard task (200 videos per class, 20% validation; generator seed 0)
+# and a pretraining corpus from another generator seed (300 per class, seed 7), pretrains the
+# micro TimeSformer (3D-conv stem) without class labels on the corpus's masks (where the actor
+# is, its direction, its pixels; 900 steps), then fine-tunes it with `ired-video train` for
+# three seeds and writes the mean top-1 with its 95% interval (tools/bench_recipe.py --seeds).
+#
+#   tools/bench_hard.sh [OUT]          # default OUT: runs/bench_hard
+#   QUICK=1 tools/bench_hard.sh OUT    # a few minutes: checks the pipeline, numbers meaningless
+#
+# Measured parts on 2 cores: pretraining about 12 min, each fine-tuning seed about 17 min wall.
+# OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-runs/bench_hard}
+mkdir -p "$out"
+task_videos=200 corpus_videos=300 steps=900 seeds=3 epochs=6 eval_every=2
+if [ "${QUICK:-0}" = 1 ]; then
+    task_videos=4 corpus_videos=4 steps=2 seeds=2 epochs=1 eval_every=1
+fi
+
+stage() {  # stage NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists, log its minutes
+    local name=$1 done=$2 began
+    shift 2
+    if [ -s "$done" ]; then echo "== $name: done before ($done)"; return; fi
+    echo "== $name: $*"
+    began=$(date +%s)
+    "$@"
+    echo "$name $(( ($(date +%s) - began + 30) / 60 )) min" >> "$out/minutes.txt"
+}
+
+stage "task data" "$out/hard/val.csv" ired-video make-demo-data "$out/hard" --task hard \
+    --videos-per-class "$task_videos" --val-fraction 0.2
+stage "corpus" "$out/corpus/val.csv" ired-video make-demo-data "$out/corpus" --task hard --seed 7 \
+    --videos-per-class "$corpus_videos" --val-fraction 0.05
+stage "pretraining" "$out/backbone.pth" python tools/probe_recipe.py --pretrain "$out/corpus" \
+    --save "$out/backbone.pth" --mask-target --model timesformer_micro --stem conv3d --steps "$steps" \
+    --every 150 --threads 2 --name pretrain --out "$out/pretrain.json"
+train=(train.epochs="$epochs" eval.every="$eval_every" model.patch_stem=conv3d
+       "data.preprocess.train_short_side=[64,64]" init.checkpoint="$out/backbone.pth")
+stage "fine-tuning" "$out/recipe_hard.json" env OMP_NUM_THREADS=1 python tools/bench_recipe.py --name hard \
+    --data "$out/hard" --config ired_video/recipes/demo_micro.yaml --output "$out/runs/hard" \
+    --out "$out/recipe_hard.json" --seeds "$seeds" "${train[@]}"
+python - "$out/recipe_hard.json" <<'PY'
+import json, sys
+row = json.load(open(sys.argv[1]))[-1]
+print(f"hard, {len(row['seeds'])} seeds: top-1 {100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, "
+      f"{100 * row['top1_high']:.1f}], CPU s {row['cpu_s_mean']} (max {row['cpu_s_max']})")
+PY
+cat "$out/minutes.txt"
