@@ -28,15 +28,8 @@ if [ "${QUICK:-0}" = 1 ]; then
     explain=(--interpreter-epochs 1 --limit 3 --steps 4)
 fi
 
-stage() {  # stage NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists, log its minutes
-    local name=$1 done=$2 began
-    shift 2
-    if [ -s "$done" ]; then echo "== $name: done before ($done)"; return; fi
-    echo "== $name: $*"
-    began=$(date +%s)
-    "$@"
-    echo "$name $(( ($(date +%s) - began + 30) / 60 )) min" >> "$out/minutes.txt"
-}
+# shellcheck source=tools/stages.sh
+source tools/stages.sh  # stage NAME DONE_FILE COMMAND...
 
 stage "data" "$out/data/train.csv" ired-video make-demo-data "$out/data" "${task[@]}" "${per_class[@]}"
 stage "calibration data" "$out/calib/val.csv" ired-video make-demo-data "$out/calib" "${task[@]}" --seed 2 \

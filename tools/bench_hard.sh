@@ -20,15 +20,8 @@ if [ "${QUICK:-0}" = 1 ]; then
     task_videos=4 corpus_videos=4 steps=2 seeds=2 epochs=1 eval_every=1
 fi
 
-stage() {  # stage NAME DONE_FILE COMMAND...: run COMMAND unless DONE_FILE exists, log its minutes
-    local name=$1 done=$2 began
-    shift 2
-    if [ -s "$done" ]; then echo "== $name: done before ($done)"; return; fi
-    echo "== $name: $*"
-    began=$(date +%s)
-    "$@"
-    echo "$name $(( ($(date +%s) - began + 30) / 60 )) min" >> "$out/minutes.txt"
-}
+# shellcheck source=tools/stages.sh
+source tools/stages.sh  # stage NAME DONE_FILE COMMAND...
 
 stage "task data" "$out/hard/val.csv" ired-video make-demo-data "$out/hard" --task hard \
     --videos-per-class "$task_videos" --val-fraction 0.2
