@@ -67,13 +67,17 @@ def run(name: str, config: str, train: str, val: str, output: str, overrides: li
             "cpu_min": round(cpu / 60, 2)}
 
 
+def read_views(views: Path) -> list[dict[str, Any]]:
+    """The rows of a run's eval_views.jsonl, one per evaluated view."""
+    return [json.loads(line) for line in views.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 def factor_shares(views: Path, classes: Path) -> dict[str, float]:
     """``val_shape`` / ``val_direction`` of the views in ``views`` (eval_views.jsonl), when
     ``classes`` holds demo-style class names; empty otherwise."""
     if not classes.is_file() or not views.is_file():
         return {}
-    rows = [json.loads(line) for line in views.read_text(encoding="utf-8").splitlines() if line.strip()]
-    scored = [row for row in rows if row.get("top_k")]
+    scored = [row for row in read_views(views) if row.get("top_k")]
     shares = label_factor_shares([row["top_k"][0]["index"] for row in scored], [row["label"] for row in scored],
                                  classes.read_text(encoding="utf-8").splitlines())
     return {f"val_{factor}": round(share, 3) for factor, share in (shares or {}).items()}
@@ -83,7 +87,7 @@ def view_correct(views: Path) -> np.ndarray:
     """(videos,) 1.0 where the video's top class is its label, in video order, from a run's
     eval_views.jsonl; an evaluation of several views per video is refused (top-1 then comes
     from the views' mean probabilities, which the file does not hold)."""
-    rows = [json.loads(line) for line in views.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_views(views)
     indices = [row["video_index"] for row in rows]
     if len(set(indices)) != len(indices):
         raise SystemExit(f"{views}: several views per video; per-video scores need one view each")

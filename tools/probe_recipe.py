@@ -112,17 +112,12 @@ def sample(clips: Tensor, train: bool, generator: Optional[torch.Generator]) -> 
 
 
 def patch_pixels(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
-    """(B, T, 64, W) uint8 coverage -> (B, 8, K, patch * patch) the actor's pixels in each patch, 0-1."""
+    """(B, T, 64, W) uint8 coverage -> (B, 8, K, patch * patch) the actor's pixels in each patch,
+    0-1, patches row-major as the model's tokens (their mean: the share each patch is covered)."""
     views = torch.stack([crop(mask, t, left) for mask, t, left in zip(masks, starts, lefts)]).float() / 255
     batch, frames, size = views.shape[0], views.shape[1], views.shape[-1] // patch
     tiles = views.view(batch, frames, size, patch, size, patch)  # (B, 8, 64, 64) -> (B, 8, h, p, w, p)
     return tiles.permute(0, 1, 2, 4, 3, 5).reshape(batch, frames, size * size, patch * patch)  # -> (B, 8, K, p*p)
-
-
-def patch_coverage(masks: Tensor, starts: list[int], lefts: list[int], patch: int) -> Tensor:
-    """(B, T, 64, W) uint8 coverage -> (B, 8, K) share of each patch covered by the actor,
-    row-major as the model's tokens."""
-    return patch_pixels(masks, starts, lefts, patch).mean(-1)
 
 
 class Cnn3d(nn.Module):

@@ -86,8 +86,10 @@ def demo_class_names(task: str = "easy") -> list[str]:
 def class_name_parts(names: Sequence[str]) -> Optional[list[tuple[str, str]]]:
     """(shape, direction) of each ``"<shape> moving <direction>"`` class name; None when any
     name has another form."""
-    parts = [tuple(name.split(" moving ")) for name in names]
-    return [(p[0], p[1]) for p in parts] if parts and all(len(p) == 2 for p in parts) else None
+    parts = [name.split(" moving ") for name in names]
+    if not parts or any(len(part) != 2 for part in parts):
+        return None
+    return [(shape, direction) for shape, direction in parts]
 
 
 def label_factor_shares(predicted: Sequence[int], truth: Sequence[int], names: Sequence[str]
