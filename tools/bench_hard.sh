@@ -37,8 +37,9 @@ stage "fine-tuning" "$out/recipe_hard.json" env OMP_NUM_THREADS=1 python tools/b
     --out "$out/recipe_hard.json" --seeds "$seeds" "${train[@]}"
 python - "$out/recipe_hard.json" <<'PY'
 import json, sys
+from ired_video.stats import Interval
 row = json.load(open(sys.argv[1]))[-1]
-print(f"hard, {len(row['seeds'])} seeds: top-1 {100 * row['top1']:.1f} [{100 * row['top1_low']:.1f}, "
-      f"{100 * row['top1_high']:.1f}], CPU s {row['cpu_s_mean']} (max {row['cpu_s_max']})")
+top1 = Interval(row["top1"], row["top1_low"], row["top1_high"]).points()
+print(f"hard, {len(row['seeds'])} seeds: top-1 {top1}, CPU s {row['cpu_s_mean']} (max {row['cpu_s_max']})")
 PY
 cat "$out/minutes.txt"

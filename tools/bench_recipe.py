@@ -144,12 +144,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     runs = ([(args.name, Path(base), args.overrides)] if args.seeds is None else
             [(f"{args.name}_seed{seed}", Path(f"{base}_seed{seed}"), [*args.overrides, f"train.seed={seed}"])
              for seed in range(args.seeds)])
+    val_videos = len(Path(val).read_text().splitlines())
     rows = []
     for name, output, overrides in runs:
         row = finished(stored, name, overrides, output) if args.seeds is not None else None
         if row is None:
             row = run(name, args.config, train, val, str(output), overrides)
-            row["val_videos"] = len(Path(val).read_text().splitlines())
+            row["val_videos"] = val_videos
             row.update(factor_shares(output / "eval_views.jsonl", Path(val).parent / "classes.txt"))
         rows.append(row)
         print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}))
