@@ -1,5 +1,7 @@
-"""tools/bench_recipe.py: the shape / direction shares it reads from a run's eval_views.jsonl."""
+"""tools/bench_recipe.py: shape / direction shares from a run's eval_views.jsonl, seed rows and summaries."""
 import json
+import threading
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +59,60 @@ def test_seeds_on_disk_are_summarised_without_training_again(tmp_path, monkeypat
     assert summary["cpu_s_mean"] == 10.5 and summary["cpu_s_max"] == 11.0
     with pytest.raises(AssertionError, match="trained again"):  # other overrides: not the same run
         bench.main([*argv[:-1], "train.epochs=2"])
+
+
+def test_jobs_train_seeds_at_once_and_keep_their_order(tmp_path, monkeypatch):
+    bench = load_tool("bench_recipe")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("a.mp4 0\n")
+    (data / "val.csv").write_text("v0.mp4 0\nv1.mp4 0\n")
+    both_running = threading.Barrier(2, timeout=20)  # broken (an error) unless two runs overlap
+
+    def fake_run(name, config, train, val, output, overrides):
+        seed = int(overrides[-1].split("=")[1])
+        both_running.wait()
+        _evaluated(Path(output), [1, seed == 0])
+        return {"name": name, "overrides": overrides, "best_top1": 1.0, "last_top1": 1.0 - seed / 2,
+                "wall_s": 1.0, "cpu_s": 5.0 + seed}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    out = tmp_path / "rows.json"
+    assert bench.main(["--name", "R", "--data", str(data), "--output", str(tmp_path / "runs" / "R"), "--out",
+                       str(out), "--seeds", "2", "--jobs", "2", "train.epochs=1"]) == 0
+    rows = json.loads(out.read_text())
+    assert [row["name"] for row in rows] == ["R_seed0", "R_seed1", "R"]
+    assert rows[-1]["last_top1_per_seed"] == [1.0, 0.5] and rows[-1]["top1"] == 0.75
+    assert rows[-1]["cpu_s_mean"] == 5.5
+
+
+def test_a_killed_benchmark_keeps_its_finished_seeds(tmp_path, monkeypatch):
+    bench = load_tool("bench_recipe")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.csv").write_text("a.mp4 0\n")
+    (data / "val.csv").write_text("v0.mp4 0\n")
+    trained = []
+
+    def fake_run(name, config, train, val, output, overrides):
+        if name == "R_seed1" and "R_seed1" not in trained:
+            trained.append(name)
+            raise SystemExit("R_seed1: training failed")
+        trained.append(name)
+        _evaluated(Path(output), [1])
+        return {"name": name, "overrides": overrides, "best_top1": 1.0, "last_top1": 1.0, "wall_s": 1.0,
+                "cpu_s": 1.0}
+
+    monkeypatch.setattr(bench, "run", fake_run)
+    out = tmp_path / "rows.json"
+    argv = ["--name", "R", "--data", str(data), "--output", str(tmp_path / "runs" / "R"), "--out", str(out),
+            "--seeds", "2"]
+    with pytest.raises(SystemExit, match="R_seed1"):
+        bench.main(argv)
+    assert [row["name"] for row in json.loads(out.read_text())] == ["R_seed0"]
+    assert bench.main(argv) == 0
+    assert trained == ["R_seed0", "R_seed1", "R_seed1"]  # seed 0 was not trained again
+    assert [row["name"] for row in json.loads(out.read_text())] == ["R_seed0", "R_seed1", "R"]
 
 
 def test_view_correct_refuses_several_views_per_video(tmp_path):

@@ -5,7 +5,8 @@ Runs ``ired-video train --config CONFIG`` in a child process on the train/val li
 overrides, and appends one row to ``--out`` (JSON list): the settings, validation top-1 at
 every evaluated epoch (with the wall seconds since the start), the best and last top-1, wall
 seconds and the CPU seconds (user + sys) of the training process and its data-loader
-workers (``getrusage(RUSAGE_CHILDREN)``); when the val list's folder has a ``classes.txt`` of
+workers (the rusage ``os.wait4`` returns for that child, so runs sharing the machine each
+count only their own); when the val list's folder has a ``classes.txt`` of
 generated ``"<shape> moving <direction>"`` names, also ``val_shape`` / ``val_direction``: the
 share of the last evaluation's views whose top class has the right shape / direction. On a
 shared machine the wall time is inflated; the CPU seconds are the budget (20 core-minutes =
@@ -14,6 +15,7 @@ shared machine the wall time is inflated; the CPU seconds are the budget (20 cor
 With ``--seeds 3`` it trains once per seed (0, 1, 2) and adds a row with the mean last-epoch
 top-1 and its 95% interval, bootstrapped over seeds and validation videos; seeds already
 in ``--out`` (same overrides, evaluation on disk) are reused, so a killed run resumes.
+``--jobs 2`` trains two seeds at once (one per core with ``OMP_NUM_THREADS=1``).
 
     nice -n 5 python tools/bench_recipe.py --name baseline --data runs/data/hard200 \\
         --config ired_video/recipes/demo_micro.yaml --out docs/bench/recipe_hard.json train.epochs=24
@@ -22,17 +24,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
-import resource
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from ired_video.data.demo import label_factor_shares
+from ired_video.paths import write_atomically
 from ired_video.stats import accuracy_interval
 
 EPOCH_LINE = re.compile(r"^epoch (\d+): top-1 ([0-9.]+), top-5 ([0-9.]+), ([0-9.]+) GMACs/view over (\d+) videos")
@@ -42,7 +47,6 @@ def run(name: str, config: str, train: str, val: str, output: str, overrides: li
     """Train once in a child process; the row described in the module doc."""
     command = [sys.executable, "-m", "ired_video.cli", "train", "--config", config, "--overwrite",
                f"data.train={train}", f"data.val={val}", f"output={output}", *overrides]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     epochs: list[dict[str, Any]] = []
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as child:
@@ -54,11 +58,12 @@ def run(name: str, config: str, train: str, val: str, output: str, overrides: li
                     epochs.append({"epoch": int(match[1]), "top1": float(match[2]), "top5": float(match[3]),
                                    "wall_s": round(time.perf_counter() - start, 1)})
                     print(f"[{name}] {part.strip()} ({epochs[-1]['wall_s']:.0f} s)", flush=True)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's CPU, its reaped loader workers included
+        child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if child.returncode:
         raise SystemExit(f"{name}: training failed (exit {child.returncode}); command: {' '.join(command)}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    cpu = usage.ru_utime + usage.ru_stime
     gmacs = json.loads((Path(output) / "eval_report.json").read_text()).get("gmacs_per_view")
     return {"name": name, "config": config, "train": train, "val": val, "overrides": overrides,
             "epochs": epochs, "best_top1": max((e["top1"] for e in epochs), default=None),
@@ -118,6 +123,14 @@ def finished(rows: list[dict[str, Any]], name: str, overrides: list[str], output
     return None
 
 
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """Put ``rows`` at the end of the JSON list in ``out``, replacing rows of the same names."""
+    stored = json.loads(out.read_text()) if out.is_file() else []
+    names = {row["name"] for row in rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(out, json.dumps([row for row in stored if row["name"] not in names] + rows, indent=1))
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--name", required=True, help="row name")
@@ -130,6 +143,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="train once per seed S = 0..N-1 (train.seed=S, rows NAME_seedS, folders "
                              "OUTPUT_seedS; a seed already in --out with the same overrides and its evaluation on "
                              "disk is not rerun) and add a row NAME with the mean top-1 and its 95%% interval")
+    parser.add_argument("--jobs", type=int, default=1, metavar="J",
+                        help="with --seeds, train up to J seeds at once (each counts only its own CPU seconds)")
     parser.add_argument("--out", required=True,
                         help="JSON file the rows are appended to (a row of the same name is replaced)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -145,21 +160,25 @@ def main(argv: Optional[list[str]] = None) -> int:
             [(f"{args.name}_seed{seed}", Path(f"{base}_seed{seed}"), [*args.overrides, f"train.seed={seed}"])
              for seed in range(args.seeds)])
     val_videos = len(Path(val).read_text().splitlines())
-    rows = []
-    for name, output, overrides in runs:
+    saving = threading.Lock()
+
+    def trained(name: str, output: Path, overrides: list[str]) -> dict[str, Any]:
         row = finished(stored, name, overrides, output) if args.seeds is not None else None
         if row is None:
             row = run(name, args.config, train, val, str(output), overrides)
             row["val_videos"] = val_videos
             row.update(factor_shares(output / "eval_views.jsonl", Path(val).parent / "classes.txt"))
-        rows.append(row)
-        print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}))
+            with saving:  # each finished seed is kept at once: a killed benchmark resumes after it
+                write_rows(out, [row])
+        print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}), flush=True)
+        return row
+
+    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda spec: trained(*spec), runs))
     if args.seeds is not None:
         rows.append(seed_summary(args.name, rows, [output for _, output, _ in runs]))
         print(json.dumps(rows[-1]))
-    names = {row["name"] for row in rows}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps([r for r in stored if r["name"] not in names] + rows, indent=1))
+    write_rows(out, rows)
     return 0
 
 
