@@ -35,12 +35,18 @@ def _evaluated(folder, correct):
     return folder
 
 
-def test_seeds_on_disk_are_summarised_without_training_again(tmp_path, monkeypatch):
-    bench = load_tool("bench_recipe")
+def _dataset(tmp_path, val_videos):
+    """A folder with a one-video train.csv and a val.csv of ``val_videos`` lines (never decoded here)."""
     data = tmp_path / "data"
     data.mkdir()
     (data / "train.csv").write_text("a.mp4 0\n")
-    (data / "val.csv").write_text("".join(f"v{i}.mp4 0\n" for i in range(4)))
+    (data / "val.csv").write_text("".join(f"v{i}.mp4 0\n" for i in range(val_videos)))
+    return data
+
+
+def test_seeds_on_disk_are_summarised_without_training_again(tmp_path, monkeypatch):
+    bench = load_tool("bench_recipe")
+    data = _dataset(tmp_path, 4)
     base = tmp_path / "runs" / "R"
     rows = []
     for seed, correct in ((0, [1, 1, 1, 0]), (1, [1, 0, 1, 0])):
@@ -63,10 +69,7 @@ def test_seeds_on_disk_are_summarised_without_training_again(tmp_path, monkeypat
 
 def test_jobs_train_seeds_at_once_and_keep_their_order(tmp_path, monkeypatch):
     bench = load_tool("bench_recipe")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.csv").write_text("a.mp4 0\n")
-    (data / "val.csv").write_text("v0.mp4 0\nv1.mp4 0\n")
+    data = _dataset(tmp_path, 2)
     both_running = threading.Barrier(2, timeout=20)  # broken (an error) unless two runs overlap
 
     def fake_run(name, config, train, val, output, overrides):
@@ -88,10 +91,7 @@ def test_jobs_train_seeds_at_once_and_keep_their_order(tmp_path, monkeypatch):
 
 def test_a_killed_benchmark_keeps_its_finished_seeds(tmp_path, monkeypatch):
     bench = load_tool("bench_recipe")
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "train.csv").write_text("a.mp4 0\n")
-    (data / "val.csv").write_text("v0.mp4 0\n")
+    data = _dataset(tmp_path, 1)
     trained = []
 
     def fake_run(name, config, train, val, output, overrides):
