@@ -87,6 +87,8 @@ def test_jobs_train_seeds_at_once_and_keep_their_order(tmp_path, monkeypatch):
     assert [row["name"] for row in rows] == ["R_seed0", "R_seed1", "R"]
     assert rows[-1]["last_top1_per_seed"] == [1.0, 0.5] and rows[-1]["top1"] == 0.75
     assert rows[-1]["cpu_s_mean"] == 5.5
+    with pytest.raises(SystemExit):  # argparse's error: no silent fallback to one job
+        bench.main(["--name", "R", "--data", str(data), "--out", str(out), "--seeds", "2", "--jobs", "0"])
 
 
 def test_a_killed_benchmark_keeps_its_finished_seeds(tmp_path, monkeypatch):

@@ -123,9 +123,14 @@ def finished(rows: list[dict[str, Any]], name: str, overrides: list[str], output
     return None
 
 
+def stored_rows(out: Path) -> list[dict[str, Any]]:
+    """The rows of the JSON list in ``out``; none when it does not exist yet."""
+    return json.loads(out.read_text()) if out.is_file() else []
+
+
 def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
     """Put ``rows`` at the end of the JSON list in ``out``, replacing rows of the same names."""
-    stored = json.loads(out.read_text()) if out.is_file() else []
+    stored = stored_rows(out)
     names = {row["name"] for row in rows}
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(out, json.dumps([row for row in stored if row["name"] not in names] + rows, indent=1))
@@ -153,8 +158,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     val = args.val or (args.data and f"{args.data}/val.csv")
     if not train or not val:
         parser.error("give --data, or --train and --val")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, not {args.jobs}")
     out = Path(args.out)
-    stored = json.loads(out.read_text()) if out.is_file() else []
+    stored = stored_rows(out)
     base = args.output or f"runs/recipe/{args.name}"
     runs = ([(args.name, Path(base), args.overrides)] if args.seeds is None else
             [(f"{args.name}_seed{seed}", Path(f"{base}_seed{seed}"), [*args.overrides, f"train.seed={seed}"])
@@ -173,7 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps({k: row[k] for k in ("name", "best_top1", "last_top1", "wall_s", "cpu_s")}), flush=True)
         return row
 
-    with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         rows = list(pool.map(lambda spec: trained(*spec), runs))
     if args.seeds is not None:
         rows.append(seed_summary(args.name, rows, [output for _, output, _ in runs]))
