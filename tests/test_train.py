@@ -265,6 +265,7 @@ MISTAKES = [
     ("data.preprocess.sampling=random", r"data.preprocess.sampling='random': expected 'dense' or 'uniform'"),
     ("reducer.name=tomee", r"reducer.name='tomee': expected one of"),
     ("model.num_heads=0", r"model.num_heads=0: expected at least 1"),
+    ("train.freeze=[blocks.]", r"train.freeze=\['blocks.'\]: expected a list of parameter-name prefixes"),
 ]
 
 

@@ -114,8 +114,11 @@ class TrainSection:
     keep_last: int = 2  # resumable checkpoints kept
     cpu: bool = False  # force the CPU even where a GPU is
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit; for tests)
+    freeze: list[str] = field(default_factory=list)  # parameter prefixes kept fixed, e.g. [patch_embed]
 
     def __post_init__(self) -> None:
+        require(all(isinstance(p, str) and p and not p.endswith(".") for p in self.freeze), "freeze",
+                self.freeze, "a list of parameter-name prefixes such as [patch_embed, blocks.0]")
         if self.precision is False:
             self.precision = "no"
         choose(self.precision, "precision", ("no", "bf16", "fp16"))
@@ -272,6 +275,9 @@ def validate(cfg: TrainConfig) -> Resolved:
                           "only iared2 has any")
     if cfg.objective.curriculum == "groupwise":
         _validate_curriculum(cfg, resolved)
+    if cfg.train.freeze and (cfg.objective.freeze_backbone or cfg.objective.curriculum != "none"):
+        raise ConfigError("train.freeze: objective.freeze_backbone and objective.curriculum already decide "
+                          "what trains; use one or the other")
     return resolved
 
 

@@ -57,6 +57,7 @@ from ired_video.engine.curriculum import (
     set_phase,
 )
 from ired_video.engine.evaluate import evaluate, near_chance
+from ired_video.engine.freezing import freeze, hold_frozen_modules
 from ired_video.engine.logger import StepLogger
 from ired_video.engine.losses import mix, objective, soft_targets
 from ired_video.engine.schedule import lr_multiplier
@@ -256,6 +257,7 @@ def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
         apply_reducer(model, cfg.reducer)
     if cfg.objective.freeze_backbone:
         _freeze_backbone(model)
+    freeze(model, cfg.train.freeze)
     optimizer = build_optimizer(cfg, model)
     steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.grad_accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -291,6 +293,7 @@ def _train_epoch(run: _Run, epoch: int) -> bool:
     if skipped:
         loader = accelerator.skip_first_batches(loader, skipped)
     run.model.train()
+    hold_frozen_modules(accelerator.unwrap_model(run.model), cfg.train.freeze)
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skipped, total=run.batches_per_epoch,
                disable=not accelerator.is_main_process)
     tick = time.perf_counter()
