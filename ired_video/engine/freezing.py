@@ -5,8 +5,8 @@ A prefix names a module or parameter by its dotted path in the model (``patch_em
 that only shares its first characters (``blocks.1`` is not ``blocks.10``). Frozen
 parameters get ``requires_grad=False`` and stay out of the optimizer, so autograd does no
 work for them, nor for anything before them that has nothing trainable; frozen modules run
-in evaluation mode while training (BatchNorm statistics and dropout fixed too). Rationale
-and measured savings: docs/recipes.md, "Freezing the stem".
+in evaluation mode while training (BatchNorm statistics and dropout fixed too). Measured
+use: docs/recipes.md, "Freezing the stem, two more epochs (P4)".
 """
 from __future__ import annotations
 
