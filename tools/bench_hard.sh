@@ -14,7 +14,7 @@
 #   JOBS=3 tools/bench_hard.sh OUT     # the seeds at once: less wall time, CPU seconds inflated
 #
 # Measured here in parts on 2 cores (the two data stages at once): data 3.5 and 5 min, pretraining
-# 40 min, fine-tuning about 14 min per seed. STEPS=900 halves the pretraining for the same top-1
+# 40 min, fine-tuning about 18 min per seed. STEPS=900 halves the pretraining for the same top-1
 # within noise in rows P2/P3 (docs/recipes.md).
 # OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
 set -euo pipefail
