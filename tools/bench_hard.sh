@@ -3,10 +3,10 @@
 # silhouette"): makes the hard task (200 videos per class, 20% validation; generator seed 0)
 # and a pretraining corpus from another generator seed (300 per class, seed 7), pretrains the
 # micro TimeSformer (3D-conv stem) without class labels on the corpus's masks (where the actor
-# is, its direction, its pixels; 1800 steps), then fine-tunes it with `ired-video train` (the
-# 3D-conv stem frozen, 8 epochs) for three seeds, one after the other so that each run's CPU
-# seconds are its own on an otherwise idle machine, and writes the mean top-1 with its 95%
-# interval (tools/bench_recipe.py --seeds).
+# is, its direction, its pixels; 1800 steps), then fine-tunes it with `ired-video train` (row P5:
+# the 3D-conv stem frozen, 7 epochs, one evaluation at the end) for three seeds, one after the
+# other so that each run's CPU seconds are its own on an otherwise idle machine, and writes the
+# mean top-1 with its 95% interval (tools/bench_recipe.py --seeds).
 #
 #   tools/bench_hard.sh [OUT]          # default OUT: runs/bench_hard
 #   QUICK=1 tools/bench_hard.sh OUT    # a few minutes: checks the pipeline, numbers meaningless
@@ -14,14 +14,14 @@
 #   JOBS=3 tools/bench_hard.sh OUT     # the seeds at once: less wall time, CPU seconds inflated
 #
 # Measured here in parts on 2 cores (the two data stages at once): data 3.5 and 5 min, pretraining
-# 40 min, fine-tuning about 18 min per seed. STEPS=900 halves the pretraining for the same top-1
+# 40 min, fine-tuning about 15-16 min per seed. STEPS=900 halves the pretraining for the same top-1
 # within noise in rows P2/P3 (docs/recipes.md).
 # OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/bench_hard}
 mkdir -p "$out"
-task_videos=200 corpus_videos=300 steps=${STEPS:-1800} every=300 seeds=3 epochs=8 eval_every=4 jobs=${JOBS:-1}
+task_videos=200 corpus_videos=300 steps=${STEPS:-1800} every=300 seeds=3 epochs=7 eval_every=0 jobs=${JOBS:-1}
 if [ "${QUICK:-0}" = 1 ]; then
     task_videos=4 corpus_videos=4 steps=2 seeds=2 epochs=1 eval_every=1 every=1
 fi
