@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -102,6 +103,31 @@ def test_bench_demo_rows_carry_seed_and_video_intervals(tmp_path):
     assert row["seeds"] == 3 and row["videos"] == 200 and len(row["top1_per_seed"]) == 3
 
 
+def test_bench_demo_reuses_only_a_report_of_the_same_checkpoint_split_and_reducer(tmp_path):
+    """A rerun after a kill skips finished evaluations, never a stale one."""
+    bench_demo = _bench_demo()
+    checkpoint, out = tmp_path / "last.pth", tmp_path / "test.json"
+    checkpoint.write_bytes(b"weights")
+    (tmp_path / "test_views.jsonl").write_text("")
+    report = {"top1": 0.5, "checkpoint": str(checkpoint), "data": "test.csv", "reducer": None}
+    out.write_text(json.dumps(report))
+    assert bench_demo.earlier_report(checkpoint, "test.csv", out, None) == report
+    assert bench_demo.earlier_report(checkpoint, "other.csv", out, None) is None
+    assert bench_demo.earlier_report(checkpoint, "test.csv", out, "topk") is None
+    other = tmp_path / "best.pth"
+    other.write_bytes(b"other weights")
+    os.utime(other, ns=(0, 0))
+    assert bench_demo.earlier_report(other, "test.csv", out, None) is None
+    newer = out.stat().st_mtime_ns + 10**9
+    os.utime(checkpoint, ns=(newer, newer))  # retrained after the report was written
+    assert bench_demo.earlier_report(checkpoint, "test.csv", out, None) is None
+    os.utime(out, ns=(newer, newer))
+    assert bench_demo.earlier_report(checkpoint, "test.csv", out, None) == report
+    out.write_text(json.dumps(report)[:20])  # cut short while being written
+    os.utime(out, ns=(newer, newer))
+    assert bench_demo.earlier_report(checkpoint, "test.csv", out, None) is None
+
+
 def test_bench_demo_epochs_zero_gives_training_free_rows_only(tmp_path, monkeypatch):
     bench_demo = _bench_demo()
     scores = np.array([1.0, 0.0, 1.0, 1.0])
@@ -111,7 +137,7 @@ def test_bench_demo_epochs_zero_gives_training_free_rows_only(tmp_path, monkeypa
 
     def no_training(*args, **kwargs):
         raise AssertionError("--epochs 0 must not fine-tune")
-    monkeypatch.setattr(bench_demo, "train", no_training)
+    monkeypatch.setattr(bench_demo, "train_or_resume", no_training)
     args = argparse.Namespace(epochs=0, batch_size=16, lr=5e-4, distill=0.0, seeds=[0, 1], data=tmp_path,
                               out=tmp_path)
     rows = bench_demo.reducer_rows(args, "topk", 0.5, [tmp_path / "a.pth", tmp_path / "b.pth"], 4, "test.csv",
@@ -130,7 +156,7 @@ def test_bench_demo_control_row_trains_the_plain_model_alike_and_pairs_fine_tune
     plain = np.array([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
     control = np.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 0.0]])
     trained = []
-    monkeypatch.setattr(bench_demo, "train", lambda cfg, overwrite: trained.append(cfg))
+    monkeypatch.setattr(bench_demo, "train_or_resume", lambda cfg: trained.append(cfg))
     monkeypatch.setattr(bench_demo, "evaluate_scores",
                         lambda checkpoint, test, out, reducer=None: ({"top1": 0.75, "gmacs_per_view": 0.36},
                                                                      control[len(trained) - 1]))

@@ -113,6 +113,48 @@ def test_killed_run_resumes_exactly(demo_data, tmp_path):
         torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0, msg=key)
 
 
+def test_train_or_resume_continues_a_killed_run_skips_a_finished_one_and_restarts_on_new_settings(
+        demo_data, tmp_path, monkeypatch):
+    """The benchmarks' runner: a kill costs at most the epoch it hit; a rerun of finished work
+    trains nothing; other settings in the same folder start over."""
+    from ired_video.engine.recipes import train_or_resume
+    train(config(demo_data, tmp_path / "straight"))
+    run = tmp_path / "run"
+    epoch_of_one_run = train_module._train_epoch
+
+    def killed_in_epoch_two(state, epoch):
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return epoch_of_one_run(state, epoch)
+    monkeypatch.setattr(train_module, "_train_epoch", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_or_resume(config(demo_data, run))
+    trained_epochs = []
+
+    def recorded(state, epoch):
+        trained_epochs.append(epoch)
+        return epoch_of_one_run(state, epoch)
+    monkeypatch.setattr(train_module, "_train_epoch", recorded)
+    train_or_resume(config(demo_data, run))
+    assert trained_epochs == [1]  # continued from epoch 1's checkpoint
+    straight = torch.load(tmp_path / "straight" / "last.pth", weights_only=True)["model_state"]
+    resumed = torch.load(run / "last.pth", weights_only=True)["model_state"]
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], atol=1e-6, rtol=0, msg=key)
+    steps = [json.loads(row)["step"] for row in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # epoch 1 trained once, epoch 2 after the kill
+
+    finished = (run / "last.pth").stat().st_mtime_ns
+    train_or_resume(config(demo_data, run))
+    assert trained_epochs == [1] and (run / "last.pth").stat().st_mtime_ns == finished
+    assert len((run / "train_log.jsonl").read_text().splitlines()) == 8
+
+    train_or_resume(config(demo_data, run, "optim.lr=0.002"))
+    assert trained_epochs == [1, 0, 1]
+    steps = [json.loads(row)["step"] for row in (run / "train_log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9)) and (run / "last.pth").stat().st_mtime_ns > finished
+
+
 def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):
     """A fresh run into an earlier run's folder would have --resume auto pick the earlier,
     higher-numbered checkpoints and prune its own: refused unless asked to start over."""

@@ -13,7 +13,10 @@
 #   QUICK=1 tools/bench_accuracy.sh OUT           # a few minutes: checks the pipeline, numbers meaningless
 #
 # Each stage writes its table under OUT (demo/table.md, cascade/table.md, explain/bench_explain.md)
-# and OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
+# and OUT/minutes.txt gets each stage's wall time. Stopped and rerun, it skips finished stages
+# and, inside a stage, finished training runs (and bench_demo's evaluations); a killed run
+# continues from its last epoch (ired_video.engine.recipes.train_or_resume); minutes.txt times
+# a stage's last attempt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-runs/bench_accuracy}

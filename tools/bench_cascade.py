@@ -59,8 +59,7 @@ from ired_video.cascade.model import Cascade
 from ired_video.config import ConfigError
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
-from ired_video.engine.recipes import demo_config, plain_per_seed
-from ired_video.engine.train import train
+from ired_video.engine.recipes import demo_config, plain_per_seed, train_or_resume
 from ired_video.models.weights import save_checkpoint
 from ired_video.stats import accuracy_interval, difference_interval, signed_points
 
@@ -204,7 +203,7 @@ def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list
         ("plain (static)", None): {"correct": plain_correct, "gmacs": full}}
     if args.control:
         run = out / "plain_continued"
-        train(demo_config(data, run, *recipe), overwrite=True)
+        train_or_resume(demo_config(data, run, *recipe))
         correct, gmacs = right_answers(create_model(checkpoint=run / "best.pth").eval(), test_batches)
         rows[(f"plain, {args.epochs} more epochs (control)", None)] = {"correct": correct, "gmacs": gmacs,
                                                                       "control": True}
@@ -213,7 +212,7 @@ def run_seed(args: argparse.Namespace, seed: int, init: Path, test_batches: list
         started = time.perf_counter()
         run = out / label.replace(" ", "_")
         switches = [f"cascade.{key}={str(value).lower()}" for key, value in VARIANTS[label].items()]
-        train(demo_config(data, run, *recipe, f"cascade.config={args.cascade}", *switches), overwrite=True)
+        train_or_resume(demo_config(data, run, *recipe, f"cascade.config={args.cascade}", *switches))
         model = create_model(checkpoint=run / "best.pth")
         assert isinstance(model, Cascade)
         calibration = calibrate(model, held_batches, args.budgets[-1] * full)

@@ -39,8 +39,7 @@ from ired_video.build import create_model
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.interaction_fit import reducer_start
-from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings
-from ired_video.engine.train import train
+from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings, train_or_resume
 from ired_video.reducers import default_stages, reducer_config
 from ired_video.stats import accuracy_interval, difference_interval, signed_points
 
@@ -144,9 +143,29 @@ def per_video_correct(views_file: Path) -> np.ndarray:
 
 
 def evaluate_scores(checkpoint: Path, test: str, out: Path, reducer: Any = None) -> tuple[dict[str, Any], np.ndarray]:
-    """The evaluation report and per-video scores of ``checkpoint`` on ``test`` (files under ``out``)."""
-    report = evaluate_checkpoint(checkpoint, test, reducer=reducer, output=out)
-    return report, per_video_correct(out.with_name(out.stem + "_views.jsonl"))
+    """The evaluation report and per-video scores of ``checkpoint`` on ``test`` (files under
+    ``out``); a report already there for this checkpoint, test split and reducer, written
+    after the checkpoint, is reused (a rerun of a killed benchmark skips what it evaluated)."""
+    views = out.with_name(out.stem + "_views.jsonl")
+    report = earlier_report(checkpoint, test, out, reducer)
+    if report is None:
+        report = evaluate_checkpoint(checkpoint, test, reducer=reducer, output=out)
+    return report, per_video_correct(views)
+
+
+def earlier_report(checkpoint: Path, test: str, out: Path, reducer: Any) -> Optional[dict[str, Any]]:
+    """The report in ``out`` if it evaluated this very checkpoint file (not older than the
+    report) on ``test`` with ``reducer``, and its per-view file is there; else None."""
+    views = out.with_name(out.stem + "_views.jsonl")
+    if not (out.is_file() and views.is_file()) or out.stat().st_mtime < checkpoint.stat().st_mtime:
+        return None
+    try:
+        report = json.loads(out.read_text())
+    except json.JSONDecodeError:  # cut short while being written
+        return None
+    same = (report.get("checkpoint"), report.get("data"), report.get("reducer")) == (
+        str(checkpoint), str(test), None if reducer is None else str(reducer))
+    return report if same else None
 
 
 def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: np.ndarray,
@@ -302,8 +321,8 @@ def control_row(args: argparse.Namespace, plains: list[Path], test: str, plain_s
     runs = []
     for seed, plain in zip(args.seeds, plains):
         run = args.out / f"plain_continued_seed{seed}"
-        train(demo_config(args.data, run, *finetune_recipe(args), f"init.checkpoint={plain}", f"train.seed={seed}"),
-              overwrite=True)
+        train_or_resume(demo_config(args.data, run, *finetune_recipe(args), f"init.checkpoint={plain}",
+                                    f"train.seed={seed}"))
         runs.append(evaluate_scores(run / "last.pth", test, run / "test.json"))
     return summarise(f"plain, {args.epochs} more epochs", True, [r for r, _ in runs],
                      np.stack([s for _, s in runs]), plain_scores)
@@ -327,8 +346,8 @@ def reducer_rows(args: argparse.Namespace, key: str, keep: float, plains: list[P
         free_runs.append(evaluate_scores(start, test, run / "training_free.json", free_reducer))
         if args.epochs == 0:
             continue
-        train(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth), *recipe,
-                          f"init.checkpoint={start}", f"train.seed={seed}"), overwrite=True)
+        train_or_resume(demo_config(args.data, run, *reducer_settings(cfg), *objective_settings(cfg, depth),
+                                    *recipe, f"init.checkpoint={start}", f"train.seed={seed}"))
         tuned_runs.append(evaluate_scores(run / "last.pth", test, run / "test.json"))
     settings = to_dict(cfg)
     rows = [summarise(f"{label} (no training)", False, [r for r, _ in free_runs],

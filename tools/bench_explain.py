@@ -34,8 +34,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ired_video.commands.common import reducer_from_args
-from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings
-from ired_video.engine.train import train
+from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings, train_or_resume
 from ired_video.explain.methods import METHODS
 from ired_video.explain.table import DEFAULT_REDUCERS, METRICS, Table, build_table, demo_items
 from ired_video.inference import load_model
@@ -48,12 +47,11 @@ def train_interpreter(checkpoint: Path, data_dir: Path, out: Path, epochs: int) 
     iared2 = reducer_config("iared2", keep=0.7, mode="tube")
     clips = len((data_dir / "train.csv").read_text().splitlines())
     batch = min(16, max(clips // 2, 1))  # small datasets still get steps (as ired-video demo)
-    train(demo_config(data_dir, out, *reducer_settings(iared2), f"init.checkpoint={checkpoint}",
-                      f"train.batch_size={batch}",
-                      "init.drop_head=false", f"train.epochs={epochs}", "optim.lr=0.001", "optim.weight_decay=0.0",
-                      "schedule.warmup_epochs=0", "eval.every=0", "objective.ce=0.0", "objective.policy=1.0",
-                      "objective.keep_ratio=1.0", "objective.keep_target=0.343", "objective.freeze_backbone=true"),
-          overwrite=True)
+    train_or_resume(demo_config(data_dir, out, *reducer_settings(iared2), f"init.checkpoint={checkpoint}",
+                                f"train.batch_size={batch}", "init.drop_head=false", f"train.epochs={epochs}",
+                                "optim.lr=0.001", "optim.weight_decay=0.0", "schedule.warmup_epochs=0",
+                                "eval.every=0", "objective.ce=0.0", "objective.policy=1.0", "objective.keep_ratio=1.0",
+                                "objective.keep_target=0.343", "objective.freeze_backbone=true"))
     return out / "best.pth"
 
 

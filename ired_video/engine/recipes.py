@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
 from ired_video.config import ReducerConfig, to_dict
-from ired_video.engine.config import TrainConfig, load_train_config
+from ired_video.engine.checkpoints import latest
+from ired_video.engine.config import TrainConfig, dump, load_train_config
 from ired_video.engine.train import train
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "demo_micro.yaml"
@@ -24,14 +27,25 @@ def reducer_settings(cfg: ReducerConfig) -> list[str]:
     return [f"reducer.{k}={json.dumps(v)}" for k, v in to_dict(cfg).items() if v is not None]
 
 
+def train_or_resume(cfg: TrainConfig) -> None:
+    """Train ``cfg`` into its output folder, losing at most one epoch to a kill: a run of the
+    same settings found there continues from its newest checkpoint (a finished one is only
+    reloaded); a folder holding other settings, or no checkpoint, starts over."""
+    run = Path(cfg.output)
+    saved = run / "config.yaml"
+    same_settings = saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(dump(cfg)))
+    if same_settings and latest(run) is not None:
+        train(cfg, resume="auto")
+    else:
+        train(cfg, overwrite=True)
+
+
 def plain_per_seed(data_dir: Path, out: Path, seeds: list[int], epochs: int) -> list[Path]:
-    """One plain demo-recipe model per seed (``out/plain_seed<S>/last.pth``), trained unless
-    its checkpoint is already there; the benchmarks' starting points."""
+    """One plain demo-recipe model per seed (``out/plain_seed<S>/last.pth``): the benchmarks'
+    starting points, trained, continued after a kill, or reused when finished."""
     paths = []
     for seed in seeds:
         run = out / f"plain_seed{seed}"
-        if not (run / "last.pth").is_file():
-            train(demo_config(data_dir, run, f"train.seed={seed}", f"train.epochs={epochs}", "eval.every=0"),
-                  overwrite=True)
+        train_or_resume(demo_config(data_dir, run, f"train.seed={seed}", f"train.epochs={epochs}", "eval.every=0"))
         paths.append(run / "last.pth")
     return paths
