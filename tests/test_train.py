@@ -114,7 +114,7 @@ def test_killed_run_resumes_exactly(demo_data, tmp_path):
 
 
 def test_train_or_resume_continues_a_killed_run_skips_a_finished_one_and_restarts_on_new_settings(
-        demo_data, tmp_path, monkeypatch):
+        demo_data, tmp_path, monkeypatch, capsys):
     """The benchmarks' runner: a kill costs at most the epoch it hit; a rerun of finished work
     trains nothing; other settings in the same folder start over."""
     from ired_video.engine.recipes import train_or_resume
@@ -145,7 +145,9 @@ def test_train_or_resume_continues_a_killed_run_skips_a_finished_one_and_restart
     assert steps == list(range(1, 9))  # epoch 1 trained once, epoch 2 after the kill
 
     finished = (run / "last.pth").stat().st_mtime_ns
+    capsys.readouterr()
     train_or_resume(config(demo_data, run))
+    assert "nothing left to train" in capsys.readouterr().out
     assert trained_epochs == [1] and (run / "last.pth").stat().st_mtime_ns == finished
     assert len((run / "train_log.jsonl").read_text().splitlines()) == 8
 

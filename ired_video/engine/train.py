@@ -266,8 +266,9 @@ def _start(cfg: TrainConfig, resume: Optional[str], overwrite: bool) -> _Run:
     progress = Progress()
     if resume_from is not None:
         progress = load_training_state(accelerator, resume_from, model, optimizer, scheduler)
+        finished = " (the run had finished: nothing left to train)" if progress.epoch >= cfg.train.epochs else ""
         accelerator.print(f"resumed from {resume_from}: epoch {progress.epoch}, {progress.batches_in_epoch} "
-                          f"batches into it, step {progress.global_step}")
+                          f"batches into it, step {progress.global_step}{finished}")
     _write_run_files(accelerator, run_dir, cfg)
     # events under run_dir/tensorboard/; on resume, TensorBoard drops the killed run's later steps
     accelerator.init_trackers("tensorboard", init_kwargs={"tensorboard": {"purge_step": progress.global_step + 1}}
