@@ -156,6 +156,10 @@ def test_train_or_resume_continues_a_killed_run_skips_a_finished_one_and_restart
     steps = [json.loads(row)["step"] for row in (run / "train_log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 9)) and (run / "last.pth").stat().st_mtime_ns > finished
 
+    (run / "config.yaml").write_text("model: [unclosed")  # settings that cannot be read: start over
+    train_or_resume(config(demo_data, run, "optim.lr=0.002"))
+    assert trained_epochs == [1, 0, 1, 0, 1]
+
 
 def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):
     """A fresh run into an earlier run's folder would have --resume auto pick the earlier,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,12 +33,18 @@ def train_or_resume(cfg: TrainConfig) -> None:
     same settings found there continues from its newest checkpoint (a finished one is only
     reloaded); a folder holding other settings, or no checkpoint, starts over."""
     run = Path(cfg.output)
-    saved = run / "config.yaml"
-    same_settings = saved.is_file() and yaml.safe_load(saved.read_text()) == yaml.safe_load(yaml.safe_dump(dump(cfg)))
-    if same_settings and latest(run) is not None:
+    if _saved_settings(run) == yaml.safe_load(yaml.safe_dump(dump(cfg))) and latest(run) is not None:
         train(cfg, resume="auto")
     else:
         train(cfg, overwrite=True)
+
+
+def _saved_settings(run: Path) -> Any:
+    """The settings an earlier run wrote to ``run/config.yaml``; None when missing or unreadable."""
+    try:
+        return yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return None
 
 
 def plain_per_seed(data_dir: Path, out: Path, seeds: list[int], epochs: int) -> list[Path]:
