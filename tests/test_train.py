@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -159,6 +160,15 @@ def test_train_or_resume_continues_a_killed_run_skips_a_finished_one_and_restart
     (run / "config.yaml").write_text("model: [unclosed")  # settings that cannot be read: start over
     train_or_resume(config(demo_data, run, "optim.lr=0.002"))
     assert trained_epochs == [1, 0, 1, 0, 1]
+
+    init = tmp_path / "straight" / "last.pth"
+    tuned = config(demo_data, tmp_path / "tuned", f"init.checkpoint={init}")
+    train_or_resume(tuned)
+    train_or_resume(tuned)
+    assert trained_epochs == [1, 0, 1, 0, 1, 0, 1]  # finished: reused
+    os.utime(init, ns=(time.time_ns() + 10**9,) * 2)  # the starting model was remade after the run
+    train_or_resume(tuned)
+    assert trained_epochs == [1, 0, 1, 0, 1, 0, 1, 0, 1]
 
 
 def test_new_run_in_a_used_folder_is_refused_and_overwrite_starts_over(demo_data, tmp_path, capsys):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
 
@@ -31,12 +31,20 @@ def reducer_settings(cfg: ReducerConfig) -> list[str]:
 def train_or_resume(cfg: TrainConfig) -> None:
     """Train ``cfg`` into its output folder, losing at most one epoch to a kill: a run of the
     same settings found there continues from its newest checkpoint (a finished one is only
-    reloaded); a folder holding other settings, or no checkpoint, starts over."""
+    reloaded); a folder holding other settings, no checkpoint, or a run older than the file
+    ``init.checkpoint`` names now (it was remade since), starts over."""
     run = Path(cfg.output)
-    if _saved_settings(run) == yaml.safe_load(yaml.safe_dump(dump(cfg))) and latest(run) is not None:
+    newest = latest(run)
+    if (newest is not None and _saved_settings(run) == yaml.safe_load(yaml.safe_dump(dump(cfg)))
+            and _not_older_than_init(newest, cfg.init.checkpoint)):
         train(cfg, resume="auto")
     else:
         train(cfg, overwrite=True)
+
+
+def _not_older_than_init(checkpoint: Path, init: Optional[str]) -> bool:
+    """Whether ``checkpoint`` was saved after the file the run started from (or there is none)."""
+    return init is None or not Path(init).is_file() or Path(init).stat().st_mtime <= checkpoint.stat().st_mtime
 
 
 def _saved_settings(run: Path) -> Any:
