@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import replace
 
 import pytest
@@ -164,3 +165,36 @@ def test_fit_interaction_command_writes_a_fitted_checkpoint(small_demo, tmp_path
                      str(small_demo.train_list), "--val", str(small_demo.val_list), "--reducer", "topk",
                      "keep=0.5", "--out", str(out)])
     assert code == 2
+
+
+def test_reducer_start_reuses_a_fit_of_the_same_checkpoint_reducer_and_data(tmp_path, monkeypatch):
+    """A rerun of a benchmark skips the predictor's fit it already made, never a stale one."""
+    from ired_video.config import to_dict
+    from ired_video.engine import interaction_fit
+    from ired_video.reducers import reducer_config
+    fits = []
+
+    def fit(checkpoint, cfg, data, val, out):
+        fits.append(checkpoint)
+        out.mkdir(exist_ok=True)
+        (out / "interaction.pth").write_bytes(b"fitted")
+        report = {"checkpoint": str(checkpoint), "reducer": to_dict(cfg), "data": data, "val": val}
+        (out / "fit.json").write_text(json.dumps(report))
+        return report
+    monkeypatch.setattr(interaction_fit, "fit_checkpoint", fit)
+    plain, out = tmp_path / "plain.pth", tmp_path / "fit"
+    plain.write_bytes(b"plain")
+    cfg = reducer_config("interaction", keep=0.5)
+    start, reducer, report = interaction_fit.reducer_start(plain, cfg, tmp_path, out)
+    assert (start, reducer, fits) == (out / "interaction.pth", None, [plain])
+    assert interaction_fit.reducer_start(plain, cfg, tmp_path, out)[2] == report and fits == [plain]
+    interaction_fit.reducer_start(plain, reducer_config("interaction", keep=0.7), tmp_path, out)
+    assert len(fits) == 2  # another reducer setting
+    interaction_fit.reducer_start(plain, reducer_config("interaction", keep=0.7), tmp_path / "other", out)
+    assert len(fits) == 3  # other annotations
+    later = (out / "interaction.pth").stat().st_mtime_ns + 10**9
+    os.utime(plain, ns=(later, later))  # the plain model was retrained after the fit
+    interaction_fit.reducer_start(plain, reducer_config("interaction", keep=0.7), tmp_path / "other", out)
+    assert len(fits) == 4
+    assert interaction_fit.reducer_start(plain, reducer_config("topk", keep=0.5), tmp_path, out)[0] == plain
+    assert len(fits) == 4  # only the predictor is fitted

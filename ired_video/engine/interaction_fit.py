@@ -45,7 +45,8 @@ def fit_checkpoint(checkpoint: Path, cfg: ReducerConfig, data: str, val: str, ou
     after = agreement(model, val_clips)
     out.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out / "interaction.pth", model)
-    report = {"checkpoint": str(checkpoint), "reducer": to_dict(cfg), "train_clips": sum(len(c) for c in train_clips),
+    report = {"checkpoint": str(checkpoint), "reducer": to_dict(cfg), "data": data, "val": val,
+              "train_clips": sum(len(c) for c in train_clips),
               "val_clips": sum(len(c) for c in val_clips), "steps": steps, "fit_cpu_seconds": fit_cpu_s,
               "fit": {str(k): v for k, v in losses.items()},
               "agreement_before": {str(k): v for k, v in before.items()},
@@ -58,8 +59,24 @@ def reducer_start(checkpoint: Path, cfg: ReducerConfig, data_dir: Path, out: Pat
                   ) -> tuple[Path, Optional[ReducerConfig], Optional[dict[str, Any]]]:
     """Where a run with reducer ``cfg`` starts from ``checkpoint`` (a plain model trained on
     ``data_dir``/train.csv): the checkpoint and the reducer to apply to it, and the fit
-    report when the interaction predictor had to be fitted first (into ``out``)."""
+    report when the interaction predictor is fitted first (into ``out``; a fit already there
+    for this checkpoint file, reducer and data is reused)."""
     if cfg.name != "interaction" or cfg.score != "predictor":
         return checkpoint, cfg, None
-    report = fit_checkpoint(checkpoint, cfg, str(data_dir / "train.csv"), str(data_dir / "val.csv"), out)
+    data, val = str(data_dir / "train.csv"), str(data_dir / "val.csv")
+    report = earlier_fit(checkpoint, cfg, data, val, out) or fit_checkpoint(checkpoint, cfg, data, val, out)
     return out / "interaction.pth", None, report
+
+
+def earlier_fit(checkpoint: Path, cfg: ReducerConfig, data: str, val: str, out: Path) -> Optional[dict[str, Any]]:
+    """The report of the fit in ``out`` if it fitted ``cfg`` on this very checkpoint file (not
+    newer than the fit) with these annotations; else None."""
+    fitted, report_file = out / "interaction.pth", out / "fit.json"
+    if not (fitted.is_file() and report_file.is_file()) or fitted.stat().st_mtime < checkpoint.stat().st_mtime:
+        return None
+    try:
+        report = json.loads(report_file.read_text())
+    except json.JSONDecodeError:  # cut short while being written
+        return None
+    wanted = {"checkpoint": str(checkpoint), "reducer": json.loads(json.dumps(to_dict(cfg))), "data": data, "val": val}
+    return report if all(report.get(key) == value for key, value in wanted.items()) else None
