@@ -37,6 +37,7 @@ import numpy as np
 from ired_video.budget import tome_r_for_gmacs
 from ired_video.build import create_model
 from ired_video.config import ReducerConfig, to_dict
+from ired_video.engine.earlier_outputs import current_report
 from ired_video.engine.evaluate import evaluate_checkpoint
 from ired_video.engine.interaction_fit import reducer_start
 from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings, train_or_resume
@@ -154,18 +155,10 @@ def evaluate_scores(checkpoint: Path, test: str, out: Path, reducer: Any = None)
 
 
 def earlier_report(checkpoint: Path, test: str, out: Path, reducer: Any) -> Optional[dict[str, Any]]:
-    """The report in ``out`` if it evaluated this very checkpoint file (not older than the
+    """The report in ``out`` if it evaluated this very checkpoint file (not newer than the
     report) on ``test`` with ``reducer``, and its per-view file is there; else None."""
-    views = out.with_name(out.stem + "_views.jsonl")
-    if not (out.is_file() and views.is_file()) or out.stat().st_mtime < checkpoint.stat().st_mtime:
-        return None
-    try:
-        report = json.loads(out.read_text())
-    except json.JSONDecodeError:  # cut short while being written
-        return None
-    same = (report.get("checkpoint"), report.get("data"), report.get("reducer")) == (
-        str(checkpoint), str(test), None if reducer is None else str(reducer))
-    return report if same else None
+    expected = {"checkpoint": str(checkpoint), "data": str(test), "reducer": None if reducer is None else str(reducer)}
+    return current_report(out, out.with_name(out.stem + "_views.jsonl"), checkpoint, expected)
 
 
 def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: np.ndarray,

@@ -15,6 +15,7 @@ from ired_video.build import apply_reducer, create_model
 from ired_video.config import ConfigError, ReducerConfig, to_dict
 from ired_video.data.annotations import load_annotations
 from ired_video.data.dataset import VideoDataset
+from ired_video.engine.earlier_outputs import current_report
 from ired_video.models.weights import save_checkpoint
 from ired_video.reducers.interaction_fit import agreement, fit_interaction_predictors
 
@@ -71,12 +72,6 @@ def reducer_start(checkpoint: Path, cfg: ReducerConfig, data_dir: Path, out: Pat
 def earlier_fit(checkpoint: Path, cfg: ReducerConfig, data: str, val: str, out: Path) -> Optional[dict[str, Any]]:
     """The report of the fit in ``out`` if it fitted ``cfg`` on this very checkpoint file (not
     newer than the fit) with these annotations; else None."""
-    fitted, report_file = out / "interaction.pth", out / "fit.json"
-    if not (fitted.is_file() and report_file.is_file()) or fitted.stat().st_mtime < checkpoint.stat().st_mtime:
-        return None
-    try:
-        report = json.loads(report_file.read_text())
-    except json.JSONDecodeError:  # cut short while being written
-        return None
-    wanted = {"checkpoint": str(checkpoint), "reducer": json.loads(json.dumps(to_dict(cfg))), "data": data, "val": val}
-    return report if all(report.get(key) == value for key, value in wanted.items()) else None
+    reducer = json.loads(json.dumps(to_dict(cfg)))  # as fit.json holds it: tuples as lists
+    expected = {"checkpoint": str(checkpoint), "reducer": reducer, "data": data, "val": val}
+    return current_report(out / "fit.json", out / "interaction.pth", checkpoint, expected)
