@@ -13,9 +13,9 @@
 #   STEPS=900 tools/bench_hard.sh OUT  # the shorter pretraining of row P2
 #   JOBS=3 tools/bench_hard.sh OUT     # the seeds at once: less wall time, CPU seconds inflated
 #
-# Measured here in parts on 2 cores (the two data stages at once): data 3.5 and 5 min, pretraining
-# 40 min, fine-tuning about 15-16 min per seed. STEPS=900 halves the pretraining for the same top-1
-# within noise in rows P2/P3 (docs/recipes.md).
+# From an empty folder on 2 cores: 93 min (data 2 + 4, pretraining 47, fine-tuning 40, i.e.
+# 12-16 min per seed). STEPS=900 halves the pretraining for the same top-1 within noise in rows
+# P2/P3 (docs/recipes.md).
 # OUT/minutes.txt gets each stage's wall time; a finished stage is not redone when rerun.
 set -euo pipefail
 cd "$(dirname "$0")/.."
