@@ -38,7 +38,7 @@ from ired_video.budget import tome_r_for_gmacs
 from ired_video.build import create_model
 from ired_video.config import ReducerConfig, to_dict
 from ired_video.engine.earlier_outputs import current_report
-from ired_video.engine.evaluate import evaluate_checkpoint
+from ired_video.engine.evaluate import evaluate_checkpoint, views_file
 from ired_video.engine.interaction_fit import reducer_start
 from ired_video.engine.recipes import demo_config, plain_per_seed, reducer_settings, train_or_resume
 from ired_video.reducers import default_stages, reducer_config
@@ -147,18 +147,17 @@ def evaluate_scores(checkpoint: Path, test: str, out: Path, reducer: Any = None)
     """The evaluation report and per-video scores of ``checkpoint`` on ``test`` (files under
     ``out``); a report already there for this checkpoint, test split and reducer, written
     after the checkpoint, is reused (a rerun of a killed benchmark skips what it evaluated)."""
-    views = out.with_name(out.stem + "_views.jsonl")
     report = earlier_report(checkpoint, test, out, reducer)
     if report is None:
         report = evaluate_checkpoint(checkpoint, test, reducer=reducer, output=out)
-    return report, per_video_correct(views)
+    return report, per_video_correct(views_file(out))
 
 
 def earlier_report(checkpoint: Path, test: str, out: Path, reducer: Any) -> Optional[dict[str, Any]]:
     """The report in ``out`` if it evaluated this very checkpoint file (not newer than the
     report) on ``test`` with ``reducer``, and its per-view file is there; else None."""
     expected = {"checkpoint": str(checkpoint), "data": str(test), "reducer": None if reducer is None else str(reducer)}
-    return current_report(out, out.with_name(out.stem + "_views.jsonl"), checkpoint, expected)
+    return current_report(out, views_file(out), checkpoint, expected)
 
 
 def summarise(name: str, trained: bool, reports: list[dict[str, Any]], scores: np.ndarray,

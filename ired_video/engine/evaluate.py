@@ -168,6 +168,11 @@ def write_views(path: Path, views: dict[str, torch.Tensor], dataset: VideoDatase
                 **dataclasses.asdict(record)}) + "\n")
 
 
+def views_file(report: Path) -> Path:
+    """Where ``evaluate_checkpoint`` writes the per-view JSONL beside its ``report``."""
+    return report.with_name(report.stem + "_views.jsonl")
+
+
 def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, root: Optional[str] = None,
                         split: Optional[str] = None, clips: int = 1, crops: int = 1, batch_size: int = 8,
                         workers: int = 2, cpu: bool = False, output: Optional[Path] = None,
@@ -182,7 +187,7 @@ def evaluate_checkpoint(checkpoint: Path, data: str, *, reducer: Any = None, roo
     dataset = VideoDataset(ann.records, model.data_config, "test", num_clips=clips, num_crops=crops)
     accelerator = new_accelerator(cpu=cpu)
     model = model.to(accelerator.device)
-    views_log = None if output is None else output.with_name(output.stem + "_views.jsonl")
+    views_log = None if output is None else views_file(output)
     report = evaluate(model, dataset, accelerator, batch_size, workers, views_log)
     if accelerator.is_main_process and output is not None:
         report.update(checkpoint=str(checkpoint), data=str(data), views_spec=f"{clips}x{crops}",

@@ -6,7 +6,7 @@ that only shares its first characters (``blocks.1`` is not ``blocks.10``). Froze
 parameters get ``requires_grad=False`` and stay out of the optimizer, so autograd does no
 work for them, nor for anything before them that has nothing trainable; frozen modules run
 in evaluation mode while training (BatchNorm statistics and dropout fixed too). Measured
-use: docs/recipes.md, "Freezing the stem, two more epochs (P4)".
+use: docs/recipes.md, "Freezing the stem (P4, P5)".
 """
 from __future__ import annotations
 
