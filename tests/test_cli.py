@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,12 @@ def test_bad_settings_and_files_are_one_line_errors(capsys, tmp_path):
     assert "ired-video smoke: error: unknown key(s) reducer.kep" in capsys.readouterr().err
     assert cli.main(["smoke", "--checkpoint", str(tmp_path / "missing.pth")]) == 2
     assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
+
+
+
+def test_train_settings_may_follow_the_options(capsys):
+    """Settings after --overwrite reach the config check (argparse alone calls them unrecognized)."""
+    config = str(Path(__file__).resolve().parents[1] / "configs/train/demo_micro.yaml")
+    assert cli.main(["train", "--config", config, "output=runs/x", "--overwrite", "train.epochs=three"]) == 2
+    err = capsys.readouterr().err
+    assert "train.epochs: expected an integer" in err and "unrecognized" not in err

@@ -202,6 +202,8 @@ def test_wrong_input_layout_is_explained():
     model = create_model("timesformer_test")
     with pytest.raises(ValueError, match=r"\(B, C, T, H, W\)"):
         model(torch.randn(2, 4, 3, 32, 32))
+    with pytest.raises(ValueError, match="frame size 32x36 is not a multiple of patch_size=8"):
+        model(torch.randn(2, 3, 4, 32, 36))
 
 
 def test_building_a_model_never_opens_a_socket(monkeypatch):

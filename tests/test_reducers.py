@@ -362,6 +362,7 @@ def test_dpc_knn_finds_separated_clusters():
     ({"name": "topk"}, "needs keep="),
     ({"name": "topk", "keep": 1.5}, r"keep=1.5: expected a fraction"),
     ({"name": "random", "keep": 0.5, "stages": [9]}, r"stages \[9\] are outside"),
+    ({"name": "topk", "keep": 0.5, "stages": []}, r"stages=\[\] reduces nowhere"),
     ({"name": "random", "keep": 0.5, "mode": "flat"}, "only joint_space_time"),
     ({"name": "random", "keep": 0.5, "mode": "diagonal"}, "mode 'diagonal'"),
     ({"name": "tome", "r": 2, "stages": [1]}, "every block with r > 0"),

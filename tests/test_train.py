@@ -364,6 +364,13 @@ def test_fp16_on_a_cpu_is_refused_before_work(demo_data, tmp_path, monkeypatch):
         train(config(demo_data, tmp_path / "run", "train.precision=fp16", "train.cpu=true"))
 
 
+def test_a_crop_the_patches_do_not_tile_is_refused_before_training(demo_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "_train_epoch", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ConfigError, match=r"crop_size=44 is not a multiple of the model's patch_size=8"):
+        train(config(demo_data, tmp_path / "run", "data.preprocess.crop_size=44",
+                     "data.preprocess.train_short_side=[44,48]", "data.preprocess.test_short_side=44"))
+
+
 def test_an_output_folder_that_cannot_be_written_is_refused_before_work(demo_data, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "build_datasets", lambda *a, **k: pytest.fail("work started"))
     (tmp_path / "file").write_text("")

@@ -153,7 +153,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--out", required=True,
                         help="JSON file the rows are appended to (a row of the same name is replaced)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # settings before or after the options
     train = args.train or (args.data and f"{args.data}/train.csv")
     val = args.val or (args.data and f"{args.data}/val.csv")
     if not train or not val:

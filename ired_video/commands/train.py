@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # settings before or after the options
     cfg = load_train_config(args.config, args.overrides)
     try:
         report = train(cfg, resume=args.resume, overwrite=args.overwrite)

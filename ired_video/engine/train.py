@@ -129,6 +129,9 @@ def build_model(cfg: TrainConfig, data_config: DataConfig, resolved: Optional[Re
                              checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head)
     model = create_model(resolved.variant, checkpoint=cfg.init.checkpoint, drop_head=cfg.init.drop_head,
                          **overrides)
+    if data_config.crop_size % model.config.patch_size:
+        raise ConfigError(f"data.preprocess.crop_size={data_config.crop_size} is not a multiple of the model's "
+                          f"patch_size={model.config.patch_size}")
     model.data_config = data_config
     return model
 

@@ -139,10 +139,12 @@ class TimeSformer(nn.Module):
         """(B, C, T, H, W) video -> start token state with patches (B, T, N, D)."""
         if video.ndim != 5:
             raise ValueError(f"expected a video tensor (B, C, T, H, W), got shape {tuple(video.shape)}")
-        batch, chans, frames, _, _ = video.shape
+        batch, chans, frames, height, width = video.shape
         if chans != self.config.in_chans:
             raise ValueError(f"expected {self.config.in_chans} channels, got {chans} "
                              f"(input must be (B, C, T, H, W))")
+        if height % self.config.patch_size or width % self.config.patch_size:
+            raise ValueError(f"frame size {height}x{width} is not a multiple of patch_size={self.config.patch_size}")
         if isinstance(self.patch_embed, ConvStem):
             patches = self.patch_embed(video)  # (B*T, h, w, D)
         else:

@@ -40,6 +40,8 @@ def _need_keep(cfg: ReducerConfig) -> float:
 def _build_stages(cfg: ReducerConfig, model: nn.Module) -> dict[int, Reducer]:
     depth = len(model.blocks)
     stages = cfg.stages if cfg.stages is not None else default_stages(depth)
+    if not stages:
+        raise ConfigError(f"reducer {cfg.name!r} with stages=[] reduces nowhere: name its blocks, or use reducer none")
     bad = [s for s in stages if not 0 <= s < depth]
     if bad:
         raise ConfigError(f"stages {bad} are outside the model's blocks 0..{depth - 1}")
