@@ -79,6 +79,18 @@ def test_make_demo_data_command(tmp_path, capsys):
     assert (tmp_path / "d" / "data_config.yaml").is_file()
 
 
+@pytest.mark.parametrize("option,value,message", [
+    ("--videos-per-class", "0", "videos_per_class >= 1 (got 0)"),
+    ("--val-fraction", "1.5", "val_fraction in [0, 1) (got 1.5)"),  # wrote 6 of 192 videos to train
+    ("--jobs", "0", "jobs >= 1 (got 0)"),
+])
+def test_make_demo_data_refuses_values_that_make_no_dataset(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["make-demo-data", str(tmp_path / "d"), option, value, "--no-progress"])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
 def test_commands_have_help_with_examples(capsys):
     for name in ("make-demo-data", "check-videos"):
         with pytest.raises(SystemExit) as info:

@@ -64,9 +64,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
 
     start = time.perf_counter()
-    demo = make_demo_dataset(args.out, args.videos_per_class, args.seed, args.val_fraction,
-                             args.size[0], args.size[1], args.frames, args.fps, args.jobs,
-                             progress=not args.no_progress, task=args.task)
+    try:
+        demo = make_demo_dataset(args.out, args.videos_per_class, args.seed, args.val_fraction,
+                                 args.size[0], args.size[1], args.frames, args.fps, args.jobs,
+                                 progress=not args.no_progress, task=args.task)
+    except ValueError as err:
+        build_parser().error(str(err))
     print(f"wrote {len(demo.class_names)} classes x {args.videos_per_class} videos to "
           f"{demo.root} in {time.perf_counter() - start:.1f} s")
     print(f"  train: {demo.train_list} (list), {demo.kinetics_train} (Kinetics CSV)")

@@ -356,8 +356,16 @@ def make_demo_dataset(out_dir: Union[str, os.PathLike], videos_per_class: int = 
     them (at least one when there are two or more) in ``val``. ``jobs`` worker processes
     encode in parallel; the output does not depend on it.
     """
-    if videos_per_class < 1 or num_frames < 2 or min(width, height) < 32:
-        raise ValueError("need videos_per_class >= 1, num_frames >= 2, width/height >= 32")
+    broken = [rule for rule, holds in {
+        f"videos_per_class >= 1 (got {videos_per_class})": videos_per_class >= 1,
+        f"num_frames >= 2 (got {num_frames})": num_frames >= 2,
+        f"width and height >= 32 (got {width}x{height})": min(width, height) >= 32,
+        f"fps >= 1 (got {fps})": fps >= 1,
+        f"jobs >= 1 (got {jobs})": jobs >= 1,
+        f"val_fraction in [0, 1) (got {val_fraction})": 0.0 <= val_fraction < 1.0,
+    }.items() if not holds]
+    if broken:
+        raise ValueError("need " + "; ".join(broken))
     root = Path(out_dir)
     names = demo_class_names(task)
     specs, rows = _plan_videos(root, names, videos_per_class, seed, val_fraction, (width, height, num_frames, fps),
