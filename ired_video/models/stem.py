@@ -42,10 +42,8 @@ class ConvStem(nn.Module):
         self.proj = nn.Conv3d(width_in, dim, 1)
 
     def forward(self, video: Tensor) -> Tensor:
-        """(B, C, T, H, W) with H, W multiples of the patch size -> (B*T, H/p, W/p, D)."""
-        if video.shape[-1] % self.patch_size or video.shape[-2] % self.patch_size:
-            raise ValueError(f"conv patch stem: frame size {tuple(video.shape[-2:])} is not a multiple of "
-                             f"patch_size={self.patch_size}")
+        """(B, C, T, H, W) with H, W multiples of the patch size (TimeSformer.embed checks) ->
+        (B*T, H/p, W/p, D)."""
         x = self.proj(self.convs(video))  # (B, D, T, h, w)
         return x.permute(0, 2, 3, 4, 1).flatten(0, 1)  # (B, T, h, w, D) -> (B*T, h, w, D)
 
