@@ -12,7 +12,7 @@ EPILOG = """\
 Classes "<shape> moving <direction>": --task easy (the default) has six (circle/square/
 triangle x left/right) with distracting shapes and a textured, sometimes panning background;
 --task moderate has easy's look with twelve classes (x left/right/up/down): the plain demo
-model reaches 89.7-97.0% on it over three seeds (1200 test videos) rather than easy's
+model reaches 88.5-98.1% on it over three seeds (1200 test videos) rather than easy's
 95-100% (README, "Accuracy vs GMACs of every reducer on the moderate task");
 --task medium and hard have twelve, distractors of the same shapes,
 and (hard) a target about one 8-px patch wide at 64 px, coloured like the distractors, on an
