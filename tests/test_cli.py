@@ -67,7 +67,6 @@ def test_bad_settings_and_files_are_one_line_errors(capsys, tmp_path):
     assert "missing.pth: no such checkpoint file" in capsys.readouterr().err
 
 
-
 def test_train_settings_may_follow_the_options(capsys):
     """Settings after --overwrite reach the config check (argparse alone calls them unrecognized)."""
     config = str(Path(__file__).resolve().parents[1] / "configs/train/demo_micro.yaml")
