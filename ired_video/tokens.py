@@ -129,8 +129,9 @@ class TokenState:
         prop_attn: add log(size) to attention logits (ToMe's proportional attention).
         tokens: per block, a (B,) long tensor of the real patch tokens it processed.
         records: per reducer call, a ``ReducerRecord`` of what it did.
-        hooks: what blocks call at their extension points (``BlockHooks``); the default
-            does nothing, a cascade stage supplies its reuse of earlier stages.
+        hooks: what blocks call at their extension points (``BlockHooks``); left out or
+            None it is ``NO_HOOKS``, which does nothing; a cascade stage supplies its reuse of
+            earlier stages.
     """
 
     cls: Tensor
@@ -146,7 +147,13 @@ class TokenState:
     prop_attn: bool = False
     tokens: list[Tensor] = field(default_factory=list)
     records: list[ReducerRecord] = field(default_factory=list)
-    hooks: BlockHooks = NO_HOOKS
+    # None, not NO_HOOKS, as the default: torch.compile up to 2.11 cannot trace an object held
+    # as a function default (dataclass __init__), and broke the model into one graph per block
+    hooks: Optional[BlockHooks] = None
+
+    def __post_init__(self) -> None:
+        if self.hooks is None:
+            self.hooks = NO_HOOKS
 
     @classmethod
     def from_patches(cls, cls_tokens: Tensor, patches: Tensor, grid: tuple[int, int]) -> "TokenState":
@@ -159,7 +166,7 @@ class TokenState:
         slot_of = spatial.expand(batch, frames, num_patches)  # (B, T, N)
         macs = torch.zeros(batch, dtype=torch.float64, device=device)
         return cls(cls=cls_tokens, x=patches, pos=pos, slot_of=slot_of, grid=grid,
-                   num_frames_in=frames, macs=macs, hooks=NO_HOOKS)  # named: torch.compile traces a global
+                   num_frames_in=frames, macs=macs)
 
     @property
     def batch_size(self) -> int:

@@ -8,6 +8,7 @@
 #                                           # bench_eager.{md,json}, bench_compiled.{md,json}
 # On a machine with network, the README's install command replaces the wheels step.
 # SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
+# STAGES="checks compiled" runs only the named stages (of: checks eager compiled), for a rerun.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -34,8 +35,10 @@ else
         || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
 fi
 
+stages=" ${STAGES:-checks eager compiled} "
 stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
     local seconds=$1 name=$2; shift 2
+    [[ $stages == *" ${name#bench_} "* ]] || { echo "== $name (skipped: not in STAGES)"; return; }
     echo "== $name (at most ${seconds}s)"
     timeout "$seconds" "$@" > "$out/$name.md" 2>&1
     local code=$?
