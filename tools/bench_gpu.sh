@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The prepared GPU run: correctness on the GPU, then TimeSformer-B throughput of every reducer,
-# eager and compiled, bf16, inference and training steps. Sized for one H200 in about 8 minutes;
-# each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
+# eager and compiled, bf16, inference and training steps. On one H200 (2026-12-04) checks and
+# eager took about 4 minutes and the plain model's compiled row 45 s; compiling top-k takes
+# about twice, ToMe three times the plain model's time (CPU, micro model), hence the compiled
+# stage's 330 s: the whole run fits a 10-minute call, STAGES="checks compiled" about 6 minutes.
+# Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
 #   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
@@ -58,7 +61,7 @@ stage 200 bench_eager $python -m ired_video.cli bench --device $device --dtype $
 
 # 3. Compiled (torch.compile, static shapes), bf16, batch 32: the plain model and the reducers
 #    users try first, at keep 0.5, inference and training steps; graph counts per row.
-stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
+stage 330 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
     --models $model --reducers topk tome --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled.json"
 echo "done: $(ls "$out")"
