@@ -103,6 +103,27 @@ def test_the_efficiency_term_has_a_gradient_only_when_the_count_is_free(regime, 
         assert float(_expected_keep(model, video)) < before - 0.02
 
 
+def test_the_policy_terms_train_the_interpreters_alone():
+    """REINFORCE and the keep-ratio term reach every interpreter and no backbone weight (the
+    paper's curriculum freezes the backbone while interpreters learn); cross-entropy reaches both."""
+    model = _model([1, 2]).train()
+    video, labels = _video(8, seed=3), torch.arange(8) % 3
+    torch.manual_seed(0)
+    logits, info = model(video, return_info=True)
+    policy, _ = policy_gradient_loss(logits, labels, info.records)
+    keep_ratio = (kept_share(info.records, expected=True).mean() - 0.3) ** 2
+    cross_entropy = torch.nn.functional.cross_entropy(logits, labels)
+    interpreter = [p for r in model.reducers.values() for p in r.parameters()]
+    backbone = [p for name, p in model.named_parameters() if not name.startswith("reducers.")]
+    for term in (policy, keep_ratio):
+        grads = torch.autograd.grad(term, interpreter + backbone, retain_graph=True, allow_unused=True)
+        sizes = [0.0 if g is None else float(g.abs().sum()) for g in grads]
+        assert all(size > 0 for size in sizes[:len(interpreter)])
+        assert not any(sizes[len(interpreter):])
+    grads = torch.autograd.grad(cross_entropy, backbone, allow_unused=True)
+    assert sum(float(g.abs().sum()) for g in grads if g is not None) > 0
+
+
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in model.named_parameters()}
 

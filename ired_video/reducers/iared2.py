@@ -31,7 +31,10 @@ Two regimes (``ReducerConfig.regime``):
   sees as many tokens as evaluation and the count is not learned.
 
 In training the dropped tokens are masked (not removed, so shapes stay static and
-gradients flow); the record carries log pi(a) for the policy-gradient objective.
+gradients flow); the record carries log pi(a) for the policy-gradient objective. The
+interpreter reads detached tokens while it learns, so the policy and keep-ratio terms
+train it alone and the backbone learns from the task loss only, as in the paper's
+curriculum, whose interpreter phases freeze the backbone (docs/reducers.md).
 Dropped tokens stay dropped (the next interpreter sees only survivors).
 
 The group-wise curriculum (``ired_video.engine.curriculum``) switches a stage ``off``
@@ -133,10 +136,14 @@ class IARED2(Reducer):
             return state
         state = self.prepare(state)
         cls_tokens = state.cls if state.cls.shape[1] == state.num_frames else state.cls.mean(dim=1, keepdim=True)
-        probs = self.interpreter(cls_tokens, state.x)  # (B, F, K)
+        learn = self.training and self.role == "learn"
+        patches = state.x
+        if learn:  # the policy terms train the interpreter alone; the backbone learns from the task loss
+            cls_tokens, patches = cls_tokens.detach(), patches.detach()
+        probs = self.interpreter(cls_tokens, patches)  # (B, F, K)
         state.spend(self.interpreter.macs(state.real_tokens(), cls_tokens.shape[1]))
         unit_probs = self.unit_scores(probs, state)  # (B, U, K)
-        if self.training and self.role == "learn":
+        if learn:
             return self._sample(state, unit_probs)
         counts = self._eval_counts(state, unit_probs)
         self.record(state, keep_prob=unit_probs.detach(), pos=state.pos)
