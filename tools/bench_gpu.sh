@@ -3,7 +3,9 @@
 # eager and compiled, bf16, inference and training steps. On one H200 (2026-12-04) checks and
 # eager took about 4 minutes and the plain model's compiled row 45 s; compiling top-k takes
 # about twice, ToMe three times the plain model's time (CPU, micro model), hence the compiled
-# stage's 330 s: the whole run fits a 10-minute call, STAGES="checks compiled" about 6 minutes.
+# stage's 330 s. The boxes add up to 650 s, past a 10-minute device call; with checks at
+# ~25 s and eager at ~200 s as measured, a full run takes about 9.5 minutes when compiling
+# uses its whole box, STAGES="checks compiled" about 6.
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
