@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
-# The prepared GPU run: correctness on the GPU, then TimeSformer-B throughput of every reducer,
-# eager and compiled, bf16, inference and training steps. On one H200 (2026-12-04) checks and
-# eager took about 4 minutes and the plain model's compiled row 45 s; compiling top-k takes
-# about twice, ToMe three times the plain model's time (CPU, micro model), hence the compiled
-# stage's 330 s. The boxes add up to 650 s, past a 10-minute device call; with checks at
-# ~25 s and eager at ~200 s as measured, a full run takes about 9.5 minutes when compiling
-# uses its whole box, STAGES="checks compiled" about 6.
+# The prepared GPU run: correctness on the GPU, TimeSformer-B throughput of every reducer,
+# eager and compiled, bf16, inference and training steps, and a profiler breakdown of where
+# the reducers' eager time goes. On one H200 (2026-12-04) checks and eager took about
+# 4 minutes and the plain model's compiled row 45 s; compiling top-k takes about twice, ToMe
+# three times the plain model's time (CPU, micro model), hence the compiled stage's 330 s.
+# The boxes add up to 800 s, past a 10-minute device call: run at most three stages per call.
+# After the 2026-12-04 run (checks, eager and plain compiled measured), the next GPU session
+# runs STAGES="checks profile compiled" (at most 600 s; profile not yet run on a GPU).
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
 #   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
-#                                           # bench_eager.{md,json}, bench_compiled.{md,json}
+#                                           # bench_eager.{md,json}, profile.{md,json}, bench_compiled.{md,json}
 # On a machine with network, the README's install command replaces the wheels step.
 # SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
-# STAGES="checks compiled" runs only the named stages (of: checks eager compiled), for a rerun.
+# STAGES="checks profile" runs only the named stages (of: checks eager profile compiled).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -32,15 +33,15 @@ fi
     $python -c "import torch, timm; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__); print('gpu', torch.cuda.get_device_name() if torch.cuda.is_available() else None)"
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
-device=cuda model=timesformer_base_patch16_224 batches=(8 32) big=32 iters=10 dtype=bf16 keeps=(0.7 0.5)
+device=cuda model=timesformer_base_patch16_224 batches=(8 32) big=32 warmup=3 iters=10 calls=3 dtype=bf16 keeps=(0.7 0.5)
 if [ "${SMOKE:-0}" = 1 ]; then
-    device=cpu model=timesformer_micro batches=(1 2) big=2 iters=1 keeps=(0.5)
+    device=cpu model=timesformer_micro batches=(1 2) big=2 warmup=1 iters=1 calls=1 keeps=(0.5)
 else
     $python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
         || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
 fi
 
-stages=" ${STAGES:-checks eager compiled} "
+stages=" ${STAGES:-checks eager profile compiled} "
 stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
     local seconds=$1 name=$2; shift 2
     [[ $stages == *" ${name#bench_} "* ]] || { echo "== $name (skipped: not in STAGES)"; return; }
@@ -58,10 +59,16 @@ stage 120 checks env IRED_DEVICE=$device $python -m pytest -q -p no:cacheprovide
 # 2. Eager throughput, bf16: TimeSformer-B 8x224, every reducer at keep 0.7 and 0.5 (tube),
 #    batch 8 and 32, inference and training steps, peak memory.
 stage 200 bench_eager $python -m ired_video.cli bench --device $device --dtype $dtype --train \
-    --models $model --keeps "${keeps[@]}" --batches "${batches[@]}" --warmup 3 --iters $iters \
+    --models $model --keeps "${keeps[@]}" --batches "${batches[@]}" --warmup $warmup --iters $iters \
     --no-progress --output "$out/bench_eager.json"
 
-# 3. Compiled (torch.compile, static shapes), bf16, batch 32: the plain model and the reducers
+# 3. Where the eager time goes, batch 32, keep 0.5: kernel time per kind of operator, the
+#    device's busy share of the wall time, kernel launches, time inside reducer calls.
+stage 150 profile $python tools/profile_reducers.py --model $model --device $device --dtype $dtype \
+    --batch $big --reducers topk tome bat iared2 --keep 0.5 --train --warmup $warmup --iters $iters --calls $calls \
+    --output "$out/profile.json"
+
+# 4. Compiled (torch.compile, static shapes), bf16, batch 32: the plain model and the reducers
 #    users try first, at keep 0.5, inference and training steps; graph counts per row.
 stage 330 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
     --models $model --reducers topk tome --keeps 0.5 --batches $big --warmup 2 \

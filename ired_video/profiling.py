@@ -1,0 +1,147 @@
+"""Where a forward's time goes: ``torch.profiler`` time per operator, grouped by kind.
+
+``profile_call(call, device, calls)`` runs ``call`` under the profiler and returns an
+``OpProfile``: per-call self time of every operator (the kernels it launched on CUDA, its
+own CPU time on the CPU), how many kernels (CUDA) or leaf operators (CPU) a call runs,
+the host time spent in operators, and the time inside reducer calls. ``category`` sorts an
+operator name into one of ``CATEGORIES`` so that a reducer's lost efficiency can be read
+as "which kind of work did not shrink with the MACs". Design notes: docs/design.md,
+"ired_video.profiling".
+"""
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager, Iterator, Optional
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile, record_function
+
+from ired_video.reducers.base import Reducer
+from ired_video.speed import synchronize
+
+REDUCER_RANGE = "ired_video.reducer"
+
+# (category, substrings of an aten operator's name); the first match wins.
+CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention")),
+    ("matmul", ("addmm", "aten::mm", "bmm", "matmul", "aten::linear", "conv")),
+    ("optimizer", ("_foreach", "adam")),
+    ("token indexing", ("sort", "topk", "gather", "index", "scatter", "cumsum", "nonzero", "masked", "where",
+                        "cdist", "max", "argmax", "min", "arange", "unique", "searchsorted", "bincount")),
+    ("copy and layout", ("copy_", "_to_copy", "contiguous", "clone", "aten::cat", "stack", "fill_", "zero_",
+                         "empty", "expand", "repeat", "pad")),
+    ("norm and element-wise", ("norm", "gelu", "softmax", "add", "mul", "div", "sub", "exp", "log", "sum",
+                               "mean", "neg", "rsqrt", "sqrt", "pow", "clamp", "dropout", "tanh", "sigmoid",
+                               "erf", "threshold", "relu")),
+)
+OTHER = "other"
+
+
+def category(op_name: str) -> str:
+    """The kind of work an operator does, by its name (``OTHER`` when none matches)."""
+    for name, patterns in CATEGORIES:
+        if any(pattern in op_name for pattern in patterns):
+            return name
+    return OTHER
+
+
+@dataclass
+class OpProfile:
+    """Per-call averages over ``calls`` profiled calls, in milliseconds.
+
+    op_ms: self time by operator name (kernel time on CUDA, CPU time on the CPU);
+    busy_ms: their sum; host_ms: CPU self time of every operator (what launching costs
+    on CUDA); launches: kernels per call (CUDA) or leaf operators (CPU); reducer_ms: time
+    inside reducer calls (same clock as op_ms)."""
+
+    device: str
+    calls: int
+    op_ms: dict[str, float]
+    op_launches: dict[str, float]
+    busy_ms: float
+    host_ms: float
+    launches: float
+    reducer_ms: float
+
+    def by_category(self) -> dict[str, float]:
+        totals: dict[str, float] = defaultdict(float)
+        for name, ms in self.op_ms.items():
+            totals[category(name)] += ms
+        return {name: totals.get(name, 0.0) for name, _ in CATEGORIES} | {OTHER: totals.get(OTHER, 0.0)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"device": self.device, "calls": self.calls, "busy_ms": self.busy_ms, "host_ms": self.host_ms,
+                "launches": self.launches, "reducer_ms": self.reducer_ms, "by_category_ms": self.by_category(),
+                "op_ms": self.op_ms, "op_launches": self.op_launches}
+
+
+@contextlib.contextmanager
+def around_reducer_calls(around: Callable[[], ContextManager[Any]]) -> Iterator[None]:
+    """While active, every ``Reducer`` call runs inside a fresh ``around()`` context."""
+    original = Reducer.__call__
+
+    def wrapped(reducer: Reducer, state: Any, maps: Any = None) -> Any:
+        with around():
+            return original(reducer, state, maps)
+
+    Reducer.__call__ = wrapped  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        Reducer.__call__ = original  # type: ignore[method-assign]
+
+
+def profile_call(call: Callable[[], None], device: torch.device, calls: int = 3) -> OpProfile:
+    """Run ``call`` ``calls`` times under ``torch.profiler`` (warm it up first) and average."""
+    if calls < 1:
+        raise ValueError(f"calls={calls}: need at least one profiled call")
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    synchronize(device)
+    with around_reducer_calls(lambda: record_function(REDUCER_RANGE)), profile(activities=activities) as prof:
+        for _ in range(calls):
+            call()
+        synchronize(device)
+    op_us: dict[str, float] = defaultdict(float)
+    op_launches: dict[str, float] = defaultdict(float)
+    host_us = reducer_us = 0.0
+    for event in prof.events():
+        if event.device_type != DeviceType.CPU:
+            continue  # kernels are counted through the operator that launched them
+        if event.name == REDUCER_RANGE:
+            reducer_us += event.device_time_total if cuda else event.cpu_time_total
+            continue
+        if not event.name.startswith("aten::"):
+            continue  # autograd and user ranges: their work is in the aten operators below them
+        host_us += event.self_cpu_time_total
+        if cuda:
+            op_us[event.name] += event.self_device_time_total
+            op_launches[event.name] += len(event.kernels)
+        else:
+            op_us[event.name] += event.self_cpu_time_total
+            op_launches[event.name] += not _has_aten_child(event)
+    busy = {name: us for name, us in op_us.items() if us > 0 or op_launches[name] > 0}  # not views and the like
+    scale = 1e-3 / calls  # microseconds over all calls -> milliseconds per call
+    return OpProfile(device=str(device), calls=calls,
+                     op_ms={name: us * scale for name, us in sorted(busy.items(), key=lambda kv: -kv[1])},
+                     op_launches={name: op_launches[name] / calls for name in busy},
+                     busy_ms=sum(op_us.values()) * scale, host_ms=host_us * scale,
+                     launches=sum(op_launches.values()) / calls, reducer_ms=reducer_us * scale)
+
+
+def _has_aten_child(event: Any) -> bool:
+    return any(child.name.startswith("aten::") for child in event.cpu_children)
+
+
+def excess_ops(plain: OpProfile, reduced: OpProfile, gmacs_ratio: float, top: int = 8,
+               ) -> list[tuple[str, float, Optional[float]]]:
+    """The operators whose time shrank least with the MACs: (name, reduced ms minus plain ms
+    divided by the GMACs ratio, plain ms or None where the plain model has no such op),
+    largest first."""
+    names = set(plain.op_ms) | set(reduced.op_ms)
+    rows = [(name, reduced.op_ms.get(name, 0.0) - plain.op_ms.get(name, 0.0) / gmacs_ratio, plain.op_ms.get(name))
+            for name in names]
+    return sorted(rows, key=lambda row: -row[1])[:top]
