@@ -15,16 +15,17 @@ checkout of the package with ``PYTHONPATH=/path/to/checkout`` (before/after comp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from ired_video import apply_reducer, create_model
-from ired_video.reducers.base import Reducer
+from ired_video.profiling import around_reducer_calls
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
@@ -48,23 +49,22 @@ class ReducerClock:
 
     def __init__(self) -> None:
         self.seconds = 0.0
-        self._original = Reducer.__call__
+        self._installed = around_reducer_calls(self._timed)
+
+    @contextlib.contextmanager
+    def _timed(self) -> Iterator[None]:
+        start = time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds += time.process_time() - start
 
     def __enter__(self) -> "ReducerClock":
-        original, clock = self._original, self
-
-        def timed(reducer: Reducer, state: Any, maps: Any = None) -> Any:
-            start = time.process_time()
-            try:
-                return original(reducer, state, maps)
-            finally:
-                clock.seconds += time.process_time() - start
-
-        Reducer.__call__ = timed  # type: ignore[method-assign]
+        self._installed.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        Reducer.__call__ = self._original  # type: ignore[method-assign]
+        self._installed.__exit__(*exc)
 
 
 def main() -> None:
