@@ -105,35 +105,60 @@ def profile_call(call: Callable[[], None], device: torch.device, calls: int = 3)
         for _ in range(calls):
             call()
         synchronize(device)
+    totals = tally_events([event for event in prof.events() if event.device_type == DeviceType.CPU], cuda)
+    scale = 1e-3 / calls  # microseconds over all calls -> milliseconds per call
+    return OpProfile(device=str(device), calls=calls,
+                     op_ms={name: us * scale for name, us in sorted(totals.op_us.items(), key=lambda kv: -kv[1])},
+                     op_launches={name: n / calls for name, n in totals.op_launches.items()},
+                     busy_ms=sum(totals.op_us.values()) * scale, host_ms=totals.host_us * scale,
+                     launches=sum(totals.op_launches.values()) / calls, reducer_ms=totals.reducer_us * scale)
+
+
+@dataclass
+class Totals:
+    """Sums over profiled calls, in microseconds: time and launches by aten operator, the
+    host time in operators, and the time inside reducer ranges."""
+
+    op_us: dict[str, float]
+    op_launches: dict[str, float]
+    host_us: float
+    reducer_us: float
+
+
+def tally_events(events: list[Any], cuda: bool) -> Totals:
+    """Add up host-side profiler events (``name``, ``cpu_parent``, ``cpu_children``,
+    ``kernels``, CPU times). On CUDA a kernel counts for the nearest aten operator at or
+    above the event it is linked to (the operator itself, or a runtime call under it), and
+    for the reducer range around it; on the CPU an operator's self time is its work."""
     op_us: dict[str, float] = defaultdict(float)
     op_launches: dict[str, float] = defaultdict(float)
     host_us = reducer_us = 0.0
-    for event in prof.events():
-        if event.device_type != DeviceType.CPU:
-            continue  # kernels are counted through the operator that launched them
-        if event.name == REDUCER_RANGE:
-            reducer_us += event.device_time_total if cuda else event.cpu_time_total
-            continue
-        if not event.name.startswith("aten::"):
-            continue  # autograd and user ranges: their work is in the aten operators below them
-        host_us += event.self_cpu_time_total
-        if cuda:
-            op_us[event.name] += event.self_device_time_total
-            op_launches[event.name] += len(event.kernels)
-        else:
-            op_us[event.name] += event.self_cpu_time_total
-            op_launches[event.name] += not _has_aten_child(event)
-    busy = {name: us for name, us in op_us.items() if us > 0 or op_launches[name] > 0}  # not views and the like
-    scale = 1e-3 / calls  # microseconds over all calls -> milliseconds per call
-    return OpProfile(device=str(device), calls=calls,
-                     op_ms={name: us * scale for name, us in sorted(busy.items(), key=lambda kv: -kv[1])},
-                     op_launches={name: op_launches[name] / calls for name in busy},
-                     busy_ms=sum(op_us.values()) * scale, host_ms=host_us * scale,
-                     launches=sum(op_launches.values()) / calls, reducer_ms=reducer_us * scale)
+    for event in events:
+        if event.name.startswith("aten::"):
+            host_us += event.self_cpu_time_total
+            if not cuda:
+                op_us[event.name] += event.self_cpu_time_total
+                op_launches[event.name] += not any(child.name.startswith("aten::") for child in event.cpu_children)
+        if not cuda and event.name == REDUCER_RANGE:
+            reducer_us += event.cpu_time_total
+        if cuda and event.kernels:
+            kernel_us = sum(kernel.duration for kernel in event.kernels)
+            owner = _nearest(event, lambda e: e.name.startswith("aten::"))
+            name = owner.name if owner is not None else event.name
+            op_us[name] += kernel_us
+            op_launches[name] += len(event.kernels)
+            if _nearest(event, lambda e: e.name == REDUCER_RANGE) is not None:
+                reducer_us += kernel_us
+    busy = {name for name in op_us if op_us[name] > 0 or op_launches[name] > 0}  # not views and the like
+    return Totals({name: op_us[name] for name in busy}, {name: op_launches[name] for name in busy},
+                  host_us, reducer_us)
 
 
-def _has_aten_child(event: Any) -> bool:
-    return any(child.name.startswith("aten::") for child in event.cpu_children)
+def _nearest(event: Any, wanted: Callable[[Any], bool]) -> Optional[Any]:
+    """``event`` or its nearest host-side ancestor for which ``wanted`` holds, else None."""
+    while event is not None and not wanted(event):
+        event = event.cpu_parent
+    return event
 
 
 def excess_ops(plain: OpProfile, reduced: OpProfile, gmacs_ratio: float, top: int = 8,

@@ -2,13 +2,15 @@
 call, the time inside reducer calls and the excess ranking."""
 import contextlib
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from ired_video import speed
 from ired_video.build import apply_reducer, create_model
-from ired_video.profiling import OTHER, OpProfile, around_reducer_calls, category, excess_ops, profile_call
+from ired_video.profiling import OTHER, REDUCER_RANGE, OpProfile, around_reducer_calls, category, excess_ops
+from ired_video.profiling import profile_call, tally_events
 from ired_video.reducers.base import Reducer
 from tests.tool_modules import load_tool
 
@@ -83,3 +85,36 @@ def test_tool_writes_tables_and_every_operator(tmp_path, capsys):
     assert [r["reducer"] for r in results] == ["plain", "topk", "tome"]
     assert results[2]["tome_r"] >= 1 and results[1]["gmacs_ratio"] > 1
     assert results[1]["runs"]["inference"]["profile"]["op_ms"]["aten::topk"] > 0
+
+
+def _event(name, parent=None, kernels=(), self_cpu=1.0):
+    event = SimpleNamespace(name=name, cpu_parent=parent, cpu_children=[], self_cpu_time_total=self_cpu,
+                            cpu_time_total=self_cpu, kernels=[SimpleNamespace(duration=d) for d in kernels])
+    if parent is not None:
+        parent.cpu_children.append(event)
+    return event
+
+
+def test_cuda_kernels_count_for_the_nearest_aten_operator_and_the_reducer_range_around_them():
+    linear = _event("aten::linear")
+    addmm = _event("aten::addmm", linear, kernels=[30.0])  # kernel linked to the operator itself
+    reducer = _event(REDUCER_RANGE)
+    sort = _event("aten::sort", reducer)
+    launch = _event("cudaLaunchKernel", sort, kernels=[4.0, 1.0])  # linked to the runtime call under it
+    orphan = _event("cudaMemsetAsync", kernels=[2.0])  # no operator above it
+    totals = tally_events([linear, addmm, reducer, sort, launch, orphan], cuda=True)
+    assert totals.op_us == {"aten::addmm": 30.0, "aten::sort": 5.0, "cudaMemsetAsync": 2.0}
+    assert totals.op_launches == {"aten::addmm": 1, "aten::sort": 2, "cudaMemsetAsync": 1}
+    assert totals.reducer_us == 5.0
+    assert totals.host_us == 3.0  # the aten operators' own CPU time
+
+
+def test_on_the_cpu_every_operators_self_time_counts_and_leaves_are_launches():
+    linear = _event("aten::linear", self_cpu=2.0)
+    addmm = _event("aten::addmm", linear, self_cpu=50.0)
+    reducer = _event(REDUCER_RANGE, self_cpu=9.0)
+    _event("aten::sort", reducer, self_cpu=4.0)
+    totals = tally_events([linear, addmm, reducer, reducer.cpu_children[0]], cuda=False)
+    assert totals.op_us == {"aten::linear": 2.0, "aten::addmm": 50.0, "aten::sort": 4.0}
+    assert totals.op_launches == {"aten::linear": 0, "aten::addmm": 1, "aten::sort": 1}
+    assert totals.reducer_us == 9.0
