@@ -9,8 +9,16 @@ import torch
 
 from ired_video import speed
 from ired_video.build import apply_reducer, create_model
-from ired_video.profiling import OTHER, REDUCER_RANGE, OpProfile, around_reducer_calls, category, excess_ops
-from ired_video.profiling import profile_call, tally_events
+from ired_video.profiling import (
+    OTHER,
+    REDUCER_RANGE,
+    OpProfile,
+    around_reducer_calls,
+    category,
+    excess_ops,
+    profile_call,
+    tally_events,
+)
 from ired_video.reducers.base import Reducer
 from tests.tool_modules import load_tool
 
