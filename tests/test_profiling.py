@@ -90,7 +90,7 @@ def test_tool_writes_tables_and_every_operator(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "| plain | 1.00 |" in text and "| topk 0.5 |" in text and "| tome r=" in text
     results = json.loads(out.read_text())["results"]
-    assert [r["reducer"] for r in results] == ["plain", "topk", "tome"]
+    assert [r["reducer"] for r in results] == ["plain", "topk", "tome", "plain (end)"]
     assert results[2]["tome_r"] >= 1 and results[1]["gmacs_ratio"] > 1
     assert results[1]["runs"]["inference"]["profile"]["op_ms"]["aten::topk"] > 0
 

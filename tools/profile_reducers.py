@@ -6,8 +6,10 @@ was busy (kernel time on CUDA, operator CPU time on the CPU) and its share of th
 (low: the host's launches, not the device, set the pace), kernel launches per call, the time
 inside reducer calls, the time per kind of operator (``ired_video.profiling.CATEGORIES``), and
 the operators whose time shrank least with the MACs ("excess": reduced ms minus plain ms /
-GMACs ratio). The wall times are one unpaired run each: efficiencies come from
-``ired-video bench``, this tool says where the difference lies.
+GMACs ratio). Nothing is paired: the plain model is profiled first and again last ("plain
+(end)"), and a category's factor against the plain row means no more than those two rows
+agree (on a shared 2-core CPU they have differed by 20%). Efficiencies come from the paired
+``ired-video bench``; this tool says where a difference lies.
 
     python tools/profile_reducers.py --model timesformer_base_patch16_224 --device cuda --dtype bf16 \\
         --batch 32 --reducers topk tome bat iared2 --keep 0.5 --train --output runs/gpu/profile.json
@@ -27,7 +29,7 @@ import torch
 
 from ired_video import speed
 from ired_video.build import create_model
-from ired_video.commands.bench import PLAIN, SPEC_BY_LABEL, SPECS, Spec, configure, make_inputs
+from ired_video.commands.bench import PLAIN, PLAIN_END, SPEC_BY_LABEL, SPECS, Spec, configure, make_inputs
 from ired_video.config import ConfigError
 from ired_video.devices import resolve_device
 from ired_video.models import list_models
@@ -71,16 +73,22 @@ def profile_setting(model: torch.nn.Module, kind: str, video: torch.Tensor, labe
     return timing.seconds, profile_call(call, video.device, args.calls)
 
 
+def setting_label(spec: Spec, row: dict[str, Any], keep: float) -> str:
+    """"plain", "plain (end)", "tome r=16" or "topk 0.5"."""
+    if spec in (PLAIN, PLAIN_END):
+        return spec.label
+    return f"{spec.label} r={row['tome_r']}" if "tome_r" in row else f"{spec.label} {keep:g}"
+
+
 def summary_table(results: list[dict[str, Any]], kind: str) -> str:
     plain = results[0]["runs"][kind]
-    header = ["setting", "GMACs ratio", "wall ms", "speed-up", "efficiency", "busy ms", "busy / wall", "launches",
+    header = ["setting", "GMACs ratio", "wall ms", "busy ms", "busy / wall", "launches",
               "host ms", "in reducers ms"] + [name for name, _ in CATEGORIES] + [OTHER]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         run = result["runs"][kind]
-        prof, speedup = run["profile"], plain["wall_ms"] / run["wall_ms"]
-        cells = [result["label"], f"{result['gmacs_ratio']:.2f}", f"{run['wall_ms']:.1f}", f"{speedup:.2f}",
-                 f"{speedup / result['gmacs_ratio']:.2f}", f"{prof['busy_ms']:.1f}",
+        prof = run["profile"]
+        cells = [result["label"], f"{result['gmacs_ratio']:.2f}", f"{run['wall_ms']:.1f}", f"{prof['busy_ms']:.1f}",
                  f"{prof['busy_ms'] / run['wall_ms']:.2f}", f"{prof['launches']:.0f}", f"{prof['host_ms']:.1f}",
                  f"{prof['reducer_ms']:.1f}"]
         base = plain["profile"]["by_category_ms"]
@@ -95,6 +103,8 @@ def excess_table(results: list[dict[str, Any]], profiles: dict[tuple[str, str], 
     lines = ["| setting | operator | excess ms | plain ms | reduced ms |", "|---|---|---|---|---|"]
     plain = profiles[(results[0]["label"], kind)]
     for result in results[1:]:
+        if result["reducer"] == PLAIN_END.label:
+            continue
         reduced = profiles[(result["label"], kind)]
         for name, excess, plain_ms in excess_ops(plain, reduced, result["gmacs_ratio"], top=6):
             lines.append(f"| {result['label']} | {name} | {excess:+.2f} | "
@@ -122,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = make_inputs(plain_model, [args.batch], 0, args.torch_device)
     video, labels = inputs.videos[args.batch], inputs.labels[args.batch]
     kinds = KINDS if args.train else KINDS[:1]
-    specs: list[Spec] = [PLAIN] + [SPEC_BY_LABEL[label] for label in args.reducers]
+    specs: list[Spec] = [PLAIN] + [SPEC_BY_LABEL[label] for label in args.reducers] + [PLAIN_END]
     setup = {"argv": sys.argv[1:] if argv is None else argv, "model": args.model, "batch": args.batch,
              "device": str(args.torch_device), "dtype": args.dtype, "threads": torch.get_num_threads(),
              "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -136,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         configure(model, spec, args.mode, args.keep, row, drop_gmacs, inputs)
         with torch.inference_mode():
             gmacs = float(model(video[:1], return_info=True)[1].gmacs.mean())
-        label = spec.label if spec is PLAIN else f"{spec.label} " + (f"r={row['tome_r']}" if "tome_r" in row
-                                                                        else f"{args.keep:g}")
+        label = setting_label(spec, row, args.keep)
         result = {"label": label, "reducer": spec.label, "gmacs": gmacs, "runs": {}, **row}
         result["gmacs_ratio"] = (results[0]["gmacs"] if results else gmacs) / gmacs
         for kind in kinds:
