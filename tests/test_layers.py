@@ -13,7 +13,7 @@ LAYERS = [
     {"models"},
     {"reducers"},
     {"cascade"},
-    {"build", "budget", "speed"},
+    {"build", "budget", "speed", "profiling"},
     {"viz", "explain", "inference"},
     {"engine", "overlay_view"},
     {"commands", "cli"},
