@@ -53,18 +53,26 @@ class OpProfile:
     """Per-call averages over ``calls`` profiled calls, in milliseconds.
 
     op_ms: self time by operator name (kernel time on CUDA, CPU time on the CPU);
-    busy_ms: their sum; host_ms: CPU self time of every operator (what launching costs
-    on CUDA); launches: kernels per call (CUDA) or leaf operators (CPU); reducer_ms: time
-    inside reducer calls (same clock as op_ms)."""
+    op_launches: kernels (CUDA) or leaf operators (CPU) by operator name; host_ms: CPU
+    self time of every operator (what launching costs on CUDA); reducer_ms: time inside
+    reducer calls (same clock as op_ms)."""
 
     device: str
     calls: int
     op_ms: dict[str, float]
     op_launches: dict[str, float]
-    busy_ms: float
     host_ms: float
-    launches: float
     reducer_ms: float
+
+    @property
+    def busy_ms(self) -> float:
+        """Time the device spent in operators per call."""
+        return sum(self.op_ms.values())
+
+    @property
+    def launches(self) -> float:
+        """Kernels (CUDA) or leaf operators (CPU) per call."""
+        return sum(self.op_launches.values())
 
     def by_category(self) -> dict[str, float]:
         totals: dict[str, float] = defaultdict(float)
@@ -110,8 +118,7 @@ def profile_call(call: Callable[[], None], device: torch.device, calls: int = 3)
     return OpProfile(device=str(device), calls=calls,
                      op_ms={name: us * scale for name, us in sorted(totals.op_us.items(), key=lambda kv: -kv[1])},
                      op_launches={name: n / calls for name, n in totals.op_launches.items()},
-                     busy_ms=sum(totals.op_us.values()) * scale, host_ms=totals.host_us * scale,
-                     launches=sum(totals.op_launches.values()) / calls, reducer_ms=totals.reducer_us * scale)
+                     host_ms=totals.host_us * scale, reducer_ms=totals.reducer_us * scale)
 
 
 @dataclass
