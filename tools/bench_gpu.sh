@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # The prepared GPU run: correctness on the GPU, TimeSformer-B throughput of every reducer,
 # eager and compiled, bf16, inference and training steps, and a profiler breakdown of where
-# the reducers' eager time goes. On one H200 (2026-12-04) checks and eager took about
-# 4 minutes and the plain model's compiled row 45 s; compiling top-k takes about twice, ToMe
-# three times the plain model's time (CPU, micro model), hence the compiled stage's 330 s.
-# The boxes add up to 800 s, past a 10-minute device call: run at most three stages per call.
-# After the 2026-12-04 run (checks, eager and plain compiled measured), the next GPU session
-# runs STAGES="checks profile compiled" (at most 600 s; profile not yet run on a GPU).
+# the reducers' eager time goes. Measured on one H200 (two sessions, 2026-12-04): checks 25 s,
+# eager about 3.5 min, profile about 2 min, the plain model's compiled rows 45 s with training,
+# top-k's compiled inference row 10 s; ToMe's compiled inference did not finish in 55 s and
+# top-k's compiled training not in 150 s, so compiled inference (plain, top-k, ToMe) and
+# compiled training (plain, top-k) are separate stages, each boxed to its own limit.
+# The boxes add up to 1090 s, past a 10-minute device call: run at most two or three stages
+# per call. Next GPU session: STAGES="compiled compiled_train" (570 s, neither has finished yet).
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
 #   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
-#                                           # bench_eager.{md,json}, profile.{md,json}, bench_compiled.{md,json}
+#                                           # bench_eager.{md,json}, profile.{md,json},
+#                                           # bench_compiled.{md,json}, bench_compiled_train.{md,json}
 # On a machine with network, the README's install command replaces the wheels step.
 # SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
-# STAGES="checks profile" runs only the named stages (of: checks eager profile compiled).
+# STAGES="checks profile" runs only the named stages (of: checks eager profile compiled compiled_train).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -41,7 +43,7 @@ else
         || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
 fi
 
-stages=" ${STAGES:-checks eager profile compiled} "
+stages=" ${STAGES:-checks eager profile compiled compiled_train} "
 stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
     local seconds=$1 name=$2; shift 2
     [[ $stages == *" ${name#bench_} "* ]] || { echo "== $name (skipped: not in STAGES)"; return; }
@@ -68,9 +70,15 @@ stage 150 profile $python tools/profile_reducers.py --model $model --device $dev
     --batch $big --reducers topk tome bat iared2 --keep 0.5 --train --warmup $warmup --iters $iters --calls $calls \
     --output "$out/profile.json"
 
-# 4. Compiled (torch.compile, static shapes), bf16, batch 32: the plain model and the reducers
-#    users try first, at keep 0.5, inference and training steps; graph counts per row.
-stage 330 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
+# 4. Compiled (torch.compile, static shapes), bf16, batch 32, inference: the plain model and
+#    the reducers users try first, at keep 0.5; graph counts per row.
+stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtype $dtype --compile \
     --models $model --reducers topk tome --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled.json"
+
+# 5. Compiled training steps (forward, backward, AdamW; inference rows again on the way):
+#    the plain model and top-k at keep 0.5, batch 32.
+stage 330 bench_compiled_train $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
+    --models $model --reducers topk --keeps 0.5 --batches $big --warmup 2 \
+    --iters $iters --no-progress --output "$out/bench_compiled_train.json"
 echo "done: $(ls "$out")"
