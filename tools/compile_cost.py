@@ -37,10 +37,13 @@ KERNEL_SUFFIXES = (".cpp", ".py")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="timesformer_micro", choices=list_models())
+    parser.add_argument("--model", default="timesformer_micro", choices=list_models(), metavar="MODEL",
+                        help=f"one of {', '.join(list_models())} (default timesformer_micro)")
     parser.add_argument("--depth", type=int, default=None, help="override the model's number of blocks")
     parser.add_argument("--reducers", nargs="+", default=["topk", "tome"], choices=sorted(SPEC_BY_LABEL),
-                        help="reducers besides the plain model (default: topk tome)")
+                        metavar="REDUCER",
+                        help=f"reducers besides the plain model, of {', '.join(sorted(SPEC_BY_LABEL))} "
+                             "(default: topk tome)")
     parser.add_argument("--keep", type=float, default=0.5, help="keep ratio (ToMe: r matched to top-k's GMACs)")
     parser.add_argument("--mode", default="tube", choices=["tube", "frame"])
     parser.add_argument("--batch", type=int, default=2)
