@@ -107,6 +107,19 @@ def test_training_steps_are_timed_and_leave_the_model_unchanged(tmp_path):
     assert first["gmacs"] == last["gmacs"]
 
 
+def test_no_inference_times_training_steps_only(tmp_path, capsys):
+    out = tmp_path / "train_only.json"
+    assert bench.main(["--quick", "--threads", "1", "--no-progress", "--reducers", "topk", "--keeps", "0.5",
+                       "--batches", "2", "--train", "--no-inference", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["setup"]["measurements"] == ["training step, eager"]
+    topk = result["rows"][1]
+    assert topk["error"] is None and list(topk["runs"]) == ["training step, eager"]
+    assert topk["gmacs_ratio"] > 1 and topk["runs"]["training step, eager"]["2"]["speedup"] > 0
+    printed = capsys.readouterr().out
+    assert "### training step, eager" in printed and "### inference" not in printed
+
+
 def test_timing_a_training_step_updates_the_weights_it_is_given():
     torch.manual_seed(0)
     model = create_model("timesformer_test")
@@ -153,6 +166,7 @@ def test_a_failing_reducer_is_reported_and_the_rest_runs(tmp_path, monkeypatch, 
     (["--dtype", "fp16", "--device", "cpu"], "fp16 runs on a GPU only"),
     (["--compile", "--warmup", "0"], "--compile needs --warmup >= 1"),
     (["--keeps", "1.5"], "not a fraction"),
+    (["--no-inference"], "--no-inference leaves nothing to time without --train"),
     (["--output", "{tmp}/a_file/x.json"], "--output {tmp}/a_file/x.json: cannot write in {tmp}/a_file"),
 ])
 def test_bad_settings_are_refused_before_any_work(argv, message, capsys, tmp_path):

@@ -76,9 +76,9 @@ stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtyp
     --models $model --reducers topk tome --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled.json"
 
-# 5. Compiled training steps (forward, backward, AdamW; inference rows again on the way):
-#    the plain model and top-k at keep 0.5, batch 32.
+# 5. Compiled training steps (forward, backward, AdamW; eager training steps too, no inference
+#    rows): the plain model and top-k at keep 0.5, batch 32.
 stage 330 bench_compiled_train $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
-    --models $model --reducers topk --keeps 0.5 --batches $big --warmup 2 \
+    --no-inference --models $model --reducers topk --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled_train.json"
 echo "done: $(ls "$out")"

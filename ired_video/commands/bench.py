@@ -74,6 +74,8 @@ examples:
   ired-video bench --models timesformer_base_patch16_224 --device cuda --dtype bf16 --compile --train \\
       --keeps 0.7 0.5 --batches 8 32
   ired-video bench --reducers tome topk --keeps 0.7 --modes tube frame --img-size 112 --frames 4
+  ired-video bench --device cuda --dtype bf16 --compile --train --no-inference --reducers topk --keeps 0.5 \\
+      --batches 32   # compiled training steps only
 """
 
 MEASUREMENTS = ("inference, eager", "inference, compiled", "training step, eager", "training step, compiled")
@@ -112,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also time training steps (forward + backward + AdamW step, training mode)")
     parser.add_argument("--compile", action="store_true",
                         help="also time every measurement under torch.compile, and count its graphs")
+    parser.add_argument("--no-inference", action="store_true",
+                        help="time training steps only (needs --train): skips the inference rows, which "
+                             "--compile would otherwise compile too")
     parser.add_argument("--dtype", choices=sorted(speed.DTYPES), default="fp32",
                         help="compute precision: fp32, or bf16/fp16 under autocast (fp16: GPU only; default fp32)")
     parser.add_argument("--threads", type=int, default=None,
@@ -160,14 +165,18 @@ def _impossible(args: argparse.Namespace) -> Optional[str]:
         return "batches, --iters and --threads must be >= 1, --warmup >= 0"
     if args.compile and args.warmup < 1:
         return "--compile needs --warmup >= 1 (the first calls compile)"
+    if args.no_inference and not args.train:
+        return "--no-inference leaves nothing to time without --train"
     return None
 
 
 def measurements(args: argparse.Namespace) -> list[str]:
     """The measurement kinds this run makes, in table order."""
-    kinds = ["inference, eager"]
-    if args.compile:
-        kinds.append("inference, compiled")
+    kinds = []
+    if not args.no_inference:
+        kinds.append("inference, eager")
+        if args.compile:
+            kinds.append("inference, compiled")
     if args.train:
         kinds.append("training step, eager")
         if args.compile:
