@@ -22,3 +22,12 @@ def test_one_setting_compiles_to_one_graph_equal_to_eager() -> None:
     assert row["graphs"] == 1
     assert row["max_abs_diff"] < 1e-5
     assert row["first_call_s"] > 0
+
+
+def test_a_training_step_compiles_to_the_eager_loss_and_gradients() -> None:
+    tool = load_tool("compile_cost")
+    args = tool.build_parser().parse_args(["--model", "timesformer_test", "--keep", "0.5", "--train"])
+    row = tool.measure_one("topk", args)
+    assert row["graphs"] == 1
+    assert row["max_abs_diff"] < 1e-5
+    assert row["first_call_s"] > 0

@@ -3,17 +3,21 @@
 For the plain model and each reducer (the settings of ``ired-video bench``: ToMe's r matched
 to top-k's GMACs at the same keep), each in its own Python process with an empty inductor
 cache (so no setting reuses another's kernels): the seconds of the first compiled call
-(tracing, code generation, compiling, one forward), the kernel source files inductor wrote
-(C++ on the CPU, Triton on a GPU), the graph count, and the largest difference between the
-compiled and the eager logits. Blocks that see the same shapes share kernels; a reducer that
-changes the token count at every block (ToMe) makes every block's kernels anew.
+(tracing, code generation, compiling, one forward; with ``--train`` one training-mode forward
+and backward), the kernel source files inductor wrote (C++ on the CPU, Triton on a GPU), the
+graph count of the forward in that mode, and the largest difference between compiled and
+eager logits (with ``--train``: loss and gradients). Blocks that see the same shapes share
+kernels; a reducer that changes the token count at every block (ToMe) makes every block's
+kernels anew, and a backward doubles what each shape costs.
 
     python tools/compile_cost.py --model timesformer_micro --depth 8 --reducers topk tome
+    python tools/compile_cost.py --model timesformer_micro --depth 8 --train
     python tools/compile_cost.py --model timesformer_base_patch16_224 --device cuda --dtype bf16 --batch 32
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 
 from ired_video import speed
 from ired_video.build import create_model
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(speed.DTYPES))
+    parser.add_argument("--train", action="store_true",
+                        help="compile a training-mode forward + backward instead of an eval forward")
     parser.add_argument("--output", type=Path, default=None, help="write the rows as JSON here")
     parser.add_argument("--single", default=None, help=argparse.SUPPRESS)  # one setting, in a child process
     return parser
@@ -69,16 +76,52 @@ def measure_one(label: str, args: argparse.Namespace) -> dict[str, Any]:
     row: dict[str, Any] = {"setting": label}
     configure(model, PLAIN if label == "plain" else SPEC_BY_LABEL[label], args.mode, args.keep, row, {}, inputs)
     video = inputs.videos[args.batch]
-    compiled = speed.compile_model(model)
+    if args.train:
+        row.update(first_training_call(model, video, inputs.labels[args.batch], device, dtype))
+    else:
+        row.update(first_inference_call(model, video, device, dtype))
+    row["graphs"] = speed.graph_breaks(model, video).graphs
+    return row
+
+
+def first_inference_call(model: torch.nn.Module, video: torch.Tensor, device: torch.device,
+                         dtype: torch.dtype) -> dict[str, float]:
+    """Seconds of the first compiled eval forward; largest |compiled - eager| logit."""
+    compiled = speed.compile_model(model.eval())
     with torch.inference_mode(), speed.autocast(device, dtype):
         start = time.perf_counter()
         logits = compiled(video)
         speed.synchronize(device)
-        row["first_call_s"] = time.perf_counter() - start
+        seconds = time.perf_counter() - start
         eager = model(video)
-    row["max_abs_diff"] = float((logits.float() - eager.float()).abs().max())
-    row["graphs"] = speed.graph_breaks(model, video).graphs
-    return row
+    return {"first_call_s": seconds, "max_abs_diff": float((logits.float() - eager.float()).abs().max())}
+
+
+def first_training_call(model: torch.nn.Module, video: torch.Tensor, labels: torch.Tensor, device: torch.device,
+                        dtype: torch.dtype) -> dict[str, float]:
+    """Seconds of the first compiled training-mode forward + backward (what a training step
+    compiles; the optimizer step stays eager); largest |compiled - eager| over the loss and
+    every gradient, the eager ones from a copy of the model."""
+    reference = copy.deepcopy(model).train()
+    compiled = speed.compile_model(model.train())
+
+    def loss_and_grads(runner: torch.nn.Module, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+        with speed.autocast(device, dtype):
+            logits = runner(video)
+        loss = F.cross_entropy(logits.float(), labels)
+        loss.backward()
+        return [loss.detach()] + [p.grad for p in params if p.grad is not None]
+
+    start = time.perf_counter()
+    compiled_values = loss_and_grads(compiled, list(model.parameters()))
+    speed.synchronize(device)
+    seconds = time.perf_counter() - start
+    eager_values = loss_and_grads(reference, list(reference.parameters()))
+    if len(compiled_values) != len(eager_values):
+        raise RuntimeError(f"compiled backward filled {len(compiled_values) - 1} gradients, eager "
+                           f"{len(eager_values) - 1}")
+    diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(compiled_values, eager_values))
+    return {"first_call_s": seconds, "max_abs_diff": diff}
 
 
 def run_in_child(label: str, argv: list[str]) -> dict[str, Any]:
