@@ -85,6 +85,24 @@ def test_tome_r_matches_topk_gmacs(quick_run):
         assert tome["gmacs"] == pytest.approx(topk["gmacs"], rel=0.05)
 
 
+def test_ablations_run_only_when_asked_and_switch_off_proportional_attention(quick_run, monkeypatch, tmp_path):
+    assert not {s.label for s in bench.ABLATION_SPECS} & {r["reducer"] for r in quick_run[1]["rows"]}
+    applied = []
+    real = bench.apply_reducer
+    monkeypatch.setattr(bench, "apply_reducer", lambda model, name, **kw: (applied.append((name, kw)),
+                                                                            real(model, name, **kw))[1])
+    out = tmp_path / "ablation.json"
+    assert bench.main(["--quick", "--threads", "1", "--no-progress", "--reducers", "tome-noprop", "tome", "bat-noprop",
+                       "--keeps", "0.5", "--batches", "1", "--output", str(out)]) == 0
+    rows = {r["reducer"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["plain", "tome", "tome-noprop", "bat-noprop", "plain (end)"]  # ablations last
+    assert all(r["error"] is None for r in rows.values())
+    assert rows["tome-noprop"]["tome_r"] == rows["tome"]["tome_r"]  # the same merges, only the logit bias differs
+    assert rows["tome-noprop"]["gmacs"] == pytest.approx(rows["tome"]["gmacs"])
+    assert [(name, kw.get("prop_attn")) for name, kw in applied if name != "none"] == [
+        ("tome", None), ("tome", False), ("bat", False)]
+
+
 def test_markdown_table_lists_every_row(quick_run):
     rows = quick_run[1]["rows"]
     table = bench.markdown_table(rows, [1, 2], EAGER).splitlines()

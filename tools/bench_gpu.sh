@@ -7,7 +7,8 @@
 # top-k's compiled training not in 150 s, so compiled inference (plain, top-k, ToMe) and
 # compiled training (plain, top-k) are separate stages, each boxed to its own limit.
 # The boxes add up to 1090 s, past a 10-minute device call: run at most two or three stages
-# per call. Next GPU session: STAGES="compiled compiled_train" (570 s, neither has finished yet).
+# per call. Next GPU session: STAGES="compiled compiled_train" (570 s, neither has finished yet;
+# compiled_train now times training steps only, bench --no-inference).
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)

@@ -29,7 +29,7 @@ import torch
 
 from ired_video import speed
 from ired_video.build import create_model
-from ired_video.commands.bench import PLAIN, PLAIN_END, SPEC_BY_LABEL, SPECS, Spec, configure, make_inputs
+from ired_video.commands.bench import PLAIN, PLAIN_END, SPEC_BY_LABEL, Spec, configure, make_inputs
 from ired_video.config import ConfigError
 from ired_video.devices import resolve_device
 from ired_video.models import list_models
@@ -42,7 +42,7 @@ KINDS = ("inference", "training step")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="timesformer_small_patch16_224", choices=list_models(), metavar="MODEL")
-    parser.add_argument("--reducers", nargs="+", default=["topk", "tome"], choices=[s.label for s in SPECS],
+    parser.add_argument("--reducers", nargs="+", default=["topk", "tome"], choices=list(SPEC_BY_LABEL),
                         metavar="REDUCER", help="reducers to profile besides the plain model (default: topk tome)")
     parser.add_argument("--keep", type=float, default=0.5, help="fraction kept per stage (default 0.5)")
     parser.add_argument("--mode", choices=["tube", "frame"], default="tube")

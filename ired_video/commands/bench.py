@@ -54,7 +54,12 @@ SPECS: tuple[Spec, ...] = (
     Spec("tome", "tome"),
     Spec("iared2", "iared2"),
 )
-SPEC_BY_LABEL = {spec.label: spec for spec in SPECS}
+# Selectable by --reducers, not run by default: ablations of one reducer's option.
+ABLATION_SPECS: tuple[Spec, ...] = (
+    Spec("tome-noprop", "tome", {"prop_attn": False}),
+    Spec("bat-noprop", "bat", {"prop_attn": False}),
+)
+SPEC_BY_LABEL = {spec.label: spec for spec in SPECS + ABLATION_SPECS}
 PLAIN = Spec("plain", "none")
 # The plain model timed again after a model's last reducer: on a shared or throttling
 # machine the speed drifts, and this row's "speed-up" (ideally 1.00) shows by how much.
@@ -96,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "at several keep ratios, and print Markdown tables.")
     parser.add_argument("--models", nargs="+", choices=list_models(), metavar="MODEL",
                         help=f"variants to measure (default: {' '.join(DEFAULT_MODELS)})")
-    parser.add_argument("--reducers", nargs="+", choices=[s.label for s in SPECS], metavar="REDUCER",
+    parser.add_argument("--reducers", nargs="+", choices=list(SPEC_BY_LABEL), metavar="REDUCER",
                         default=[s.label for s in SPECS],
-                        help=f"reducers besides the plain model (default: all: {' '.join(s.label for s in SPECS)})")
+                        help=f"reducers besides the plain model (default: all: {' '.join(s.label for s in SPECS)}; "
+                             f"also {', '.join(s.label for s in ABLATION_SPECS)}: without proportional attention)")
     parser.add_argument("--keeps", nargs="+", type=float, default=[0.9, 0.7, 0.5],
                         help="fractions of tokens kept at each stage (default: 0.9 0.7 0.5)")
     parser.add_argument("--modes", nargs="+", choices=["tube", "frame"], default=["tube"],
@@ -321,7 +327,7 @@ def short_error(err: BaseException) -> str:
 def configurations(args: argparse.Namespace) -> list[tuple[str, Spec, str, float]]:
     """(model, spec, mode, keep) in run order: plain first, then each mode, reducer and keep
     (topk before tome, whose r is matched to top-k's GMACs), plain again at the end."""
-    order = [s.label for s in SPECS]
+    order = [s.label for s in SPECS + ABLATION_SPECS]
     specs = sorted((SPEC_BY_LABEL[label] for label in args.reducers), key=lambda s: order.index(s.label))
     runs: list[tuple[str, Spec, str, float]] = []
     for name in args.models:
@@ -368,7 +374,7 @@ def run(args: argparse.Namespace, on_row: Optional[Callable[[list[dict[str, Any]
             plain[name] = row
         if spec.label == "topk" and row["gmacs"] is not None:
             drop_gmacs[(mode, keep)] = row["gmacs"]
-        if spec.label == "bat" and row["tokens_per_block"]:
+        if spec.reducer == "bat" and row["tokens_per_block"]:
             row["note"] = f"tokens in last block {row['tokens_per_block'][-1]:.0f} (adds cluster tokens)"
         if spec is PLAIN_END:
             row["note"] = "drift check: plain model re-timed after the reducers"
