@@ -6,18 +6,20 @@
 # top-k's compiled inference row 10 s; ToMe's compiled inference did not finish in 55 s and
 # top-k's compiled training not in 150 s, so compiled inference (plain, top-k, ToMe) and
 # compiled training (plain, top-k) are separate stages, each boxed to its own limit.
-# The boxes add up to 1090 s, past a 10-minute device call: run at most two or three stages
-# per call. Next GPU session: STAGES="compiled compiled_train" (570 s, neither has finished yet;
-# compiled_train now times training steps only, bench --no-inference).
+# The boxes add up to 1180 s, past a 10-minute device call: run at most two or three stages
+# per call. Next GPU session: STAGES="prop_attn compiled_train" (420 s; compiled_train, never
+# finished yet, now times training steps only, bench --no-inference), then "compiled" if time is left.
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
 #   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
 #   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
 #                                           # bench_eager.{md,json}, profile.{md,json},
-#                                           # bench_compiled.{md,json}, bench_compiled_train.{md,json}
+#                                           # bench_prop_attn.{md,json}, bench_compiled.{md,json},
+#                                           # bench_compiled_train.{md,json}
 # On a machine with network, the README's install command replaces the wheels step.
 # SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
-# STAGES="checks profile" runs only the named stages (of: checks eager profile compiled compiled_train).
+# STAGES="checks profile" runs only the named stages (of: checks eager profile prop_attn compiled
+# compiled_train).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -44,7 +46,7 @@ else
         || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
 fi
 
-stages=" ${STAGES:-checks eager profile compiled compiled_train} "
+stages=" ${STAGES:-checks eager profile prop_attn compiled compiled_train} "
 stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
     local seconds=$1 name=$2; shift 2
     [[ $stages == *" ${name#bench_} "* ]] || { echo "== $name (skipped: not in STAGES)"; return; }
@@ -70,6 +72,13 @@ stage 200 bench_eager $python -m ired_video.cli bench --device $device --dtype $
 stage 150 profile $python tools/profile_reducers.py --model $model --device $device --dtype $dtype \
     --batch $big --reducers topk tome bat iared2 --keep 0.5 --train --warmup $warmup --iters $iters --calls $calls \
     --output "$out/profile.json"
+
+# 3b. Proportional attention on the GPU: ToMe and BAT with and without the log-size logit
+#     bias (an attention mask, which may keep SDPA off its fastest kernel), eager inference,
+#     batch 32, keep 0.5. The profile found attention shrinking least for these two.
+stage 90 bench_prop_attn $python -m ired_video.cli bench --device $device --dtype $dtype \
+    --models $model --reducers tome tome-noprop bat bat-noprop --keeps 0.5 --batches $big --warmup $warmup \
+    --iters $iters --no-progress --output "$out/bench_prop_attn.json"
 
 # 4. Compiled (torch.compile, static shapes), bf16, batch 32, inference: the plain model and
 #    the reducers users try first, at keep 0.5; graph counts per row.
