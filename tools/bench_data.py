@@ -294,36 +294,43 @@ def accuracy_table(paths: list[str], cfg: DataConfig, samples: int) -> None:
 
 
 def cuda_table(paths: list[str], cfg: DataConfig, clips: int) -> int:
-    """torchcodec on the GPU: decode-only clips/s (8x32 frames at native size, no
-    transforms); skipped (exit 0) without a GPU or without a usable torchcodec."""
+    """torchcodec on the GPU against PyAV and torchcodec on one CPU thread, decode only (8x32
+    frames of the training sampler at native size, no transforms); skipped (exit 0) without
+    a GPU or without a usable torchcodec."""
     why = available_backends()["torchcodec"]
     if not torch.cuda.is_available() or why:
         print(f"skipping --device cuda: {why or 'no CUDA device'}")
         return 0
     sampler = DenseSampler(cfg.num_frames, cfg.sampling_rate, cfg.target_fps)
-    print(f"GPU: {torch.cuda.get_device_name(0)}\n")
+    decoders: list[tuple[str, Callable[[str, Callable], object]]] = [
+        ("torchcodec cuda", lambda p, c: read_clip_torchcodec(p, c, device="cuda")),
+        ("torchcodec cpu", lambda p, c: read_clip_torchcodec(p, c)),
+        ("pyav cpu", lambda p, c: read_clip(p, c, backend="pyav")),
+    ]
+    print(f"GPU: {torch.cuda.get_device_name(0)}; CPU rows: one thread\n")
     print("| data | decoder | clips/s (wall) | host CPU-s per clip | peak GPU MiB (torch) |")
     print("|---|---|---:|---:|---:|")
     for path in paths:
-        rng = np.random.default_rng(0)
+        for label, decode in decoders:
+            rng = np.random.default_rng(0)
 
-        def choose(n: int, fps: float, rng: np.random.Generator = rng) -> Sequence[int]:
-            return sampler(n, fps, "train", rng=rng).indices
+            def choose(n: int, fps: float, rng: np.random.Generator = rng) -> Sequence[int]:
+                return sampler(n, fps, "train", rng=rng).indices
 
-        try:
-            read_clip_torchcodec(path, choose, device="cuda")  # warm-up: CUDA context, NVDEC
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            cpu, wall = time.process_time(), time.perf_counter()
-            for _ in range(clips):  # native size: the GPU resizes faster than it decodes
-                read_clip_torchcodec(path, choose, device="cuda")
-            torch.cuda.synchronize()
-        except DecodeError as err:
-            print(f"| {Path(path).name} | torchcodec cuda | failed: {err.reason} |||", flush=True)
-            continue
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        print(f"| {Path(path).name} | torchcodec cuda | {clips / wall:.1f} | {cpu / clips:.3f} | "
-              f"{torch.cuda.max_memory_allocated() / 2**20:.0f} |", flush=True)
+            try:
+                decode(path, choose)  # warm-up: CUDA context, NVDEC, file cache
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                cpu, wall = time.process_time(), time.perf_counter()
+                for _ in range(clips):  # native size: the GPU resizes faster than it decodes
+                    decode(path, choose)
+                torch.cuda.synchronize()
+            except DecodeError as err:
+                print(f"| {Path(path).name} | {label} | failed: {err.reason} |||", flush=True)
+                continue
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            memory = f"{torch.cuda.max_memory_allocated() / 2**20:.0f}" if "cuda" in label else "-"
+            print(f"| {Path(path).name} | {label} | {clips / wall:.1f} | {cpu / clips:.3f} | {memory} |", flush=True)
     return 0
 
 
@@ -335,7 +342,8 @@ def main(argv: Optional[list[str]] = None) -> int:
                         help="real: ../shared/testdata/videos; long: --long; demo: generated")
     parser.add_argument("--long", default=None, help="a long clip (e.g. from --make-long)")
     parser.add_argument("--make-long", metavar="PATH", default=None,
-                        help="write a 60 s 1920x1080 30 fps H.264 clip to PATH and exit")
+                        help="write a 1920x1080 30 fps H.264 clip (--seconds long) to PATH and exit")
+    parser.add_argument("--seconds", type=int, default=60, help="--make-long: the clip's length (default 60)")
     parser.add_argument("--demo-dir", default=None,
                         help="existing demo dataset (default: generate one in a temp folder)")
     parser.add_argument("--demo-config", action="store_true",
@@ -362,7 +370,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     if args.make_long:
         started = time.perf_counter()
-        make_long_clip(Path(args.make_long))
+        if args.seconds < 1:
+            parser.error("--seconds must be >= 1")
+        make_long_clip(Path(args.make_long), seconds=args.seconds)
         print(f"wrote {args.make_long} in {time.perf_counter() - started:.0f} s")
         return 0
     torch.manual_seed(0)

@@ -6,20 +6,20 @@
 # top-k's compiled inference row 10 s; ToMe's compiled inference did not finish in 55 s and
 # top-k's compiled training not in 150 s, so compiled inference (plain, top-k, ToMe) and
 # compiled training (plain, top-k) are separate stages, each boxed to its own limit.
-# The boxes add up to 1180 s, past a 10-minute device call: run at most two or three stages
-# per call. Next GPU session: STAGES="prop_attn compiled_train" (420 s; compiled_train, never
-# finished yet, now times training steps only, bench --no-inference), then "compiled" if time is left.
+# The boxes add up to 1330 s, past a 10-minute device call: run at most two or three stages
+# per call. Next GPU session: STAGES="prop_attn compiled_train decode" (570 s; compiled_train,
+# never finished yet, now times training steps only, bench --no-inference), then "compiled".
 # Each stage is time-boxed and writes its table as it goes, so a cut-short run still reports.
 #
-#   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, decord)
+#   tools/gpu_wheels.sh                     # here, once: wheels the GPU image lacks (PyAV, torchcodec)
 #   tools/bench_gpu.sh OUT_DIR              # there: OUT_DIR gets environment.txt, checks.md,
 #                                           # bench_eager.{md,json}, profile.{md,json},
 #                                           # bench_prop_attn.{md,json}, bench_compiled.{md,json},
-#                                           # bench_compiled_train.{md,json}
+#                                           # bench_compiled_train.{md,json}, decode.md
 # On a machine with network, the README's install command replaces the wheels step.
 # SMOKE=1 runs every stage on the CPU with the micro model in a minute or two (checks the script).
 # STAGES="checks profile" runs only the named stages (of: checks eager profile prop_attn compiled
-# compiled_train).
+# compiled_train decode).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-${OUT:-runs/gpu}}
@@ -27,8 +27,9 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-    $python -m pip install -q --no-index --no-deps --no-compile --target /tmp/ired_site .whl/*.whl \
+wheels=$(ls .whl/*.whl 2>/dev/null | grep -v /torchcodec-)  # torchcodec: one version at a time, stage decode
+if [ -n "$wheels" ]; then
+    $python -m pip install -q --no-index --no-deps --no-compile --target /tmp/ired_site $wheels \
         && export PYTHONPATH="$PYTHONPATH:/tmp/ired_site"
 fi
 
@@ -46,7 +47,7 @@ else
         || { echo "no CUDA GPU visible: nothing to measure" | tee -a "$out/environment.txt"; exit 1; }
 fi
 
-stages=" ${STAGES:-checks eager profile prop_attn compiled compiled_train} "
+stages=" ${STAGES:-checks eager profile prop_attn compiled compiled_train decode} "
 stage() {  # stage SECONDS NAME COMMAND...: run a time-boxed stage, keep its output in OUT/NAME.md
     local seconds=$1 name=$2; shift 2
     [[ $stages == *" ${name#bench_} "* ]] || { echo "== $name (skipped: not in STAGES)"; return; }
@@ -91,4 +92,29 @@ stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtyp
 stage 330 bench_compiled_train $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
     --no-inference --models $model --reducers topk --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled_train.json"
+# 6. GPU video decoding: torchcodec on the GPU against PyAV and torchcodec on one CPU thread,
+#    decode only, the 8x32 training sample, on a 10 s 1080p H.264 clip made here. torchcodec
+#    borrows PyAV's bundled FFmpeg (tools/ffmpeg_from_pyav.py); each carried torchcodec wheel
+#    is tried until one imports (their errors are kept in decode.md).
+decode_stage() {
+    eval "$($python tools/ffmpeg_from_pyav.py /tmp/ired_ffmpeg)" || return 1
+    $python tools/bench_data.py --make-long /tmp/ired_1080p_10s.mp4 --seconds 10 || return 1
+    for wheel in .whl/torchcodec-*.whl; do
+        [ -e "$wheel" ] || { echo "no torchcodec wheel in .whl/ (tools/gpu_wheels.sh)"; return 1; }
+        site=/tmp/ired_$(basename "$wheel" .whl)
+        $python -m pip install -q --no-index --no-deps --no-compile --target "$site" "$wheel" || continue
+        if PYTHONPATH="$PYTHONPATH:$site" $python -c "import torchcodec.decoders" 2>&1 | tail -n 3; then
+            echo "torchcodec from $wheel"
+            PYTHONPATH="$PYTHONPATH:$site" $python tools/bench_data.py --device cuda --datasets long \
+                --long /tmp/ired_1080p_10s.mp4 --clips "${decode_clips:-16}"
+            return
+        fi
+    done
+    echo "no carried torchcodec imports here: GPU decoding not measured"
+    return 1
+}
+export -f decode_stage
+export python decode_clips=$([ "${SMOKE:-0}" = 1 ] && echo 1 || echo 16)
+stage 150 decode bash -o pipefail -c decode_stage
+
 echo "done: $(ls "$out")"

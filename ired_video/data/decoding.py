@@ -95,9 +95,10 @@ def _torchcodec_decoder() -> tuple[Any, str]:
     except ImportError:
         return None, "torchcodec is not installed (pip install torchcodec)"
     except (RuntimeError, OSError):  # its C++ core finds no FFmpeg 4-8 shared libraries
-        return None, ("torchcodec cannot load FFmpeg: it needs the system's FFmpeg shared "
-                      "libraries (e.g. apt-get install libavcodec59 libavformat59 "
-                      "libavdevice59 libavfilter8 libswscale6), which pip does not install")
+        return None, ("torchcodec cannot load FFmpeg: it needs FFmpeg's shared libraries, which pip "
+                      "does not install: the system's (e.g. apt-get install libavcodec59 libavformat59 "
+                      "libavdevice59 libavfilter8 libswscale6), or PyAV's bundled copy, linked by "
+                      "'eval \"$(python tools/ffmpeg_from_pyav.py runs/ffmpeg)\"' before Python starts")
     return VideoDecoder, ""
 
 
