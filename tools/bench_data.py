@@ -294,7 +294,7 @@ def accuracy_table(paths: list[str], cfg: DataConfig, samples: int) -> None:
 
 
 def cuda_table(paths: list[str], cfg: DataConfig, clips: int) -> int:
-    """torchcodec on the GPU against PyAV and torchcodec on one CPU thread, decode only (8x32
+    """torchcodec on the GPU against PyAV and torchcodec on the CPU, decode only (8x32
     frames of the training sampler at native size, no transforms); skipped (exit 0) without
     a GPU or without a usable torchcodec."""
     why = available_backends()["torchcodec"]
@@ -307,7 +307,8 @@ def cuda_table(paths: list[str], cfg: DataConfig, clips: int) -> int:
         ("torchcodec cpu", lambda p, c: read_clip_torchcodec(p, c)),
         ("pyav cpu", lambda p, c: read_clip(p, c, backend="pyav")),
     ]
-    print(f"GPU: {torch.cuda.get_device_name(0)}; CPU rows: one thread\n")
+    print(f"GPU: {torch.cuda.get_device_name(0)}; CPU rows decode as the loader does (torchcodec: one "
+          "FFmpeg thread; PyAV: slice threads), so compare their host CPU-s per clip\n")
     print("| data | decoder | clips/s (wall) | host CPU-s per clip | peak GPU MiB (torch) |")
     print("|---|---|---:|---:|---:|")
     for path in paths:
