@@ -9,6 +9,11 @@ reducer setting once, in alternating order; the speed-up is the median per-round
 efficiency = speed-up / GMACs ratio, as in ``ired-video bench``. Run it against another
 checkout of the package with ``PYTHONPATH=/path/to/checkout`` (before/after comparisons).
 
+``--setting tome-schedule:r=16`` is a diagnostic, not a reducer: ToMe's token counts (r fewer
+slots after each block's attention) with none of its work (it keeps the first slots), so
+efficiency below 1.0 there is the cost of the schedule itself, and ToMe's own calls are the
+difference between the two rows.
+
     python tools/reducer_overhead.py --model timesformer_small_patch16_224 \\
         --setting tome:r=16 --setting tome:r=11 --rounds 15 --output docs/bench/x.json
 """
@@ -26,14 +31,19 @@ import torch
 
 from ired_video import apply_reducer, create_model
 from ired_video.profiling import around_reducer_calls
+from ired_video.reducers.base import Reducer
+from ired_video.tokens import TokenState, keep_slots
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
-    """"tome:r=16,mode=frame" -> ("tome", {"r": 16, "mode": "frame"})."""
+    """"tome:r=16,mode=frame,prop_attn=false" -> ("tome", {"r": 16, "mode": "frame", "prop_attn": False})."""
     name, _, rest = text.partition(":")
     kwargs: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, _, value = item.partition("=")
+        if value.lower() in ("true", "false"):
+            kwargs[key] = value.lower() == "true"
+            continue
         try:
             kwargs[key] = int(value)
         except ValueError:
@@ -42,6 +52,39 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
             except ValueError:
                 kwargs[key] = value
     return name, kwargs
+
+
+class KeepFirstSlots(Reducer):
+    """Inside block ``block``: keep the first K - min(r, K // 2) slots of every frame, as many
+    as ToMe leaves, with no matching and no merging."""
+
+    name = "tome-schedule"
+    placement = "inside"
+
+    def __init__(self, block: int, r: int) -> None:
+        super().__init__(block)
+        self.r = r
+
+    def forward(self, state: TokenState, maps: Any = None) -> TokenState:
+        batch, frames, slots = state.x.shape[:3]
+        kept = slots - min(self.r, slots // 2)
+        index = torch.arange(kept, device=state.x.device).expand(batch, frames, kept)  # (B, F, K')
+        out = keep_slots(state, index, aligned=state.aligned)
+        self.record(out)
+        return out
+
+
+def build_setting(plain: torch.nn.Module, text: str) -> torch.nn.Module:
+    """A copy of ``plain`` with the setting's reducer (``tome-schedule``: ``KeepFirstSlots`` in
+    every block where ToMe with the same options would merge)."""
+    name, kwargs = parse_setting(text)
+    model = copy.deepcopy(plain)
+    if name != "tome-schedule":
+        return apply_reducer(model, name, **kwargs).eval()
+    apply_reducer(model, "tome", **kwargs)
+    model.reducers = torch.nn.ModuleDict({key: KeepFirstSlots(int(key), tome.r)
+                                          for key, tome in model.reducers.items()})
+    return model.eval()
 
 
 class ReducerClock:
@@ -87,8 +130,7 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     models: dict[str, torch.nn.Module] = {"plain": plain}
     for text in args.setting:
-        name, kwargs = parse_setting(text)
-        models[text] = apply_reducer(copy.deepcopy(plain), name, **kwargs).eval()
+        models[text] = build_setting(plain, text)
     times: dict[str, list[float]] = {label: [] for label in models}
     inside: dict[str, list[float]] = {label: [] for label in models}
     with torch.inference_mode():

@@ -1,0 +1,36 @@
+"""tools/reducer_overhead.py: the tome-schedule diagnostic has ToMe's token counts and bill
+and does none of ToMe's work."""
+from __future__ import annotations
+
+import torch
+
+from ired_video import create_model
+from tests.tool_modules import load_tool
+
+
+def test_tome_schedule_keeps_tome_s_counts_and_the_first_slots() -> None:
+    tool = load_tool("reducer_overhead")
+    torch.manual_seed(0)
+    plain = create_model("timesformer_test").eval()
+    video = torch.randn(2, 3, 4, 32, 32)
+    tome, schedule = tool.build_setting(plain, "tome:r=3"), tool.build_setting(plain, "tome-schedule:r=3")
+    assert len(plain.reducers) == 0  # the copies were changed, not the plain model
+    assert [type(r).__name__ for r in schedule.reducers.values()] == ["KeepFirstSlots"] * len(tome.reducers)
+    with torch.inference_mode():
+        _, tome_info = tome(video, return_info=True)
+        _, schedule_info = schedule(video, return_info=True)
+    assert torch.equal(schedule_info.tokens, tome_info.tokens)
+    assert torch.allclose(schedule_info.gmacs, tome_info.gmacs)
+    assert tome_info.tokens[0, -1] < tome_info.tokens[0, 0]  # tokens did go
+    kept = schedule_info.state.pos  # (B, F, K'): the first K' patches of every frame, in order
+    grid = schedule_info.state.num_patches
+    frames = torch.arange(kept.shape[1])[:, None] * grid
+    assert torch.equal(kept, (frames + torch.arange(kept.shape[2])).expand_as(kept))
+
+
+def test_settings_parse_numbers_booleans_and_words() -> None:
+    tool = load_tool("reducer_overhead")
+    assert tool.parse_setting("tome:r=16,mode=frame,prop_attn=false") == (
+        "tome", {"r": 16, "mode": "frame", "prop_attn": False})
+    assert tool.parse_setting("topk:keep=0.5,fuse=True") == ("topk", {"keep": 0.5, "fuse": True})
+    assert tool.parse_setting("random") == ("random", {})
