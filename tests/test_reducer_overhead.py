@@ -15,6 +15,8 @@ def test_tome_schedule_keeps_tome_s_counts_and_the_first_slots() -> None:
     video = torch.randn(2, 3, 4, 32, 32)
     tome, schedule = tool.build_setting(plain, "tome:r=3"), tool.build_setting(plain, "tome-schedule:r=3")
     assert len(plain.reducers) == 0  # the copies were changed, not the plain model
+    assert all(r.needs == {"keys"} for r in tool.build_setting(plain, "tome-schedule:r=3,keys=true").reducers.values())
+    assert all(not r.needs for r in schedule.reducers.values())
     assert [type(r).__name__ for r in schedule.reducers.values()] == ["KeepFirstSlots"] * len(tome.reducers)
     with torch.inference_mode():
         _, tome_info = tome(video, return_info=True)

@@ -12,7 +12,8 @@ checkout of the package with ``PYTHONPATH=/path/to/checkout`` (before/after comp
 ``--setting tome-schedule:r=16`` is a diagnostic, not a reducer: ToMe's token counts (r fewer
 slots after each block's attention) with none of its work (it keeps the first slots), so
 efficiency below 1.0 there is the cost of the schedule itself, and ToMe's own calls are the
-difference between the two rows.
+difference between the two rows; ``tome-schedule:r=16,keys=true`` also has each block hand
+it the head-mean keys, as ToMe's matching asks.
 
     python tools/reducer_overhead.py --model timesformer_small_patch16_224 \\
         --setting tome:r=16 --setting tome:r=11 --rounds 15 --output docs/bench/x.json
@@ -61,9 +62,10 @@ class KeepFirstSlots(Reducer):
     name = "tome-schedule"
     placement = "inside"
 
-    def __init__(self, block: int, r: int) -> None:
+    def __init__(self, block: int, r: int, keys: bool = False) -> None:
         super().__init__(block)
         self.r = r
+        self.needs = frozenset({"keys"}) if keys else frozenset()
 
     def forward(self, state: TokenState, maps: Any = None) -> TokenState:
         batch, frames, slots = state.x.shape[:3]
@@ -76,13 +78,14 @@ class KeepFirstSlots(Reducer):
 
 def build_setting(plain: torch.nn.Module, text: str) -> torch.nn.Module:
     """A copy of ``plain`` with the setting's reducer (``tome-schedule``: ``KeepFirstSlots`` in
-    every block where ToMe with the same options would merge)."""
+    every block where ToMe with the same options would merge; ``keys=true``: asking for keys)."""
     name, kwargs = parse_setting(text)
     model = copy.deepcopy(plain)
     if name != "tome-schedule":
         return apply_reducer(model, name, **kwargs).eval()
+    keys = bool(kwargs.pop("keys", False))
     apply_reducer(model, "tome", **kwargs)
-    model.reducers = torch.nn.ModuleDict({key: KeepFirstSlots(int(key), tome.r)
+    model.reducers = torch.nn.ModuleDict({key: KeepFirstSlots(int(key), tome.r, keys)
                                           for key, tome in model.reducers.items()})
     return model.eval()
 
