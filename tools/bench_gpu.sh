@@ -92,6 +92,7 @@ stage 240 bench_compiled $python -m ired_video.cli bench --device $device --dtyp
 stage 330 bench_compiled_train $python -m ired_video.cli bench --device $device --dtype $dtype --train --compile \
     --no-inference --models $model --reducers topk --keeps 0.5 --batches $big --warmup 2 \
     --iters $iters --no-progress --output "$out/bench_compiled_train.json"
+
 # 6. GPU video decoding: torchcodec on the GPU against PyAV and torchcodec on the CPU,
 #    decode only, the 8x32 training sample, on a 10 s 1080p H.264 clip made here. torchcodec
 #    borrows PyAV's bundled FFmpeg (tools/ffmpeg_from_pyav.py); each carried torchcodec wheel

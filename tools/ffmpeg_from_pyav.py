@@ -1,11 +1,12 @@
 """Let torchcodec use the FFmpeg libraries that PyAV's wheel bundles (no system FFmpeg needed).
 
 torchcodec loads FFmpeg's shared libraries by their standard names (``libavcodec.so.62``,
-...), which pip does not install. PyAV's manylinux wheel carries FFmpeg 8 in ``av.libs/``
-under renamed files (``libavcodec-5e6b81c2.so.62.28.102``). This tool fills a folder with
-links to every bundled library, plus links under the standard names of the seven FFmpeg
-libraries, and prints the ``LD_LIBRARY_PATH`` line that makes torchcodec find them (it must
-be set before Python starts). torchcodec loads its build for FFmpeg 8 (``core8``) from them.
+...), which pip does not install. PyAV's manylinux wheel carries FFmpeg in ``av.libs/``
+under renamed files (``libavcodec-5e6b81c2.so.62.28.102``; FFmpeg 8 in PyAV 18.1, 9 in PyAV
+19). This tool fills a folder with links to every bundled library, plus links under the
+standard names of the seven FFmpeg libraries, and prints the ``LD_LIBRARY_PATH`` line that
+makes torchcodec find them (it must be set before Python starts); torchcodec then loads its
+build for that FFmpeg major version (checked: torchcodec 0.17.0 on PyAV 18.1.0's FFmpeg 8).
 
     eval "$(python tools/ffmpeg_from_pyav.py runs/ffmpeg)"   # then: python -c "import torchcodec.decoders"
 """
@@ -68,7 +69,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         made = make_links(args.folder, bundled_libraries())
-    except (FileNotFoundError, OSError) as err:
+    except OSError as err:  # FileNotFoundError included
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(f"# {', '.join(made)} -> PyAV {av.__version__}'s bundled FFmpeg", file=sys.stderr)
