@@ -89,8 +89,12 @@ def test_ablations_run_only_when_asked_and_switch_off_proportional_attention(qui
     assert not {s.label for s in bench.ABLATION_SPECS} & {r["reducer"] for r in quick_run[1]["rows"]}
     applied = []
     real = bench.apply_reducer
-    monkeypatch.setattr(bench, "apply_reducer", lambda model, name, **kw: (applied.append((name, kw)),
-                                                                            real(model, name, **kw))[1])
+
+    def recorded(model, name, **kwargs):
+        applied.append((name, kwargs))
+        return real(model, name, **kwargs)
+
+    monkeypatch.setattr(bench, "apply_reducer", recorded)
     out = tmp_path / "ablation.json"
     assert bench.main(["--quick", "--threads", "1", "--no-progress", "--reducers", "tome-noprop", "tome", "bat-noprop",
                        "--keeps", "0.5", "--batches", "1", "--output", str(out)]) == 0

@@ -327,7 +327,7 @@ def short_error(err: BaseException) -> str:
 def configurations(args: argparse.Namespace) -> list[tuple[str, Spec, str, float]]:
     """(model, spec, mode, keep) in run order: plain first, then each mode, reducer and keep
     (topk before tome, whose r is matched to top-k's GMACs), plain again at the end."""
-    order = [s.label for s in SPECS + ABLATION_SPECS]
+    order = list(SPEC_BY_LABEL)
     specs = sorted((SPEC_BY_LABEL[label] for label in args.reducers), key=lambda s: order.index(s.label))
     runs: list[tuple[str, Spec, str, float]] = []
     for name in args.models:
