@@ -1,4 +1,5 @@
-"""Confidence intervals for accuracy over training seeds and test videos.
+"""Confidence intervals for accuracy over training seeds and test videos, and for the
+median of repeated timings.
 
 ``accuracy_interval`` bootstraps a (seeds, videos) matrix of per-video scores over both
 axes (conservative: covers at least the stated level); ``difference_interval`` resamples
@@ -9,7 +10,9 @@ Design notes: docs/design.md, "ired_video.stats".
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +90,37 @@ def difference_interval(scores_a: np.ndarray, scores_b: np.ndarray, level: float
         raise ValueError(f"paired scores need the same (seeds, videos) shape: {a.shape} vs {b.shape}")
     draws = _resampled_means([a, b], resamples, seed)
     return _interval(a.mean() - b.mean(), draws[:, 0] - draws[:, 1], level)
+
+
+@dataclass(frozen=True)
+class MedianInterval:
+    """The median of n values and a distribution-free interval for it: two order
+    statistics, which hold the population median with probability ``coverage`` (at least
+    the level asked for, except below 6 values, where it is min..max and less)."""
+
+    median: float
+    low: float
+    high: float
+    coverage: float
+
+
+def _lower_tail(n: int, k: int) -> float:
+    """P(Binomial(n, 1/2) <= k - 1): the chance that fewer than k of n values fall below the median."""
+    return sum(math.comb(n, i) for i in range(k)) / 2 ** n
+
+
+def median_interval(values: Sequence[float], level: float = 0.95) -> MedianInterval:
+    """Median of ``values`` with the order-statistic interval [x_(k), x_(n-k+1)], k the
+    largest whose coverage 1 - 2 P(Binomial(n, 1/2) <= k - 1) is still >= ``level``.
+    Assumes independent values (paired timing rounds: one ratio per round)."""
+    ordered = sorted(float(v) for v in values)
+    n = len(ordered)
+    if n == 0:
+        raise ValueError("median_interval: no values")
+    if not 0 < level < 1:
+        raise ValueError(f"level={level}: expected a probability in (0, 1)")
+    k = 1
+    while k + 1 <= n - k and 1 - 2 * _lower_tail(n, k + 1) >= level:
+        k += 1
+    coverage = 1 - 2 * _lower_tail(n, k)
+    return MedianInterval(float(statistics.median(ordered)), ordered[k - 1], ordered[n - k], coverage)

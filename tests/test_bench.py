@@ -232,6 +232,21 @@ def test_paired_bench_rows_take_their_speedup_from_the_alternating_rounds(tmp_pa
     assert len(reduced["paired_ratios"]) == 3 and len(reduced["paired_plain_times"]) == 3
     assert reduced["speedup"] == pytest.approx(statistics.median(reduced["paired_ratios"]))
     assert "paired_speedup" not in rows[0]["runs"][EAGER]["1"]  # the plain row is timed alone
+    # three rounds: the interval is their min-max, which holds the median 75% of the time
+    gmacs_ratio = next(r for r in rows if r["reducer"] == "topk")["gmacs_ratio"]
+    assert (reduced["speedup_low"], reduced["speedup_high"]) == (min(reduced["paired_ratios"]),
+                                                                 max(reduced["paired_ratios"]))
+    assert reduced["efficiency_low"] == pytest.approx(reduced["speedup_low"] / gmacs_ratio)
+    assert reduced["interval_coverage"] == pytest.approx(0.75)
+
+
+def test_paired_efficiency_shows_its_interval_in_the_table():
+    cell = {"clips_per_s": 2.0, "speedup": 1.9, "efficiency": 0.97, "efficiency_low": 0.941, "efficiency_high": 0.992}
+    rows = [{"model": "m", "reducer": "topk", "mode": "tube", "keep": 0.5, "gmacs": 25.7, "gmacs_ratio": 1.96,
+             "runs": {EAGER: {"1": cell}}, "note": "", "error": ""}]
+    assert "| 0.97 [0.94-0.99] |" in bench.markdown_table(rows, [1], EAGER)
+    del cell["efficiency_low"]  # timed alone: no interval
+    assert "| 0.97 |" in bench.markdown_table(rows, [1], EAGER)
 
 
 def test_drift_warning_says_whether_the_speedups_stand():

@@ -1,7 +1,11 @@
 """tools/reducer_overhead.py: the tome-schedule diagnostic has ToMe's token counts and bill
-and does none of ToMe's work."""
+and does none of ToMe's work; every row's efficiency comes with the interval of its median."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
 from ired_video import create_model
@@ -36,3 +40,16 @@ def test_settings_parse_numbers_booleans_and_words() -> None:
         "tome", {"r": 16, "mode": "frame", "prop_attn": False})
     assert tool.parse_setting("topk:keep=0.5,fuse=True") == ("topk", {"keep": 0.5, "fuse": True})
     assert tool.parse_setting("random") == ("random", {})
+
+
+def test_rows_carry_the_median_interval_of_their_rounds(tmp_path: Path) -> None:
+    tool = load_tool("reducer_overhead")
+    out = tmp_path / "overhead.json"
+    tool.main(["--model", "timesformer_test", "--setting", "topk:keep=0.5", "--rounds", "6", "--output", str(out)])
+    row = json.loads(out.read_text())["rows"][1]
+    ratios = sorted(plain / own for plain, own in zip(json.loads(out.read_text())["rows"][0]["times_s"],
+                                                        row["times_s"]))
+    assert row["setting"] == "topk:keep=0.5" and row["interval_coverage"] == pytest.approx(1 - 2 / 2 ** 6)
+    assert row["efficiency_low"] == pytest.approx(ratios[0] / row["gmacs_ratio"])  # 6 rounds: min-max, 96.9%
+    assert row["efficiency_high"] == pytest.approx(ratios[-1] / row["gmacs_ratio"])
+    assert row["efficiency_low"] <= row["efficiency"] <= row["efficiency_high"]

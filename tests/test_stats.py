@@ -1,4 +1,5 @@
-"""Bootstrap intervals over seeds and videos: coverage, width, pairing."""
+"""Bootstrap intervals over seeds and videos: coverage, width, pairing; the median's
+order-statistic interval."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from ired_video.stats import accuracy_interval, difference_interval
+from ired_video.stats import accuracy_interval, difference_interval, median_interval
 from tests.tool_modules import load_tool
 
 
@@ -311,3 +312,29 @@ def test_bench_explain_merge_gives_the_table_of_one_run_over_all_seeds(tmp_path)
         bench.merge_parts([tmp_path / "a", tmp_path / "c"])
     assert bench.main(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "all")]) == 0
     assert "3 seeds x 3 videos" in (tmp_path / "all" / "bench_explain.md").read_text()
+
+
+@pytest.mark.parametrize("n, low_rank, coverage", [(9, 2, 0.9609375), (15, 4, 0.96484375), (20, 6, 0.9586105)])
+def test_the_median_interval_takes_the_order_statistics_of_the_binomial_table(n, low_rank, coverage):
+    values = np.random.default_rng(n).permutation(np.arange(1, n + 1))  # the k-th smallest is k
+    interval = median_interval(values)
+    assert (interval.low, interval.high) == (low_rank, n + 1 - low_rank)
+    assert interval.coverage == pytest.approx(coverage, abs=1e-6)
+    assert interval.median == (n + 1) / 2
+
+
+def test_fewer_than_six_values_give_min_to_max_with_the_coverage_they_have():
+    interval = median_interval([3.0, 1.0, 2.0])
+    assert (interval.median, interval.low, interval.high) == (2.0, 1.0, 3.0)
+    assert interval.coverage == pytest.approx(0.75)  # 1 - 2 * 0.5 ** 3, below the 0.95 asked for
+    assert median_interval([4.0]).coverage == 0.0
+    with pytest.raises(ValueError, match="no values"):
+        median_interval([])
+
+
+def test_the_median_interval_covers_the_true_median_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    trials, n = 4000, 15
+    samples = rng.lognormal(mean=0.0, sigma=0.5, size=(trials, n))  # skewed, true median 1.0
+    hits = [interval.low <= 1.0 <= interval.high for interval in map(median_interval, samples)]
+    assert abs(np.mean(hits) - median_interval(samples[0]).coverage) < 0.015  # 0.965 +- 3.5 standard errors

@@ -6,7 +6,9 @@ Wall-clock speed-ups on a CPU shared with other jobs vary by tens of percent bet
 cores); the process's CPU time does not count the time other jobs hold the core, so at one
 thread it resolves differences of a few percent. Each round runs the plain model and every
 reducer setting once, in alternating order; the speed-up is the median per-round ratio,
-efficiency = speed-up / GMACs ratio, as in ``ired-video bench``. Run it against another
+efficiency = speed-up / GMACs ratio, as in ``ired-video bench``, with the distribution-free
+interval of that median (two order statistics of the rounds; ``interval_coverage`` in the
+JSON, 0.965 at 15 rounds). Run it against another
 checkout of the package with ``PYTHONPATH=/path/to/checkout`` (before/after comparisons).
 
 ``--setting tome-schedule:r=16`` is a diagnostic, not a reducer: ToMe's token counts (r fewer
@@ -26,13 +28,15 @@ import copy
 import json
 import statistics
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import torch
 
 from ired_video import apply_reducer, create_model
 from ired_video.profiling import around_reducer_calls
 from ired_video.reducers.base import Reducer
+from ired_video.reducers.interaction_fit import fit_interaction_predictors
+from ired_video.stats import median_interval
 from ired_video.tokens import TokenState, keep_slots
 
 
@@ -76,11 +80,19 @@ class KeepFirstSlots(Reducer):
         return out
 
 
-def build_setting(plain: torch.nn.Module, text: str) -> torch.nn.Module:
+def build_setting(plain: torch.nn.Module, text: str, video: Optional[torch.Tensor] = None) -> torch.nn.Module:
     """A copy of ``plain`` with the setting's reducer (``tome-schedule``: ``KeepFirstSlots`` in
-    every block where ToMe with the same options would merge; ``keys=true``: asking for keys)."""
+    every block where ToMe with the same options would merge; ``keys=true``: asking for keys).
+    ``interaction``'s predictor is fitted for 20 steps on ``video`` (B, C, T, H, W), as
+    ``ired-video bench`` does: speed only."""
     name, kwargs = parse_setting(text)
     model = copy.deepcopy(plain)
+    if name == "interaction":
+        if video is None:
+            raise ValueError("interaction: the predictor is fitted on a clip; pass video")
+        apply_reducer(model, name, **kwargs)
+        fit_interaction_predictors(model, [video[:1]], steps=20)
+        return model.eval()
     if name != "tome-schedule":
         return apply_reducer(model, name, **kwargs).eval()
     keys = bool(kwargs.pop("keys", False))
@@ -113,7 +125,7 @@ class ReducerClock:
         self._installed.__exit__(*exc)
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="timesformer_small_patch16_224")
     parser.add_argument("--setting", action="append", required=True,
@@ -122,7 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--output", help="JSON file for the summary and every round's times")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.rounds < 1 or args.batch < 1 or args.threads < 1:
         parser.error("--rounds, --batch and --threads must be >= 1")
     torch.set_num_threads(args.threads)
@@ -133,7 +145,7 @@ def main() -> None:
                         generator=torch.Generator().manual_seed(0))
     models: dict[str, torch.nn.Module] = {"plain": plain}
     for text in args.setting:
-        models[text] = build_setting(plain, text)
+        models[text] = build_setting(plain, text, video)
     times: dict[str, list[float]] = {label: [] for label in models}
     inside: dict[str, list[float]] = {label: [] for label in models}
     with torch.inference_mode():
@@ -156,11 +168,16 @@ def main() -> None:
                "median_ms": 1e3 * statistics.median(times[label]), "speedup": statistics.median(ratios),
                "speedup_range": [min(ratios), max(ratios)],
                "inside_reducers_ms": 1e3 * statistics.median(inside[label]), "times_s": times[label]}
-        row["efficiency"] = row["speedup"] / row["gmacs_ratio"]
+        interval = median_interval(ratios)
+        row.update(efficiency=row["speedup"] / row["gmacs_ratio"], efficiency_low=interval.low / row["gmacs_ratio"],
+                   efficiency_high=interval.high / row["gmacs_ratio"], interval_coverage=interval.coverage)
         summary["rows"].append(row)
         print(f"  {label:24s} GMACs {row['gmacs']:6.2f} (ratio {row['gmacs_ratio']:.3f})  {row['median_ms']:7.1f} ms  "
               f"speed-up {row['speedup']:.3f} [{min(ratios):.2f}-{max(ratios):.2f}]  efficiency "
-              f"{row['efficiency']:.3f}  in reducers {row['inside_reducers_ms']:.1f} ms")
+              f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]  "
+              f"in reducers {row['inside_reducers_ms']:.1f} ms")
+    print(f"efficiency [interval]: the median's order-statistic interval, coverage "
+          f"{median_interval(range(args.rounds)).coverage:.3f} at {args.rounds} rounds")
     if args.output:
         with open(args.output, "w") as handle:
             json.dump(summary, handle, indent=1)

@@ -30,6 +30,7 @@ from ired_video.devices import resolve_device
 from ired_video.models import list_models
 from ired_video.paths import writable_file, write_atomically
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
+from ired_video.stats import median_interval
 
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224")
 QUICK_MODEL = "timesformer_micro"
@@ -71,7 +72,10 @@ Compiled rows: torch.compile (default mode, static shapes); its first calls comp
 --warmup must be >= 1 with --compile. "graphs" is how many graphs dynamo splits the eval
 forward into (1: no host synchronisation). --paired (eager rows): each reducer and the
 plain model run in alternating rounds and the speed-up is the median per-round ratio, which
-a machine whose speed drifts does not bias (use it on shared CPUs).
+a machine whose speed drifts does not bias (use it on shared CPUs); the efficiency column
+adds the distribution-free interval of that median ("0.97 [0.94-0.99]": the order
+statistics of the rounds that hold it with >= 95% probability from 6 rounds up, min-max
+below; the JSON records the coverage).
 
 examples:
   ired-video bench --quick --output /tmp/bench.json
@@ -312,6 +316,10 @@ def add_ratios(row: dict[str, Any], plain: Optional[dict[str, Any]]) -> None:
             base = plain["runs"].get(kind, {}).get(batch)
             if "paired_speedup" in cell:
                 cell["speedup"] = cell["paired_speedup"]
+                interval = median_interval(cell["paired_ratios"])
+                cell.update(speedup_low=interval.low, speedup_high=interval.high,
+                            efficiency_low=interval.low / row["gmacs_ratio"],
+                            efficiency_high=interval.high / row["gmacs_ratio"], interval_coverage=interval.coverage)
             elif base is not None:
                 cell["speedup"] = cell["clips_per_s"] / base["clips_per_s"]
             if "speedup" in cell:
@@ -392,9 +400,18 @@ def _fmt(value: Optional[float], spec: str) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def _efficiency(cell: dict[str, Any]) -> str:
+    """"0.97", or with paired rounds "0.97 [0.94-0.99]": the median's order-statistic interval."""
+    text = _fmt(cell.get("efficiency"), ".2f")
+    if "efficiency_low" in cell:
+        text += f" [{cell['efficiency_low']:.2f}-{cell['efficiency_high']:.2f}]"
+    return text
+
+
 def markdown_table(rows: list[dict[str, Any]], batches: list[int], kind: str = "inference, eager") -> str:
     """One measurement kind: per row GMACs, then per batch clips/s, speed-up, efficiency
-    (and peak GPU MiB where measured)."""
+    (paired rows: with the interval of its median over the rounds) and peak GPU MiB where
+    measured."""
     keys = [str(b) for b in batches]
     with_memory = any(cell.get("peak_mib") is not None for row in rows for cell in row["runs"].get(kind, {}).values())
     with_graphs = any(row.get("graphs") for row in rows)
@@ -409,8 +426,9 @@ def markdown_table(rows: list[dict[str, Any]], batches: list[int], kind: str = "
         cells_by_batch = row["runs"].get(kind, {})
         cells = [row["model"], row["reducer"], row["mode"], f"{row['keep']:g}", _fmt(row["gmacs"], ".2f"),
                  _fmt(row["gmacs_ratio"], ".2f")]
-        for field_name, fmt in (("clips_per_s", ".3g"), ("speedup", ".2f"), ("efficiency", ".2f")):
+        for field_name, fmt in (("clips_per_s", ".3g"), ("speedup", ".2f")):
             cells += [_fmt(cells_by_batch.get(k, {}).get(field_name), fmt) for k in keys]
+        cells += [_efficiency(cells_by_batch.get(k, {})) for k in keys]
         if with_memory:
             cells += [_fmt(cells_by_batch.get(k, {}).get("peak_mib"), ".0f") for k in keys]
         if with_graphs:
