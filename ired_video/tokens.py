@@ -308,12 +308,12 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
     representative of its new slot or merges into one (``assign`` >= 0 everywhere);
     ``weights`` (B, F, K) as for ``merge_slots`` (default: the sizes).
 
-    Only rows are moved: the K' representatives are selected whole and the K - K' others
-    (the sources, in slot order) added onto them with ``index_add_``, so no zero-filled
-    buffer and no pass over every slot. A new token with sources is sum(size x) / sum(size)
-    over its representative, then its sources; one without keeps its value (where
-    ``merge_slots`` computes (size x) / size, which may differ in the last bit, as may its
-    sums in slot order).
+    Only rows are moved: the K' representatives are selected whole and each of the K - K'
+    others (the sources, in slot order) adds w_s / W (x_s - x_rep) onto its representative,
+    W = w_rep + the w of all its sources: the weighted mean sum(w x) / W, computed on the
+    rows that receive sources only (no zero-filled buffer, no pass over every slot; it may
+    differ from ``merge_slots``' sums in the last bits). A new token without sources keeps
+    its value.
     """
     if state.valid is not None and not bool(state.valid.all()):
         raise ValueError("merging needs every slot to be real: run merge reducers before adaptive "
@@ -323,8 +323,10 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
     is_rep = torch.zeros(batch, frames, slots, dtype=torch.uint8, device=assign.device)
     is_rep.scatter_(2, representative, 1)
     sources = is_rep.sort(dim=2, stable=True).indices[:, :, :slots - new_slots]  # (B, F, r) in slot order
-    rep_rows, src_rows = _slot_rows(representative, slots), _slot_rows(sources, slots)  # (B*F*K',), (B*F*r,)
-    dst_rows = _slot_rows(assign.gather(2, sources), new_slots)  # (B*F*r,) rows of the merged tensor
+    frame = torch.arange(batch * frames, device=assign.device).reshape(batch, frames, 1)  # (B, F, 1)
+    rep_rows = (representative + frame * slots).reshape(-1)  # (B*F*K',) rows of the (B*F*K, D) tokens
+    src_rows = (sources + frame * slots).reshape(-1)  # (B*F*r,)
+    dst_rows = (assign.gather(2, sources) + frame * new_slots).reshape(-1)  # (B*F*r,) rows of the merged tokens
     rows = state.x.reshape(batch * frames * slots, dim)  # (B*F*K, D)
     x, moved = rows.index_select(0, rep_rows), rows.index_select(0, src_rows)  # (B*F*K', D), (B*F*r, D)
     if state.size is None:
@@ -334,20 +336,14 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
         sizes = state.size.reshape(-1)  # (B*F*K,)
         size, moved_size = sizes.index_select(0, rep_rows), sizes.index_select(0, src_rows)
     new_size = size.index_add(0, dst_rows, moved_size)  # (B*F*K',)
-    if weights is None and state.size is None:  # every token one patch: weights of 1 leave values as they are
-        x.index_add_(0, dst_rows, moved)
-        total = new_size
+    if weights is None:
+        total, moved_weight = new_size, moved_size
     else:
-        if weights is None:
-            weight, moved_weight = size, moved_size
-        else:
-            flat_weights = weights.reshape(-1)  # (B*F*K,)
-            weight, moved_weight = flat_weights.index_select(0, rep_rows), flat_weights.index_select(0, src_rows)
-        # only the rows that receive sources are weighted (a row listed twice gets the same value twice)
-        x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) * weight.index_select(0, dst_rows)[:, None])
-        x.index_add_(0, dst_rows, moved * moved_weight[:, None])
-        total = weight.index_add(0, dst_rows, moved_weight).clamp(min=torch.finfo(weight.dtype).tiny)
-    x.index_copy_(0, dst_rows, x.index_select(0, dst_rows) / total.index_select(0, dst_rows)[:, None])
+        flat_weights = weights.reshape(-1)  # (B*F*K,)
+        moved_weight = flat_weights.index_select(0, src_rows)
+        total = flat_weights.index_select(0, rep_rows).index_add(0, dst_rows, moved_weight)
+    share = moved_weight / total.index_select(0, dst_rows).clamp(min=torch.finfo(total.dtype).tiny)  # (B*F*r,)
+    x.index_add_(0, dst_rows, (moved - x.index_select(0, dst_rows)) * share[:, None])  # every source read x_rep first
     x = x.reshape(batch, frames, new_slots, dim)  # (B, F, K', D)
     return replace(state, x=x, pos=state.pos.gather(2, representative),
                    size=new_size.reshape(batch, frames, new_slots), valid=None,

@@ -68,13 +68,12 @@ def bipartite_soft_matching(metric: Tensor, r: int, class_token: bool = True) ->
     scores = side_a @ side_b.transpose(-1, -2)  # (G, Ka, Kb) cosine similarity
     node_max, node_idx = scores.max(dim=-1)  # best B for every A (first on ties)
     edge_idx = node_max.argsort(dim=-1, descending=True, stable=True)  # A tokens, most similar first
-    unmerged, merged = edge_idx[:, r:], edge_idx[:, :r]  # (G, Ka - r), (G, r) positions in A
+    unmerged = edge_idx[:, r:]  # (G, Ka - r) positions in A that stay; the first r merge
     if class_token:
         unmerged = unmerged.sort(dim=-1).values  # back to their original order, as ToMe does
-    num_a, num_b, num_unmerged = side_a.shape[1], side_b.shape[1], unmerged.shape[1]
-    assign_a = torch.empty(groups, num_a, dtype=torch.long, device=device)
-    assign_a.scatter_(1, unmerged, torch.arange(num_unmerged, device=device).expand(groups, -1))
-    assign_a.scatter_(1, merged, num_unmerged + node_idx.gather(1, merged))  # the new slot of its best B
+    num_b, num_unmerged = side_b.shape[1], unmerged.shape[1]
+    assign_a = num_unmerged + node_idx  # (G, Ka): every A token to the new slot of its best B, ...
+    assign_a.scatter_(1, unmerged, torch.arange(num_unmerged, device=device).expand(groups, -1))  # ... or its own
     assign = torch.empty(groups, slots, dtype=torch.long, device=device)
     assign[:, first_a::2] = assign_a
     assign[:, 1 - first_a::2] = num_unmerged + torch.arange(num_b, device=device)
