@@ -53,3 +53,27 @@ def test_rows_carry_the_median_interval_of_their_rounds(tmp_path: Path) -> None:
     assert row["efficiency_low"] == pytest.approx(ratios[0] / row["gmacs_ratio"])  # 6 rounds: min-max, 96.9%
     assert row["efficiency_high"] == pytest.approx(ratios[-1] / row["gmacs_ratio"])
     assert row["efficiency_low"] <= row["efficiency"] <= row["efficiency_high"]
+
+
+def test_a_verdict_needs_every_run_on_one_side_of_the_goal() -> None:
+    tool = load_tool("reducer_overhead")
+
+    def run(low: float, high: float) -> dict:
+        return {"efficiency_low": low, "efficiency_high": high}
+
+    assert tool.verdict([run(0.95, 0.99), run(0.96, 0.98)], 0.95) == "meets"  # the goal itself counts
+    assert tool.verdict([run(0.90, 0.94), run(0.92, 0.949)], 0.95) == "misses"
+    assert tool.verdict([run(0.96, 0.99), run(0.94, 0.97)], 0.95) == "not shown either way"  # one run straddles
+    assert tool.verdict([run(0.90, 0.94), run(0.96, 0.99)], 0.95) == "not shown either way"  # the runs disagree
+
+
+def test_several_processes_give_one_run_each_and_a_verdict(tmp_path: Path) -> None:
+    tool = load_tool("reducer_overhead")
+    out = tmp_path / "runs.json"
+    tool.main(["--model", "timesformer_test", "--setting", "topk:keep=0.5", "--rounds", "6", "--processes", "2",
+               "--goal", "0.01", "--output", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["processes"] == 2 and len(summary["runs"]) == 2
+    assert [len(run["rows"]) for run in summary["runs"]] == [2, 2]
+    assert summary["runs"][0]["rows"][1]["times_s"] != summary["runs"][1]["rows"][1]["times_s"]  # two measurements
+    assert summary["verdicts"] == {"plain": "", "topk:keep=0.5": "meets"}  # any real speed is above 0.01

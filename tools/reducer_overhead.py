@@ -19,6 +19,12 @@ it the head-mean keys, as ToMe's matching asks.
 
     python tools/reducer_overhead.py --model timesformer_small_patch16_224 \\
         --setting tome:r=16 --setting tome:r=11 --rounds 15 --output docs/bench/x.json
+
+The rounds of one process share its memory layout and what else it holds, and two
+processes can differ by more than one run's interval (docs/statistics.md); ``--processes 3``
+makes three runs, each in a fresh process, and gives each setting a verdict against
+``--goal``: "meets" when every run's interval lies at or above it, "misses" when every
+run's lies below, else "not shown either way".
 """
 from __future__ import annotations
 
@@ -27,7 +33,11 @@ import contextlib
 import copy
 import json
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import torch
@@ -125,7 +135,7 @@ class ReducerClock:
         self._installed.__exit__(*exc)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="timesformer_small_patch16_224")
     parser.add_argument("--setting", action="append", required=True,
@@ -133,10 +143,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="independent runs, one fresh process each, one after another; with more than one, "
+                             "each setting gets a verdict against --goal from all runs' intervals")
+    parser.add_argument("--goal", type=float, default=0.95, help="efficiency the verdicts are about (default 0.95)")
     parser.add_argument("--output", help="JSON file for the summary and every round's times")
-    args = parser.parse_args(argv)
-    if args.rounds < 1 or args.batch < 1 or args.threads < 1:
-        parser.error("--rounds, --batch and --threads must be >= 1")
+    return parser
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """One run in this process: the plain model and every setting in alternating rounds."""
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     plain = create_model(args.model).eval()
@@ -177,7 +193,49 @@ def main(argv: Optional[list[str]] = None) -> None:
               f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]  "
               f"in reducers {row['inside_reducers_ms']:.1f} ms")
     print(f"efficiency [interval]: the median's order-statistic interval, coverage "
-          f"{median_interval(range(args.rounds)).coverage:.3f} at {args.rounds} rounds")
+          f"{median_interval(range(args.rounds)).coverage:.3f} at {args.rounds} rounds", flush=True)
+    return summary
+
+
+def verdict(rows: list[dict[str, Any]], goal: float) -> str:
+    """One setting's rows from several runs against ``goal``: "meets" if every run's interval
+    lies at or above it, "misses" if every run's lies below, else "not shown either way"."""
+    if all(row["efficiency_low"] >= goal for row in rows):
+        return "meets"
+    if all(row["efficiency_high"] < goal for row in rows):
+        return "misses"
+    return "not shown either way"
+
+
+def run_processes(args: argparse.Namespace) -> dict[str, Any]:
+    """``args.processes`` runs of this script, each in a fresh process, and a verdict per setting."""
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for index in range(args.processes):
+            out = Path(scratch) / f"run{index}.json"
+            command = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--batch", str(args.batch),
+                       "--rounds", str(args.rounds), "--threads", str(args.threads), "--output", str(out)]
+            for text in args.setting:
+                command += ["--setting", text]
+            print(f"run {index + 1} of {args.processes}", flush=True)
+            subprocess.run(command, check=True)
+            runs.append(json.loads(out.read_text()))
+    verdicts = {}
+    print(f"\nefficiency per run [interval], verdict against {args.goal} over {args.processes} runs")
+    for position, label in enumerate(row["setting"] for row in runs[0]["rows"]):
+        rows = [run["rows"][position] for run in runs]
+        verdicts[label] = verdict(rows, args.goal) if label != "plain" else ""
+        cells = ", ".join(f"{r['efficiency']:.3f} [{r['efficiency_low']:.3f}-{r['efficiency_high']:.3f}]" for r in rows)
+        print(f"  {label:24s} {cells}  {verdicts[label]}")
+    return {"goal": args.goal, "processes": args.processes, "verdicts": verdicts, "runs": runs}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if min(args.rounds, args.batch, args.threads, args.processes) < 1:
+        parser.error("--rounds, --batch, --threads and --processes must be >= 1")
+    summary = measure(args) if args.processes == 1 else run_processes(args)
     if args.output:
         with open(args.output, "w") as handle:
             json.dump(summary, handle, indent=1)
