@@ -215,12 +215,18 @@ class TokenState:
         self.macs = self.macs + macs.to(self.macs.dtype)
 
 
-def _slot_rows(index: Tensor, slots: int) -> Tensor:
-    """(B, F, K') slot indices into frames of ``slots`` slots -> (B*F*K',) row numbers of
-    the same slots in a (B*F*slots, ...) flattening of the (B, F, slots, ...) tensor."""
+def _frame_numbers(index: Tensor) -> Tensor:
+    """(B, F, ...) -> (B, F, 1) long: the number b * F + f of every frame."""
     batch, frames = index.shape[:2]
-    offset = torch.arange(batch * frames, device=index.device).reshape(batch, frames, 1) * slots  # (B, F, 1)
-    return (index + offset).reshape(-1)
+    return torch.arange(batch * frames, device=index.device).reshape(batch, frames, 1)  # (B, F, 1)
+
+
+def _slot_rows(index: Tensor, slots: int, frame: Optional[Tensor] = None) -> Tensor:
+    """(B, F, K') slot indices into frames of ``slots`` slots -> (B*F*K',) row numbers of
+    the same slots in a (B*F*slots, ...) flattening of the (B, F, slots, ...) tensor;
+    ``frame``: ``_frame_numbers(index)``, when the caller has it already."""
+    frame = _frame_numbers(index) if frame is None else frame
+    return (index + frame * slots).reshape(-1)
 
 
 def gather_slots(values: Tensor, index: Tensor) -> Tensor:
@@ -323,10 +329,10 @@ def merge_into_representatives(state: TokenState, assign: Tensor, representative
     is_rep = torch.zeros(batch, frames, slots, dtype=torch.uint8, device=assign.device)
     is_rep.scatter_(2, representative, 1)
     sources = is_rep.sort(dim=2, stable=True).indices[:, :, :slots - new_slots]  # (B, F, r) in slot order
-    frame = torch.arange(batch * frames, device=assign.device).reshape(batch, frames, 1)  # (B, F, 1)
-    rep_rows = (representative + frame * slots).reshape(-1)  # (B*F*K',) rows of the (B*F*K, D) tokens
-    src_rows = (sources + frame * slots).reshape(-1)  # (B*F*r,)
-    dst_rows = (assign.gather(2, sources) + frame * new_slots).reshape(-1)  # (B*F*r,) rows of the merged tokens
+    frame = _frame_numbers(assign)  # (B, F, 1), shared by the three row lists
+    rep_rows = _slot_rows(representative, slots, frame)  # (B*F*K',)
+    src_rows = _slot_rows(sources, slots, frame)  # (B*F*r,)
+    dst_rows = _slot_rows(assign.gather(2, sources), new_slots, frame)  # (B*F*r,) rows of the merged tensor
     rows = state.x.reshape(batch * frames * slots, dim)  # (B*F*K, D)
     x, moved = rows.index_select(0, rep_rows), rows.index_select(0, src_rows)  # (B*F*K', D), (B*F*r, D)
     if state.size is None:
