@@ -6,6 +6,8 @@ training mode. Both run ``warmup`` untimed calls, then ``iters`` timed ones (the
 synchronised around each), and return the median. ``dtype`` bf16/fp16 runs under
 ``torch.autocast``. ``compile_model`` wraps ``torch.compile``; ``graph_breaks`` counts the
 graphs dynamo splits a forward into (1 graph, 0 breaks: nothing waits on the host).
+``paired_efficiency`` turns paired rounds into a speed-up and an efficiency with the
+interval of their median.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ired_video.stats import median_interval
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -156,6 +160,16 @@ def time_paired(first: Callable[[], None], second: Callable[[], None], device: t
     ratios = [a / b for a, b in zip(*times)]
     return PairedTiming(Timing(statistics.median(times[0]), times[0]), Timing(statistics.median(times[1]), times[1]),
                         statistics.median(ratios), ratios)
+
+
+def paired_efficiency(ratios: list[float], gmacs_ratio: float) -> dict[str, float]:
+    """Per-round time ratios (plain / reduced) -> speed-up (their median) and efficiency
+    (speed-up / ``gmacs_ratio``), each with ``_low`` / ``_high``, the median's order-statistic
+    interval, and ``interval_coverage``."""
+    interval = median_interval(ratios)
+    return {"speedup": interval.median, "speedup_low": interval.low, "speedup_high": interval.high,
+            "efficiency": interval.median / gmacs_ratio, "efficiency_low": interval.low / gmacs_ratio,
+            "efficiency_high": interval.high / gmacs_ratio, "interval_coverage": interval.coverage}
 
 
 def compile_model(model: nn.Module, fullgraph: bool = False) -> nn.Module:

@@ -46,7 +46,7 @@ from ired_video import apply_reducer, create_model
 from ired_video.profiling import around_reducer_calls
 from ired_video.reducers.base import Reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
-from ired_video.stats import median_interval
+from ired_video.speed import paired_efficiency
 from ired_video.tokens import TokenState, keep_slots
 
 
@@ -181,19 +181,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     for label in models:
         ratios = [base / own for base, own in zip(times["plain"], times[label])]
         row = {"setting": label, "gmacs": gmacs[label], "gmacs_ratio": gmacs["plain"] / gmacs[label],
-               "median_ms": 1e3 * statistics.median(times[label]), "speedup": statistics.median(ratios),
-               "speedup_range": [min(ratios), max(ratios)],
+               "median_ms": 1e3 * statistics.median(times[label]), "speedup_range": [min(ratios), max(ratios)],
                "inside_reducers_ms": 1e3 * statistics.median(inside[label]), "times_s": times[label]}
-        interval = median_interval(ratios)
-        row.update(efficiency=row["speedup"] / row["gmacs_ratio"], efficiency_low=interval.low / row["gmacs_ratio"],
-                   efficiency_high=interval.high / row["gmacs_ratio"], interval_coverage=interval.coverage)
+        row.update(paired_efficiency(ratios, row["gmacs_ratio"]))
         summary["rows"].append(row)
         print(f"  {label:24s} GMACs {row['gmacs']:6.2f} (ratio {row['gmacs_ratio']:.3f})  {row['median_ms']:7.1f} ms  "
               f"speed-up {row['speedup']:.3f} [{min(ratios):.2f}-{max(ratios):.2f}]  efficiency "
               f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]  "
               f"in reducers {row['inside_reducers_ms']:.1f} ms")
     print(f"efficiency [interval]: the median's order-statistic interval, coverage "
-          f"{median_interval(range(args.rounds)).coverage:.3f} at {args.rounds} rounds", flush=True)
+          f"{summary['rows'][0]['interval_coverage']:.3f} at {args.rounds} rounds", flush=True)
     return summary
 
 

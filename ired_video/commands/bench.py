@@ -30,7 +30,6 @@ from ired_video.devices import resolve_device
 from ired_video.models import list_models
 from ired_video.paths import writable_file, write_atomically
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
-from ired_video.stats import median_interval
 
 DEFAULT_MODELS = ("timesformer_base_patch16_224", "timesformer_small_patch16_224")
 QUICK_MODEL = "timesformer_micro"
@@ -314,15 +313,10 @@ def add_ratios(row: dict[str, Any], plain: Optional[dict[str, Any]]) -> None:
     for kind, by_batch in row["runs"].items():
         for batch, cell in by_batch.items():
             base = plain["runs"].get(kind, {}).get(batch)
-            if "paired_speedup" in cell:
-                cell["speedup"] = cell["paired_speedup"]
-                interval = median_interval(cell["paired_ratios"])
-                cell.update(speedup_low=interval.low, speedup_high=interval.high,
-                            efficiency_low=interval.low / row["gmacs_ratio"],
-                            efficiency_high=interval.high / row["gmacs_ratio"], interval_coverage=interval.coverage)
+            if "paired_ratios" in cell:
+                cell.update(speed.paired_efficiency(cell["paired_ratios"], row["gmacs_ratio"]))
             elif base is not None:
                 cell["speedup"] = cell["clips_per_s"] / base["clips_per_s"]
-            if "speedup" in cell:
                 cell["efficiency"] = cell["speedup"] / row["gmacs_ratio"]
 
 
