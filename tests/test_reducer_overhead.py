@@ -77,3 +77,29 @@ def test_several_processes_give_one_run_each_and_a_verdict(tmp_path: Path) -> No
     assert [len(run["rows"]) for run in summary["runs"]] == [2, 2]
     assert summary["runs"][0]["rows"][1]["times_s"] != summary["runs"][1]["rows"][1]["times_s"]  # two measurements
     assert summary["verdicts"] == {"plain": "", "topk:keep=0.5": "meets"}  # any real speed is above 0.01
+
+
+def test_compiled_runs_time_every_model_compiled_and_leave_the_reducer_clock_out(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tool = load_tool("reducer_overhead")
+    compiled: list[torch.nn.Module] = []
+
+    def compile_cheaply(model: torch.nn.Module) -> torch.nn.Module:  # dynamo's trace without inductor's C++ build
+        compiled.append(model)
+        return torch.compile(model, backend="eager")
+
+    monkeypatch.setattr(tool, "compile_model", compile_cheaply)
+    out = tmp_path / "compiled.json"
+    tool.main(["--model", "timesformer_test", "--setting", "tome:r=3", "--rounds", "2", "--compile", "--warmup", "2",
+               "--output", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["compiled"] and summary["warmup"] == 2
+    assert len(compiled) == 2 and len(compiled[1].reducers) > 0  # the plain model and the ToMe copy
+    assert [row["inside_reducers_ms"] for row in summary["rows"]] == [None, None]
+    assert all(len(row["times_s"]) == 2 for row in summary["rows"])
+
+
+def test_compiled_runs_need_warm_up_calls() -> None:
+    tool = load_tool("reducer_overhead")
+    with pytest.raises(SystemExit):
+        tool.main(["--model", "timesformer_test", "--setting", "tome:r=3", "--compile", "--warmup", "1"])

@@ -25,6 +25,10 @@ processes can differ by more than one run's interval (docs/statistics.md); ``--p
 makes three runs, each in a fresh process, and gives each setting a verdict against
 ``--goal``: "meets" when every run's interval lies at or above it, "misses" when every
 run's lies below, else "not shown either way".
+
+``--compile --warmup 2`` times every model (the plain one too) under ``torch.compile``
+(default mode, inductor; the first calls compile, minutes per model on a CPU); the time
+inside reducer calls is not measured then, as the compiled graph holds them.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from ired_video import apply_reducer, create_model
 from ired_video.profiling import around_reducer_calls
 from ired_video.reducers.base import Reducer
 from ired_video.reducers.interaction_fit import fit_interaction_predictors
-from ired_video.speed import paired_efficiency
+from ired_video.speed import compile_model, paired_efficiency
 from ired_video.tokens import TokenState, keep_slots
 
 
@@ -147,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="independent runs, one fresh process each, one after another; with more than one, "
                              "each setting gets a verdict against --goal from all runs' intervals")
     parser.add_argument("--goal", type=float, default=0.95, help="efficiency the verdicts are about (default 0.95)")
+    parser.add_argument("--compile", action="store_true",
+                        help="time torch.compile'd models (default mode; the plain model compiled too) after "
+                             "--warmup calls each; the time inside reducer calls is then not measured")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed calls of every model before the rounds (at least 2 with --compile)")
     parser.add_argument("--output", help="JSON file for the summary and every round's times")
     return parser
 
@@ -166,29 +175,38 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     inside: dict[str, list[float]] = {label: [] for label in models}
     with torch.inference_mode():
         gmacs = {label: float(m(video, return_info=True)[1].gmacs.mean()) for label, m in models.items()}
+        runners = {label: compile_model(m) if args.compile else m for label, m in models.items()}
+        for runner in runners.values():
+            for _ in range(args.warmup):
+                runner(video)
         for round_index in range(args.rounds):
             order = list(models) if round_index % 2 == 0 else list(models)[::-1]
             for label in order:
-                with ReducerClock() as clock:
+                # a compiled graph holds the reducers' calls: no clock around them (its hook would recompile)
+                with contextlib.nullcontext() if args.compile else ReducerClock() as clock:
                     start = time.process_time()
-                    models[label](video)
+                    runners[label](video)
                     times[label].append(time.process_time() - start)
-                inside[label].append(clock.seconds)
+                if clock is not None:
+                    inside[label].append(clock.seconds)
     summary: dict[str, Any] = {"model": args.model, "batch": args.batch, "threads": args.threads,
-                               "rounds": args.rounds, "clock": "process CPU time", "torch": torch.__version__,
+                               "rounds": args.rounds, "warmup": args.warmup, "compiled": args.compile,
+                               "clock": "process CPU time", "torch": torch.__version__,
                                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "rows": []}
-    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {args.rounds} paired rounds, CPU time")
+    print(f"{args.model}, batch {args.batch}, {args.threads} thread(s), {'compiled' if args.compile else 'eager'}, "
+          f"{args.rounds} paired rounds, CPU time")
     for label in models:
         ratios = [base / own for base, own in zip(times["plain"], times[label])]
+        in_reducers = 1e3 * statistics.median(inside[label]) if inside[label] else None
         row = {"setting": label, "gmacs": gmacs[label], "gmacs_ratio": gmacs["plain"] / gmacs[label],
                "median_ms": 1e3 * statistics.median(times[label]), "speedup_range": [min(ratios), max(ratios)],
-               "inside_reducers_ms": 1e3 * statistics.median(inside[label]), "times_s": times[label]}
+               "inside_reducers_ms": in_reducers, "times_s": times[label]}
         row.update(paired_efficiency(ratios, row["gmacs_ratio"]))
         summary["rows"].append(row)
+        in_text = "" if in_reducers is None else f"  in reducers {in_reducers:.1f} ms"
         print(f"  {label:24s} GMACs {row['gmacs']:6.2f} (ratio {row['gmacs_ratio']:.3f})  {row['median_ms']:7.1f} ms  "
               f"speed-up {row['speedup']:.3f} [{min(ratios):.2f}-{max(ratios):.2f}]  efficiency "
-              f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]  "
-              f"in reducers {row['inside_reducers_ms']:.1f} ms")
+              f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]{in_text}")
     print(f"efficiency [interval]: the median's order-statistic interval, coverage "
           f"{summary['rows'][0]['interval_coverage']:.3f} at {args.rounds} rounds", flush=True)
     return summary
@@ -211,7 +229,10 @@ def run_processes(args: argparse.Namespace) -> dict[str, Any]:
         for index in range(args.processes):
             out = Path(scratch) / f"run{index}.json"
             command = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, "--batch", str(args.batch),
-                       "--rounds", str(args.rounds), "--threads", str(args.threads), "--output", str(out)]
+                       "--rounds", str(args.rounds), "--threads", str(args.threads), "--warmup", str(args.warmup),
+                       "--output", str(out)]
+            if args.compile:
+                command.append("--compile")
             for text in args.setting:
                 command += ["--setting", text]
             print(f"run {index + 1} of {args.processes}", flush=True)
@@ -232,6 +253,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if min(args.rounds, args.batch, args.threads, args.processes) < 1:
         parser.error("--rounds, --batch, --threads and --processes must be >= 1")
+    if args.warmup < (2 if args.compile else 0):
+        parser.error("--warmup must be >= 0, and >= 2 with --compile (the first calls compile)")
     summary = measure(args) if args.processes == 1 else run_processes(args)
     if args.output:
         with open(args.output, "w") as handle:
