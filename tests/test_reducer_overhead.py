@@ -103,3 +103,15 @@ def test_compiled_runs_need_warm_up_calls() -> None:
     tool = load_tool("reducer_overhead")
     with pytest.raises(SystemExit):
         tool.main(["--model", "timesformer_test", "--setting", "tome:r=3", "--compile", "--warmup", "1"])
+
+
+def test_isolated_runs_give_each_setting_processes_of_its_own(tmp_path: Path) -> None:
+    tool = load_tool("reducer_overhead")
+    out = tmp_path / "isolated.json"
+    tool.main(["--model", "timesformer_test", "--setting", "topk:keep=0.5", "--setting", "random:keep=0.5",
+               "--rounds", "6", "--processes", "2", "--isolate", "--goal", "0.01", "--output", str(out)])
+    summary = json.loads(out.read_text())
+    assert summary["isolated"] and len(summary["runs"]) == 4  # two processes per setting
+    assert [[row["setting"] for row in run["rows"]] for run in summary["runs"]] == (
+        [["plain", "topk:keep=0.5"]] * 2 + [["plain", "random:keep=0.5"]] * 2)
+    assert summary["verdicts"] == {"plain": "", "topk:keep=0.5": "meets", "random:keep=0.5": "meets"}
