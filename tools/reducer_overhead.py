@@ -26,7 +26,7 @@ makes three runs, each in a fresh process, and gives each setting a verdict agai
 ``--goal``: "meets" when every run's interval lies at or above it, "misses" when every
 run's lies below, else "not shown either way". Which other settings share a process moves
 the efficiencies too (IA-RED² keep 0.7 compiled: 0.93-0.95 among eight settings, 0.98-1.00
-among two; README); ``--isolate`` gives every setting its own processes, beside the plain
+among three; README); ``--isolate`` gives every setting its own processes, beside the plain
 model only.
 
 ``--compile --warmup 2`` times every model (the plain one too) under ``torch.compile``
@@ -260,11 +260,12 @@ def run_processes(args: argparse.Namespace) -> dict[str, Any]:
     verdicts = {}
     print(f"\nefficiency per run [interval], verdict against {args.goal} over {args.processes} runs")
     for label, rows in rows_of.items():
-        verdicts[label] = verdict(rows, args.goal) if label != "plain" else ""
-        if label != "plain":
-            cells = ", ".join(f"{r['efficiency']:.3f} [{r['efficiency_low']:.3f}-{r['efficiency_high']:.3f}]"
-                              for r in rows)
-            print(f"  {label:24s} {cells}  {verdicts[label]}")
+        if label == "plain":
+            verdicts[label] = ""
+            continue
+        verdicts[label] = verdict(rows, args.goal)
+        cells = ", ".join(f"{r['efficiency']:.3f} [{r['efficiency_low']:.3f}-{r['efficiency_high']:.3f}]" for r in rows)
+        print(f"  {label:24s} {cells}  {verdicts[label]}")
     return {"goal": args.goal, "processes": args.processes, "isolated": args.isolate, "verdicts": verdicts,
             "runs": runs}
 
