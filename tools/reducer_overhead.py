@@ -212,10 +212,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         in_text = "" if in_reducers is None else f"  in reducers {in_reducers:.1f} ms"
         print(f"  {label:24s} GMACs {row['gmacs']:6.2f} (ratio {row['gmacs_ratio']:.3f})  {row['median_ms']:7.1f} ms  "
               f"speed-up {row['speedup']:.3f} [{min(ratios):.2f}-{max(ratios):.2f}]  efficiency "
-              f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]{in_text}")
+              f"{_efficiency_text(row)}{in_text}")
     print(f"efficiency [interval]: the median's order-statistic interval, coverage "
           f"{summary['rows'][0]['interval_coverage']:.3f} at {args.rounds} rounds", flush=True)
     return summary
+
+
+def _efficiency_text(row: dict[str, Any]) -> str:
+    """"0.966 [0.941-0.996]": a row's efficiency and the interval of its median."""
+    return f"{row['efficiency']:.3f} [{row['efficiency_low']:.3f}-{row['efficiency_high']:.3f}]"
 
 
 def verdict(rows: list[dict[str, Any]], goal: float) -> str:
@@ -264,7 +269,7 @@ def run_processes(args: argparse.Namespace) -> dict[str, Any]:
             verdicts[label] = ""
             continue
         verdicts[label] = verdict(rows, args.goal)
-        cells = ", ".join(f"{r['efficiency']:.3f} [{r['efficiency_low']:.3f}-{r['efficiency_high']:.3f}]" for r in rows)
+        cells = ", ".join(_efficiency_text(row) for row in rows)
         print(f"  {label:24s} {cells}  {verdicts[label]}")
     return {"goal": args.goal, "processes": args.processes, "isolated": args.isolate, "verdicts": verdicts,
             "runs": runs}
